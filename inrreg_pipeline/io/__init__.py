@@ -1,0 +1,1 @@
+"""File formats: NIfTI images and ITK/ANTs transform files (nibabel, SimpleITK)."""
