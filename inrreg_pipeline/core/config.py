@@ -1,0 +1,123 @@
+"""Registration settings and the JSON presets that name them.
+
+A preset is a JSON object with the sections below; any key left out keeps its default. Presets
+ship in ``inrreg_pipeline/core/presets/*.json`` and are selected by name (``default``, ``fast``,
+...) or by the path of a JSON file of the same shape.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class AffineSettings:
+    """Affine stage run before the INR: centre-of-mass initialisation, then gradient descent.
+
+    ``shrink_factors`` / ``iterations`` are per resolution level (coarse to fine); ``samples`` is
+    the number of fixed-image voxels drawn per iteration; ``lr`` is Adam's step on the
+    (dimensionless) matrix parameters, translations being scaled by the image size.
+    """
+
+    enabled: bool = True
+    similarity: str = "ncc"
+    shrink_factors: list[int] = field(default_factory=lambda: [4, 2, 1])
+    iterations: list[int] = field(default_factory=lambda: [150, 100, 50])
+    samples: int = 20000
+    lr: float = 0.01
+    rigid_iterations: int = 100
+
+
+@dataclass
+class NetworkSettings:
+    """Deformation MLP (see :class:`inrreg_pipeline.core.networks.DeformationINR`)."""
+
+    hidden_layers: int = 5
+    hidden_features: int = 256
+    activation: str = "sine"
+    omega: float = 30.0
+    fourier_frequencies: int = 0
+    skip_connection: bool = True
+
+
+@dataclass
+class OptimisationSettings:
+    """INR optimisation: ``iterations`` steps, each on ``patches`` random patches of ``patch_size^d``
+    fixed-grid points (at the fixed image's own voxel spacing) centred in the mask."""
+
+    iterations: int = 2000
+    patches: int = 4
+    patch_size: int = 16
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+
+
+@dataclass
+class LossSettings:
+    """``L = L_sim + alpha * L_reg`` (methods.md section 1)."""
+
+    similarity: str = "ncc+lncc"
+    lncc_window: int = 9
+    regulariser: str = "jacobian"
+    alpha: float = 0.1
+
+
+@dataclass
+class RegistrationSettings:
+    name: str = "custom"
+    description: str = ""
+    affine: AffineSettings = field(default_factory=AffineSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    optimisation: OptimisationSettings = field(default_factory=OptimisationSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    inverse_iterations: int = 20
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fill(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown preset key(s) {', '.join(unknown)} in '{where}'")
+    kwargs = {}
+    for key, value in values.items():
+        default = getattr(cls(), key)
+        if is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"preset key '{where}.{key}' must be an object")
+            kwargs[key] = _fill(type(default), value, f"{where}.{key}")
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped with inrreg."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_preset(name_or_path: str) -> RegistrationSettings:
+    """Settings from a shipped preset name or a JSON file path (``ValueError`` on any problem)."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".json" or path.exists()):
+        path = PRESET_DIR / f"{name_or_path}.json"
+        if not path.exists():
+            raise ValueError(f"unknown preset '{name_or_path}' (shipped: {', '.join(available_presets())}; "
+                             "or give a JSON file)")
+    if not path.is_file():
+        raise ValueError(f"preset file '{path}' does not exist")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"preset file '{path}' is not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"preset file '{path}' must hold a JSON object")
+    values.setdefault("name", path.stem)
+    return _fill(RegistrationSettings, values, path.stem)

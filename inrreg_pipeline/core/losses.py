@@ -1,0 +1,144 @@
+"""Similarity losses and transform regularisers.
+
+Similarities compare fixed intensities with warped-moving intensities sampled at the same points.
+Patch tensors have shape ``(P, 1, p, p[, p])`` (P patches of ``p^d`` grid points); point tensors
+``(N,)``. Regularisers take the displacement Jacobian ``du/dx`` in mm/mm (autograd with respect to
+world points), so anisotropic and oblique grids are handled by construction.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as nnf
+
+EPS = 1e-6
+
+
+def ncc(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+    """Normalised cross-correlation of each patch (flattened), averaged over patches.
+
+    Signed, not clamped: anti-correlated patches give negative values and a loss above 1.
+    Inputs ``(P, ...)``; a 1-D input counts as one patch.
+    """
+    a = fixed.reshape(fixed.shape[0], -1) if fixed.ndim > 1 else fixed[None]
+    b = warped.reshape(warped.shape[0], -1) if warped.ndim > 1 else warped[None]
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    cc = (a * b).sum(1) / torch.sqrt((a * a).sum(1) * (b * b).sum(1) + EPS)
+    return cc.mean()
+
+
+def lncc_map(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9) -> torch.Tensor:
+    """Local (windowed) correlation coefficient over ``window^d`` voxels; signed, unclamped.
+
+    ``fixed``, ``warped``: ``(P, 1, p, p[, p])`` patches. Returns the valid-region map.
+    """
+    d = fixed.ndim - 2
+    pool = nnf.avg_pool3d if d == 3 else nnf.avg_pool2d
+    w = min(window, *fixed.shape[2:])
+    mean_a, mean_b = pool(fixed, w, 1), pool(warped, w, 1)
+    var_a = pool(fixed * fixed, w, 1) - mean_a ** 2
+    var_b = pool(warped * warped, w, 1) - mean_b ** 2
+    cov = pool(fixed * warped, w, 1) - mean_a * mean_b
+    return cov / torch.sqrt(var_a.clamp_min(0) * var_b.clamp_min(0) + EPS)
+
+
+def ncc_lncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9) -> torch.Tensor:
+    """``|1 - NCC| + mean |1 - LNCC|`` (methods.md section 1)."""
+    return (1.0 - ncc(fixed, warped)).abs() + (1.0 - lncc_map(fixed, warped, window)).abs().mean()
+
+
+def mse(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+    """Mean squared intensity difference."""
+    return ((fixed - warped) ** 2).mean()
+
+
+def mutual_information(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 32,
+                       value_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Differentiable mutual information (nats) with Gaussian Parzen windows.
+
+    Intensities are expected in ``value_range`` (inrreg rescales images robustly to [0, 1]);
+    the Parzen width is one bin spacing.
+    """
+    a = fixed.reshape(-1)
+    b = warped.reshape(-1)
+    lo, hi = value_range
+    centres = torch.linspace(lo, hi, bins, device=a.device, dtype=a.dtype)
+    sigma = (hi - lo) / (bins - 1)
+    wa = torch.exp(-0.5 * ((a[:, None] - centres) / sigma) ** 2)
+    wb = torch.exp(-0.5 * ((b[:, None] - centres) / sigma) ** 2)
+    wa = wa / (wa.sum(1, keepdim=True) + EPS)
+    wb = wb / (wb.sum(1, keepdim=True) + EPS)
+    joint = wa.T @ wb / a.shape[0]
+    pa = joint.sum(1, keepdim=True)
+    pb = joint.sum(0, keepdim=True)
+    return (joint * (torch.log(joint + EPS) - torch.log(pa @ pb + EPS))).sum()
+
+
+SIMILARITIES = ("ncc+lncc", "ncc", "mse", "mi")
+
+
+def similarity_loss(name: str, fixed: torch.Tensor, warped: torch.Tensor, lncc_window: int = 9) -> torch.Tensor:
+    """Loss (lower is better) for a similarity named in :data:`SIMILARITIES`."""
+    if name == "ncc+lncc":
+        return ncc_lncc_loss(fixed, warped, lncc_window)
+    if name == "ncc":
+        return (1.0 - ncc(fixed, warped)).abs()
+    if name == "mse":
+        return mse(fixed, warped)
+    if name == "mi":
+        return -mutual_information(fixed, warped)
+    raise ValueError(f"unknown similarity '{name}' (choose from {', '.join(SIMILARITIES)})")
+
+
+# --- regularisers -------------------------------------------------------------------------------
+
+def displacement_jacobian(displacement: torch.Tensor, points: torch.Tensor, create_graph: bool = True
+                          ) -> torch.Tensor:
+    """``du_i/dx_j`` by autograd, shape ``(N, d, d)``; ``points`` must require grad (mm)."""
+    d = points.shape[-1]
+    rows = [torch.autograd.grad(displacement[:, i].sum(), points, create_graph=create_graph,
+                                retain_graph=create_graph or i < d - 1)[0] for i in range(d)]
+    return torch.stack(rows, 1)
+
+
+def jacobian_determinant(grad_u: torch.Tensor) -> torch.Tensor:
+    """``det(I + du/dx)`` per point, from :func:`displacement_jacobian`."""
+    d = grad_u.shape[-1]
+    return torch.linalg.det(grad_u + torch.eye(d, dtype=grad_u.dtype, device=grad_u.device))
+
+
+def jacobian_loss(grad_u: torch.Tensor) -> torch.Tensor:
+    """Mean ``|1 - det J_phi|`` (penalises local volume change and folding)."""
+    return (1.0 - jacobian_determinant(grad_u)).abs().mean()
+
+
+def diffusion_loss(grad_u: torch.Tensor) -> torch.Tensor:
+    """Mean ``||du/dx||_F^2``."""
+    return (grad_u ** 2).sum((1, 2)).mean()
+
+
+def bending_energy(grad_u: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Mean ``||Hessian u||_F^2`` (second derivatives by autograd, mm^-1)."""
+    d = points.shape[-1]
+    total = 0.0
+    for i in range(d):
+        for j in range(d):
+            h = torch.autograd.grad(grad_u[:, i, j].sum(), points, create_graph=True)[0]
+            total = total + (h ** 2).sum(1)
+    return total.mean()
+
+
+REGULARISERS = ("jacobian", "bending", "diffusion", "none")
+
+
+def regulariser_loss(name: str, grad_u: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Regulariser named in :data:`REGULARISERS`."""
+    if name == "jacobian":
+        return jacobian_loss(grad_u)
+    if name == "diffusion":
+        return diffusion_loss(grad_u)
+    if name == "bending":
+        return bending_energy(grad_u, points)
+    if name == "none":
+        return grad_u.sum() * 0.0
+    raise ValueError(f"unknown regulariser '{name}' (choose from {', '.join(REGULARISERS)})")

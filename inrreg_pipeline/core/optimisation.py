@@ -1,0 +1,119 @@
+"""Fitting a deformation INR to one image pair, from scratch.
+
+Each iteration draws ``patches`` random patches of ``patch_size^d`` points of the fixed image's own
+voxel grid (so fixed intensities need no interpolation and local windows are well defined), centred
+on voxels of the sampling mask. The moving image is sampled at ``A(x + u(x))`` where ``A`` is the
+affine found before (fixed -> moving, RAS mm) and ``u`` the network's displacement (mm).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import LossSettings, NetworkSettings, OptimisationSettings
+from .encodings import NormalisedBox
+from .losses import displacement_jacobian, regulariser_loss, similarity_loss
+from .networks import DeformationINR
+from .space import DeviceImage, SpatialImage, world_bounding_box
+
+
+def build_network(fixed: SpatialImage, settings: NetworkSettings) -> DeformationINR:
+    """A fresh deformation network over the fixed image's world bounding box."""
+    lower, upper = world_bounding_box(fixed.shape, fixed.affine)
+    return DeformationINR(NormalisedBox(lower, upper), fixed.ndim, hidden_layers=settings.hidden_layers,
+                          hidden_features=settings.hidden_features, activation=settings.activation,
+                          omega=settings.omega, fourier_frequencies=settings.fourier_frequencies,
+                          skip_connection=settings.skip_connection)
+
+
+class PatchSampler:
+    """Random patches of the fixed grid, as world points (mm) and fixed intensities.
+
+    Patch corners are chosen so that each patch lies inside the image and its centre voxel lies
+    in ``mask``; for images smaller than the patch the patch is clipped to the image.
+    """
+
+    def __init__(self, fixed: SpatialImage, mask: np.ndarray, patch_size: int, device: torch.device):
+        self.d = fixed.ndim
+        self.size = tuple(min(patch_size, n) for n in fixed.shape)
+        self.shape = np.array(fixed.shape)
+        self.centres = np.argwhere(mask > 0)
+        if len(self.centres) == 0:
+            raise ValueError("the sampling mask is empty")
+        self.values = torch.as_tensor(fixed.data, dtype=torch.float32, device=device)
+        self.affine = torch.as_tensor(fixed.affine, dtype=torch.float32, device=device)
+        offsets = np.stack(np.meshgrid(*[np.arange(s) for s in self.size], indexing="ij"), -1).reshape(-1, self.d)
+        self.offsets = torch.as_tensor(offsets, device=device)
+        self.device = device
+
+    def sample(self, n_patches: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(points, values)``: points ``(P * p^d, d)`` world mm; values ``(P, 1, *patch)``."""
+        centres = self.centres[rng.integers(0, len(self.centres), size=n_patches)]
+        size = np.array(self.size)
+        corners = np.clip(centres - size // 2, 0, self.shape - size)
+        idx = torch.as_tensor(corners, device=self.device)[:, None, :] + self.offsets[None]
+        idx = idx.reshape(-1, self.d)
+        values = self.values[tuple(idx.T)].reshape((n_patches, 1) + self.size)
+        points = idx.to(torch.float32) @ self.affine[: self.d, : self.d].T + self.affine[: self.d, self.d]
+        return points, values
+
+
+def make_optimiser(params, settings: OptimisationSettings) -> torch.optim.Optimizer:
+    name = settings.optimizer.lower()
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    raise ValueError(f"unknown optimizer '{settings.optimizer}' (choose adam or adamw)")
+
+
+def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, network: NetworkSettings,
+                    optimisation: OptimisationSettings, loss: LossSettings, device: torch.device,
+                    rng: np.random.Generator, sampling_mask: np.ndarray,
+                    moving_mask: np.ndarray | None = None,
+                    progress: Callable[[int, float], None] | None = None
+                    ) -> tuple[DeformationINR, dict[str, list[float]]]:
+    """Optimise a new :class:`DeformationINR` for the pair; returns it and the loss history.
+
+    ``affine``: ``(d+1, d+1)`` RAS fixed -> moving from the affine stage (identity if none).
+    ``sampling_mask``: fixed-grid voxels where patches are centred. ``moving_mask`` (moving grid),
+    when given, multiplies both intensities at the mapped points so only its inside is compared.
+    Torch's global RNG must be seeded by the caller (network initialisation).
+    """
+    d = fixed.ndim
+    model = build_network(fixed, network).to(device)
+    optimiser = make_optimiser(model.parameters(), optimisation)
+    sampler = PatchSampler(fixed, sampling_mask, optimisation.patch_size, device)
+    moving_dev = DeviceImage.from_image(moving, device)
+    mask_dev = DeviceImage(moving_mask.astype(np.float32), moving.affine, device) if moving_mask is not None else None
+    a = torch.as_tensor(affine, dtype=torch.float32, device=device)
+    history: dict[str, list[float]] = {"similarity": [], "regulariser": [], "total": []}
+    use_reg = loss.regulariser != "none" and loss.alpha > 0
+    for _ in range(optimisation.iterations):
+        points, fixed_values = sampler.sample(optimisation.patches, rng)
+        points.requires_grad_(use_reg)
+        u = model(points)
+        mapped = (points + u) @ a[:d, :d].T + a[:d, d]
+        warped = moving_dev.sample(mapped).reshape(fixed_values.shape)
+        if mask_dev is not None:
+            inside = mask_dev.sample(mapped).reshape(fixed_values.shape)
+            warped, fixed_values = warped * inside, fixed_values * inside
+        sim = similarity_loss(loss.similarity, fixed_values, warped, loss.lncc_window)
+        if use_reg:
+            grad_u = displacement_jacobian(u, points)
+            reg = regulariser_loss(loss.regulariser, grad_u, points)
+            total = sim + loss.alpha * reg
+        else:
+            reg = torch.zeros(())
+            total = sim
+        optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        optimiser.step()
+        history["similarity"].append(float(sim.detach()))
+        history["regulariser"].append(float(reg.detach()))
+        history["total"].append(float(total.detach()))
+        if progress is not None:
+            progress(1, history["total"][-1])
+    return model, history

@@ -1,0 +1,199 @@
+"""Physical space: images as voxels + affine, world <-> voxel maps, and sampling at world points.
+
+Conventions used throughout :mod:`inrreg_pipeline.core`:
+
+* World space is RAS+ millimetres (NIfTI/nibabel convention). ITK's LPS appears only in
+  :mod:`inrreg_pipeline.io`.
+* An image of dimension ``d`` (2 or 3) is an array of shape ``(n_0, ..., n_{d-1})`` and a
+  ``(d+1) x (d+1)`` affine mapping voxel indices ``(i, j[, k])`` to world millimetres. Voxel
+  centres sit at integer indices.
+* Transforms are *pull-back* point maps: they take a point of the fixed (reference) space to the
+  point of the moving space whose intensity is sampled there, ``phi(x) = x + u(x)``.
+* Values outside an image's field of view are 0 (as in ANTs' default resampling).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+
+
+@dataclass
+class SpatialImage:
+    """A scalar image in physical space.
+
+    Attributes
+    ----------
+    data:
+        Voxel values, shape ``(n_0, ..., n_{d-1})``, ``d`` in {2, 3}.
+    affine:
+        ``(d+1, d+1)`` voxel index -> world (RAS mm) matrix.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.data = np.asarray(self.data)
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        d = self.data.ndim
+        if d not in (2, 3):
+            raise ValueError(f"images must be 2-D or 3-D, got {d}-D data")
+        if self.affine.shape != (d + 1, d + 1):
+            raise ValueError(f"a {d}-D image needs a {d + 1}x{d + 1} affine, got {self.affine.shape}")
+        if abs(np.linalg.det(self.affine[:d, :d])) < 1e-12:
+            raise ValueError("the image affine is singular")
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimension ``d``."""
+        return self.data.ndim
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along each array axis (column norms of the affine)."""
+        d = self.ndim
+        return np.linalg.norm(self.affine[:d, :d], axis=0)
+
+    def world_grid(self) -> np.ndarray:
+        """World coordinates (mm) of every voxel centre, shape ``(*shape, d)``."""
+        return voxel_grid_to_world(self.shape, self.affine)
+
+    def with_data(self, data: np.ndarray) -> "SpatialImage":
+        """A new image on the same grid."""
+        return SpatialImage(np.asarray(data), self.affine.copy())
+
+
+def voxel_grid_to_world(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """World coordinates (mm) of the voxel centres of a grid, shape ``(*shape, d)``."""
+    d = len(shape)
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1)
+    return idx @ affine[:d, :d].T + affine[:d, d]
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a homogeneous ``(d+1, d+1)`` matrix to points of shape ``(..., d)``."""
+    d = matrix.shape[0] - 1
+    return points @ matrix[:d, :d].T + matrix[:d, d]
+
+
+def world_bounding_box(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned world bounding box (min, max corners, mm) of a grid's voxel centres."""
+    d = len(shape)
+    corners = np.stack(np.meshgrid(*[[0.0, n - 1.0] for n in shape], indexing="ij"), -1).reshape(-1, d)
+    world = apply_affine(affine, corners)
+    return world.min(0), world.max(0)
+
+
+def downsample(image: SpatialImage, factor: int) -> SpatialImage:
+    """Gaussian-smooth (sigma = factor/2 voxels) and keep every ``factor``-th voxel.
+
+    The returned affine keeps voxel ``i`` of the result at the world position of voxel
+    ``factor * i`` of the input, so the physical geometry is unchanged.
+    """
+    if factor <= 1:
+        return image
+    from scipy.ndimage import gaussian_filter
+
+    smoothed = gaussian_filter(image.data.astype(np.float32), sigma=factor / 2.0, mode="constant")
+    sl = tuple(slice(0, None, factor) for _ in range(image.ndim))
+    scale = np.diag([float(factor)] * image.ndim + [1.0])
+    return SpatialImage(smoothed[sl], image.affine @ scale)
+
+
+class DeviceImage:
+    """An image (or vector field) held on a torch device, sampled at world points with
+    (multi)linear interpolation.
+
+    Sampling is differentiable with respect to the points, which is how the registration
+    gradients reach the transform. ``data`` has shape ``(*shape)`` for a scalar image or
+    ``(*shape, C)`` with ``vector=True``.
+    """
+
+    def __init__(self, data: np.ndarray, affine: np.ndarray, device: torch.device,
+                 dtype: torch.dtype = torch.float32, vector: bool = False):
+        data = np.asarray(data)
+        self.vector = vector
+        self.ndim = data.ndim - 1 if vector else data.ndim
+        self.shape = tuple(data.shape[: self.ndim])
+        self.affine = np.asarray(affine, dtype=np.float64)
+        self.device = device
+        vol = torch.as_tensor(np.ascontiguousarray(data), dtype=dtype, device=device)
+        self.volume = vol.movedim(-1, 0)[None] if vector else vol[None, None]
+        world_to_voxel = np.linalg.inv(self.affine)
+        d = self.ndim
+        # Fold voxel -> [-1, 1] normalisation (align_corners=True) into one affine map.
+        sizes = np.array(self.shape, dtype=np.float64)
+        norm = np.diag(list(2.0 / np.maximum(sizes - 1.0, 1.0)) + [1.0])
+        norm[:d, d] = -1.0
+        world_to_grid = norm @ world_to_voxel
+        # grid_sample wants the last array axis first (x = W).
+        world_to_grid = world_to_grid[list(range(d))[::-1] + [d]]
+        self._linear = torch.as_tensor(world_to_grid[:d, :d].T.copy(), dtype=dtype, device=device)
+        self._offset = torch.as_tensor(world_to_grid[:d, d].copy(), dtype=dtype, device=device)
+
+    @classmethod
+    def from_image(cls, image: SpatialImage, device: torch.device, dtype: torch.dtype = torch.float32
+                   ) -> "DeviceImage":
+        return cls(image.data, image.affine, device, dtype)
+
+    def sample(self, points: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+        """Values at world points ``(..., d)`` (mm): shape ``(...)`` (or ``(..., C)``); 0 outside."""
+        lead = points.shape[:-1]
+        grid = points.reshape(-1, self.ndim).to(self._linear.dtype) @ self._linear + self._offset
+        grid = grid.reshape((1, -1) + (1,) * (self.ndim - 1) + (self.ndim,))
+        out = nnf.grid_sample(self.volume, grid, mode=mode, padding_mode="zeros", align_corners=True)
+        if self.vector:
+            return out.reshape(self.volume.shape[1], -1).T.reshape(lead + (self.volume.shape[1],))
+        return out.reshape(lead)
+
+
+def rescale_intensity(data: np.ndarray, mask: np.ndarray | None = None, lower: float = 0.5,
+                      upper: float = 99.5) -> np.ndarray:
+    """Clip to the ``lower``/``upper`` percentiles of the foreground and rescale to [0, 1].
+
+    Foreground: ``mask`` if given, else the non-zero voxels (else all voxels).
+    """
+    data = np.asarray(data, dtype=np.float32)
+    values = data[mask > 0] if mask is not None else data[data != 0]
+    if values.size == 0:
+        values = data.ravel()
+    lo, hi = np.percentile(values, [lower, upper])
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def foreground_mask(data: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Voxels above ``fraction`` of the image's 99th percentile (for sampling when no mask is given)."""
+    data = np.asarray(data, dtype=np.float32)
+    ref = np.percentile(data, 99)
+    mask = data > fraction * ref
+    return mask if mask.any() else np.ones(data.shape, bool)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Map ``auto|cpu|cuda|cuda:N`` to a torch device.
+
+    ``auto`` picks CUDA when available and the CPU otherwise. Asking for CUDA on a machine
+    without it raises ``ValueError`` (a user error, not a silent fall-back).
+    """
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{spec}' requested but CUDA is not available (use --device cpu or auto)")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device '{spec}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return dev
+    raise ValueError(f"unknown device '{spec}' (expected auto, cpu, cuda or cuda:N)")
