@@ -1,0 +1,509 @@
+"""ITK / ANTs transform I/O (inrreg_pipeline.io.itk), checked against antspyx itself.
+
+The ANTs-agreement tests use oblique, anisotropic grids with non-zero origins and compare
+``ants.apply_transforms`` with a prediction computed here with NumPy/SciPy only:
+``p = A (x + u(x))`` at the fixed voxel centres, moving image sampled with
+``scipy.ndimage.map_coordinates(order=1)`` at ``inv(moving_affine) @ p``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import nibabel as nib
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from inrreg_pipeline.io.itk import (
+    affine_ras_to_lps,
+    affine_to_itk_geometry,
+    itk_geometry_to_affine,
+    ras_to_lps_matrix,
+    read_ants_displacement_field,
+    read_itk_affine,
+    transform_chain_to_points,
+    write_ants_displacement_field,
+    write_itk_affine,
+    write_itk_composite_h5,
+    write_itk_inverse_composite_h5,
+)
+
+ants = pytest.importorskip("ants")
+
+MIN_CORR = 0.999
+
+
+# ------------------------------------------------------------------------------------------
+# synthetic data
+# ------------------------------------------------------------------------------------------
+def _rot3(axis, angle_deg):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    t = np.deg2rad(angle_deg)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
+
+
+def _rot2(angle_deg):
+    t = np.deg2rad(angle_deg)
+    return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+
+
+def _grid_affine(rot, spacing, origin):
+    d = len(spacing)
+    a = np.eye(d + 1)
+    a[:d, :d] = rot @ np.diag(spacing)
+    a[:d, d] = origin
+    return a
+
+
+def _centre(shape, affine):
+    d = len(shape)
+    return affine[:d, :d] @ ((np.asarray(shape) - 1) / 2.0) + affine[:d, d]
+
+
+def _grid_points(shape, affine):
+    d = len(shape)
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij"), -1)
+    return idx @ affine[:d, :d].T + affine[:d, d]
+
+
+def _apply_affine(a, pts):
+    d = pts.shape[-1]
+    return pts @ a[:d, :d].T + a[:d, d]
+
+
+def _save_image(path, data, affine):
+    """Save a 2-D/3-D image with qform = sform = affine (code 1); return the affine as stored."""
+    d = data.ndim
+    aff4 = np.eye(4)
+    aff4[:d, :d] = affine[:d, :d]
+    aff4[:d, 3] = affine[:d, d]
+    img = nib.Nifti1Image(data.astype(np.float32), aff4)
+    img.set_qform(aff4, code=1)
+    img.set_sform(aff4, code=1)
+    nib.save(img, str(path))
+    stored = nib.load(str(path)).affine
+    out = np.eye(d + 1)
+    out[:d, :d] = stored[:d, :d]
+    out[:d, d] = stored[:d, 3]
+    return out
+
+
+def _blobs(points, centres, widths, weights):
+    out = np.zeros(points.shape[:-1])
+    for c, w, a in zip(centres, widths, weights):
+        out += a * np.exp(-np.sum((points - c) ** 2, -1) / (2 * w * w))
+    return out
+
+
+def _window(shape, margin=2.5):
+    """Smooth bump: 0 within `margin` voxels of the border, 1 in the middle."""
+    w = np.ones(shape)
+    for ax, n in enumerate(shape):
+        i = np.arange(n, dtype=float)
+        dist = np.minimum(i, n - 1 - i) - margin
+        prof = np.clip(dist / 3.0, 0, 1)
+        prof = np.sin(0.5 * np.pi * prof) ** 2
+        w *= prof.reshape([-1 if k == ax else 1 for k in range(len(shape))])
+    return w
+
+
+def _smooth_field(shape, affine, amp, seed):
+    """Smooth displacement (RAS mm, shape (*shape, d)), zero near the grid border."""
+    rng = np.random.default_rng(seed)
+    d = len(shape)
+    pts = _grid_points(shape, affine)
+    field = np.zeros(shape + (d,))
+    for k in range(d):
+        for _ in range(2):
+            freq = rng.normal(size=d) * 0.12
+            field[..., k] += rng.uniform(0.5, 1.0) * np.sin(pts @ freq + rng.uniform(0, 2 * np.pi))
+    field *= (amp / np.abs(field).max()) * _window(shape)[..., None]
+    return field
+
+
+def _random_affine(d, centre, seed, angle=8.0, trans=3.0):
+    """Rotation + anisotropic scaling + translation of a few mm about `centre` (RAS)."""
+    rng = np.random.default_rng(seed)
+    rot = _rot3(rng.normal(size=3), angle) if d == 3 else _rot2(angle)
+    lin = rot @ np.diag(rng.uniform(0.92, 1.08, size=d))
+    a = np.eye(d + 1)
+    a[:d, :d] = lin
+    a[:d, d] = centre - lin @ centre + rng.uniform(-trans, trans, size=d)
+    return a
+
+
+def _sample(data, affine, pts):
+    """Linear interpolation of `data` (grid `affine`) at RAS points; (values, inside mask)."""
+    d = data.ndim
+    vox = _apply_affine(np.linalg.inv(affine), pts)
+    inside = np.all((vox >= 0) & (vox <= np.asarray(data.shape) - 1), axis=-1)
+    coords = np.moveaxis(vox, -1, 0)
+    vals = ndimage.map_coordinates(data, coords.reshape(d, -1), order=1, mode="nearest")
+    return vals.reshape(pts.shape[:-1]), inside
+
+
+def _sample_field(field, affine, pts):
+    """Displacement at arbitrary RAS points as ITK's DisplacementFieldTransform evaluates it:
+    linear interpolation (edge-clamped) for continuous indices in [-0.5, n - 0.5), zero elsewhere."""
+    d = field.shape[-1]
+    vox = _apply_affine(np.linalg.inv(affine), pts)
+    inside = np.all((vox >= -0.5) & (vox < np.asarray(field.shape[:d]) - 0.5), axis=-1)
+    coords = np.moveaxis(vox, -1, 0).reshape(d, -1)
+    comps = [ndimage.map_coordinates(field[..., k], coords, order=1, mode="nearest") for k in range(d)]
+    return np.stack(comps, -1).reshape(pts.shape) * inside[..., None]
+
+
+def _corr(a, b, mask):
+    return float(np.corrcoef(a[mask].ravel(), b[mask].ravel())[0, 1])
+
+
+class Scenario:
+    pass
+
+
+def _make_scenario(d, tmp):
+    s = Scenario()
+    s.d = d
+    if d == 3:
+        s.fixed_shape = (20, 24, 18)
+        s.fixed_affine = _grid_affine(_rot3([1, 2, 0.5], 15), [1.2, 0.9, 1.5], [-11.0, 7.5, 23.0])
+        s.moving_shape = (26, 28, 26)
+        moving_rot = _rot3([-0.3, 0.4, 1.0], -20)
+        moving_spacing = [1.1, 1.0, 1.25]
+    else:
+        s.fixed_shape = (30, 26)
+        s.fixed_affine = _grid_affine(_rot2(15), [1.2, 0.9], [-13.0, 6.0])
+        s.moving_shape = (40, 34)
+        moving_rot = _rot2(-25)
+        moving_spacing = [1.1, 1.0]
+    c = _centre(s.fixed_shape, s.fixed_affine)
+    # moving grid centred near the fixed FOV centre, larger, differently oblique
+    ma = _grid_affine(moving_rot, moving_spacing, np.zeros(d))
+    ma[:d, d] = c + 1.5 - _centre(s.moving_shape, ma)
+    rng = np.random.default_rng(10 + d)
+    n_blobs = 7
+    half = np.asarray(s.fixed_shape) * 0.35 * 1.1
+    centres = c + rng.uniform(-1, 1, size=(n_blobs, d)) * half
+    widths = rng.uniform(2.5, 4.5, size=n_blobs)
+    weights = rng.uniform(0.5, 1.5, size=n_blobs)
+
+    s.fixed_path = tmp / "fixed.nii.gz"
+    s.moving_path = tmp / "moving.nii.gz"
+    moving_data = _blobs(_grid_points(s.moving_shape, ma), centres, widths, weights)
+    fixed_data = _blobs(_grid_points(s.fixed_shape, s.fixed_affine), centres[::-1] * 0.98, widths, weights)
+    s.moving_affine = _save_image(s.moving_path, moving_data, ma)
+    s.fixed_affine = _save_image(s.fixed_path, fixed_data, s.fixed_affine)
+    s.moving_data = nib.load(str(s.moving_path)).get_fdata().astype(np.float64)
+    s.fixed_data = nib.load(str(s.fixed_path)).get_fdata().astype(np.float64)
+
+    s.A = _random_affine(d, c, seed=20 + d)
+    s.u = _smooth_field(s.fixed_shape, s.fixed_affine, amp=2.5, seed=30 + d)
+    s.v = _smooth_field(s.fixed_shape, s.fixed_affine, amp=2.0, seed=40 + d)
+
+    s.mat = tmp / "0GenericAffine.mat"
+    s.warp = tmp / "1Warp.nii.gz"
+    s.invwarp = tmp / "1InverseWarp.nii.gz"
+    s.h5 = tmp / "Composite.h5"
+    s.inv_h5 = tmp / "InverseComposite.h5"
+    write_itk_affine(s.mat, s.A)
+    write_ants_displacement_field(s.warp, s.u, s.fixed_affine)
+    write_ants_displacement_field(s.invwarp, s.v, s.fixed_affine)
+    write_itk_composite_h5(s.h5, s.A, s.u, s.fixed_affine)
+    write_itk_inverse_composite_h5(s.inv_h5, s.A, s.v, s.fixed_affine)
+
+    # forward prediction: fixed voxel x -> A (x + u(x)) in moving space
+    x = _grid_points(s.fixed_shape, s.fixed_affine)
+    s.fwd_points = _apply_affine(s.A, x + s.u)
+    s.fwd_expected, s.fwd_inside = _sample(s.moving_data, s.moving_affine, s.fwd_points)
+    # the other composition order, W(A(x)) = A(x) + u(A(x)), to prove the test discriminates
+    ax = _apply_affine(s.A, x)
+    wrong_pts = ax + _sample_field(s.u, s.fixed_affine, ax)
+    s.fwd_wrong, wrong_inside = _sample(s.moving_data, s.moving_affine, wrong_pts)
+    s.fwd_wrong_mask = s.fwd_inside & wrong_inside
+
+    # inverse prediction: moving voxel y -> z = A^-1 y -> z + v(z) in fixed space
+    y = _grid_points(s.moving_shape, s.moving_affine)
+    z = _apply_affine(np.linalg.inv(s.A), y)
+    s.inv_points = z + _sample_field(s.v, s.fixed_affine, z)
+    s.inv_expected, s.inv_inside = _sample(s.fixed_data, s.fixed_affine, s.inv_points)
+    # wrong order: V first, then A^-1
+    wrong_pts = _apply_affine(np.linalg.inv(s.A), y + _sample_field(s.v, s.fixed_affine, y))
+    s.inv_wrong, wrong_inside = _sample(s.fixed_data, s.fixed_affine, wrong_pts)
+    s.inv_wrong_mask = s.inv_inside & wrong_inside
+    return s
+
+
+@pytest.fixture(scope="module", params=[3, 2], ids=["3d", "2d"])
+def scen(request, tmp_path_factory):
+    return _make_scenario(request.param, tmp_path_factory.mktemp(f"itk{request.param}d"))
+
+
+def _ants_apply(fixed_path, moving_path, transformlist, whichtoinvert=None):
+    if whichtoinvert is None:  # explicit: antspyx guesses (True, False) for [*.mat, other]
+        whichtoinvert = [False] * len(transformlist)
+    out = ants.apply_transforms(
+        fixed=ants.image_read(str(fixed_path)),
+        moving=ants.image_read(str(moving_path)),
+        transformlist=[str(t) for t in transformlist],
+        interpolator="linear",
+        whichtoinvert=whichtoinvert,
+    )
+    return out.numpy().astype(np.float64)
+
+
+def _assert_agree(got, expected, mask, wrong=None, wrong_mask=None):
+    assert mask.mean() > 0.25, "test geometry: too few voxels map inside the input FOV"
+    corr = _corr(got, expected, mask)
+    assert corr > MIN_CORR, corr
+    err = np.abs(got - expected)[mask].max()
+    assert err < 1e-3 * np.abs(expected[mask]).max(), err
+    if wrong is not None:
+        # the opposite composition order must be clearly distinguishable
+        err_wrong = np.sqrt(np.mean((got - wrong)[wrong_mask] ** 2))
+        err_right = np.sqrt(np.mean((got - expected)[wrong_mask] ** 2))
+        assert err_wrong > 50 * err_right, (err_wrong, err_right)
+
+
+# ------------------------------------------------------------------------------------------
+# round trips
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("d", [2, 3])
+def test_ras_lps_helpers(d):
+    D = ras_to_lps_matrix(d)
+    assert D.shape == (d + 1, d + 1)
+    assert np.allclose(np.diag(D), [-1, -1] + [1] * (d - 1))
+    aff = _grid_affine(_rot3([1, 1, 0], 30) if d == 3 else _rot2(30), [1.2, 0.9, 1.5][:d], [3, -4, 5][:d])
+    origin, spacing, direction = affine_to_itk_geometry(aff)
+    assert np.allclose(spacing, [1.2, 0.9, 1.5][:d])
+    assert np.allclose(origin, (D[:d, :d] @ aff[:d, d]))
+    assert np.allclose(itk_geometry_to_affine(origin, spacing, direction), aff)
+    shear = aff.copy()
+    shear[0, 1] += 0.3
+    with pytest.raises(ValueError, match="shear"):
+        affine_to_itk_geometry(shear)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("ext", [".mat", ".txt"])
+def test_affine_round_trip(tmp_path, d, ext):
+    a = _random_affine(d, np.array([10.0, -20.0, 5.0][:d]), seed=d, angle=25, trans=8)
+    a[:d, :d] += np.random.default_rng(1).normal(scale=0.05, size=(d, d))  # general affine (shear)
+    path = tmp_path / f"aff{ext}"
+    write_itk_affine(path, a)
+    back = read_itk_affine(path)
+    assert back.shape == (d + 1, d + 1)
+    assert np.allclose(back, a, atol=1e-12, rtol=0)
+    # inside the file: LPS, AffineTransform_double_d_d
+    tx = sitk.ReadTransform(str(path))
+    assert tx.GetName() == "AffineTransform" and tx.GetDimension() == d
+    D = ras_to_lps_matrix(d)[:d, :d]
+    p = np.array([3.0, -7.0, 11.0][:d])
+    assert np.allclose(tx.TransformPoint(tuple(D @ p)), D @ _apply_affine(a, p[None])[0])
+    if ext == ".txt":
+        assert f"AffineTransform_double_{d}_{d}" in path.read_text()
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_read_centred_and_rigid_transforms(tmp_path, d):
+    """Centred ITK transforms (as ANTs writes them) and Euler/Similarity are read generically."""
+    rng = np.random.default_rng(5)
+    if d == 3:
+        txs = [sitk.Euler3DTransform((1.0, -2.0, 3.0), 0.1, -0.2, 0.3, (2.0, 1.0, -1.0)),
+               sitk.Similarity3DTransform(1.1, (0.2, 0.3, 0.9), 0.4, (1, 2, 3), (4, 5, 6)),
+               sitk.VersorRigid3DTransform((0.1, 0.2, 0.3), 0.5, (1, 2, 3), (-2, 0, 1))]
+    else:
+        txs = [sitk.Euler2DTransform((1.0, -2.0), 0.3, (2.0, 1.0)),
+               sitk.Similarity2DTransform(0.9, 0.4, (1.0, 2.0), (4.0, -5.0))]
+    aff = sitk.AffineTransform(d)
+    aff.SetMatrix(tuple((np.eye(d) + rng.normal(scale=0.1, size=(d, d))).ravel()))
+    aff.SetTranslation(tuple(rng.normal(size=d)))
+    aff.SetCenter(tuple(rng.normal(scale=10, size=d)))  # T(x) = M (x - c) + c + t
+    txs.append(aff)
+    D = ras_to_lps_matrix(d)[:d, :d]
+    pts = rng.normal(scale=20, size=(5, d))
+    for i, tx in enumerate(txs):
+        for ext in (".mat", ".txt"):
+            path = tmp_path / f"t{i}{ext}"
+            sitk.WriteTransform(tx, str(path))
+            a = read_itk_affine(path)
+            for p in pts:
+                expect = D @ np.asarray(tx.TransformPoint(tuple(D @ p)))
+                assert np.allclose(_apply_affine(a, p[None])[0], expect, atol=1e-9)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_field_round_trip_and_header(tmp_path, d):
+    shape = (20, 24, 18) if d == 3 else (30, 26)
+    aff = _grid_affine(_rot3([1, 2, 0.5], 15) if d == 3 else _rot2(15), [1.2, 0.9, 1.5][:d], [-11, 7.5, 23][:d])
+    u = _smooth_field(shape, aff, amp=3.0, seed=d)
+    path = tmp_path / "1Warp.nii.gz"
+    write_ants_displacement_field(path, u, aff)
+
+    img = nib.load(str(path))
+    hdr = img.header
+    assert img.shape == (shape + (1,) * (3 - d) + (1, d))
+    assert img.get_data_dtype() == np.float32
+    assert int(hdr["intent_code"]) == 1007 and hdr.get_intent()[0] == "vector"
+    assert int(hdr["qform_code"]) == 1 and int(hdr["sform_code"]) == 1
+    aff4 = np.eye(4)
+    aff4[:d, :d] = aff[:d, :d]
+    aff4[:d, 3] = aff[:d, d]
+    assert np.allclose(img.get_qform(), aff4, atol=1e-4)
+    assert np.allclose(img.get_sform(), aff4, atol=1e-4)
+    # vectors stored in LPS
+    D = ras_to_lps_matrix(d)[:d, :d]
+    raw = np.asarray(img.dataobj).reshape(shape + (d,))
+    assert np.allclose(raw, u @ D.T, atol=1e-5)
+
+    back, back_aff = read_ants_displacement_field(path)
+    assert back.shape == u.shape and back_aff.shape == (d + 1, d + 1)
+    assert np.allclose(back, u, atol=1e-5)
+    assert np.allclose(back_aff, aff, atol=1e-5)
+
+    # ITK sees a d-D image with d components and our LPS geometry
+    im = sitk.ReadImage(str(path))
+    assert im.GetDimension() == d and im.GetNumberOfComponentsPerPixel() == d
+    origin, spacing, direction = affine_to_itk_geometry(aff)
+    assert np.allclose(im.GetOrigin(), origin, atol=1e-4)
+    assert np.allclose(im.GetSpacing(), spacing, atol=1e-5)
+    assert np.allclose(im.GetDirection(), direction, atol=1e-5)
+
+
+def test_field_reader_follows_itk_when_sform_and_qform_disagree(tmp_path):
+    shape = (6, 7, 5)
+    sform = np.diag([1.2, 0.9, 1.5, 1.0])
+    sform[:3, 3] = [1.0, 2.0, 3.0]
+    qform = sform.copy()
+    qform[:3, 3] = [10.0, 20.0, 30.0]
+    img = nib.Nifti1Image(np.zeros(shape + (1, 3), np.float32), sform)
+    img.header.set_intent("vector")
+    img.set_sform(sform, code=2)  # "aligned": ITK 5.4 then prefers a scanner (code 1) qform
+    img.set_qform(qform, code=1)
+    path = tmp_path / "w.nii.gz"
+    nib.save(img, str(path))
+    with pytest.warns(UserWarning, match="disagree"):
+        _, grid = read_ants_displacement_field(path)
+    itk = sitk.ReadImage(str(path))
+    assert np.allclose(itk.GetOrigin(), [-10.0, -20.0, 30.0])
+    assert np.allclose(grid, qform)
+
+
+# ------------------------------------------------------------------------------------------
+# agreement with ANTs (antsApplyTransforms via antspyx)
+# ------------------------------------------------------------------------------------------
+def test_ants_forward_warp_then_affine(scen):
+    got = _ants_apply(scen.fixed_path, scen.moving_path, [scen.warp, scen.mat])
+    _assert_agree(got, scen.fwd_expected, scen.fwd_inside, scen.fwd_wrong, scen.fwd_wrong_mask)
+
+
+def test_ants_forward_composite_h5(scen):
+    got = _ants_apply(scen.fixed_path, scen.moving_path, [scen.h5])
+    _assert_agree(got, scen.fwd_expected, scen.fwd_inside, scen.fwd_wrong, scen.fwd_wrong_mask)
+
+
+def test_ants_inverse_chain(scen):
+    got = _ants_apply(scen.moving_path, scen.fixed_path, [scen.mat, scen.invwarp], whichtoinvert=[True, False])
+    _assert_agree(got, scen.inv_expected, scen.inv_inside, scen.inv_wrong, scen.inv_wrong_mask)
+
+
+def test_ants_inverse_composite_h5(scen):
+    got = _ants_apply(scen.moving_path, scen.fixed_path, [scen.inv_h5])
+    _assert_agree(got, scen.inv_expected, scen.inv_inside, scen.inv_wrong, scen.inv_wrong_mask)
+
+
+def test_ants_list_order_is_point_order(scen):
+    """[mat, warp] (no inversion) is p = W(A(x)): ANTs applies its list to points first-to-last."""
+    got = _ants_apply(scen.fixed_path, scen.moving_path, [scen.mat, scen.warp], whichtoinvert=[False, False])
+    _assert_agree(got, scen.fwd_wrong, scen.fwd_wrong_mask, scen.fwd_expected, scen.fwd_wrong_mask)
+    pts = transform_chain_to_points([(scen.mat, False), (scen.warp, False)], scen.fixed_shape, scen.fixed_affine)
+    vals, inside = _sample(scen.moving_data, scen.moving_affine, pts)
+    _assert_agree(got, vals, inside)
+
+
+def test_antspyx_guesses_inversion_for_mat_first(scen):
+    """Pitfall: antspyx apply_transforms with whichtoinvert=None and [*.mat, not-.mat] inverts the .mat."""
+    default = ants.apply_transforms(
+        ants.image_read(str(scen.moving_path)), ants.image_read(str(scen.fixed_path)),
+        [str(scen.mat), str(scen.invwarp)], interpolator="linear",
+    ).numpy()
+    explicit = _ants_apply(scen.moving_path, scen.fixed_path, [scen.mat, scen.invwarp], whichtoinvert=[True, False])
+    assert np.array_equal(default, explicit.astype(default.dtype))
+
+
+@pytest.mark.parametrize("which", ["files", "h5"])
+def test_transform_chain_to_points_forward(scen, which):
+    chain = [(scen.warp, False), (scen.mat, False)] if which == "files" else [(scen.h5, False)]
+    pts = transform_chain_to_points(chain, scen.fixed_shape, scen.fixed_affine)
+    assert pts.shape == scen.fixed_shape + (scen.d,)
+    assert np.abs(pts - scen.fwd_points).max() < 1e-3
+    # and sampling the moving image there reproduces ANTs
+    vals, inside = _sample(scen.moving_data, scen.moving_affine, pts)
+    got = _ants_apply(scen.fixed_path, scen.moving_path, [t for t, _ in chain])
+    _assert_agree(got, vals, inside)
+
+
+@pytest.mark.parametrize("which", ["files", "h5"])
+def test_transform_chain_to_points_inverse(scen, which):
+    chain = [(scen.mat, True), (scen.invwarp, False)] if which == "files" else [(scen.inv_h5, False)]
+    pts = transform_chain_to_points(chain, scen.moving_shape, scen.moving_affine)
+    assert pts.shape == scen.moving_shape + (scen.d,)
+    assert np.abs(pts - scen.inv_points).max() < 1e-3
+
+
+def test_invert_field_raises(scen):
+    with pytest.raises(ValueError, match="invert"):
+        transform_chain_to_points([(scen.warp, True)], scen.fixed_shape, scen.fixed_affine)
+    with pytest.raises(ValueError, match="invert"):
+        transform_chain_to_points([(scen.h5, True)], scen.fixed_shape, scen.fixed_affine)
+
+
+def test_shear_reference_raises(scen):
+    sheared = scen.fixed_affine.copy()
+    sheared[0, 1] += 0.4
+    with pytest.raises(ValueError, match="shear"):
+        transform_chain_to_points([(scen.mat, False)], scen.fixed_shape, sheared)
+    with pytest.raises(ValueError, match="shear"):
+        write_ants_displacement_field(scen.warp.with_name("x.nii.gz"), scen.u, sheared)
+
+
+def test_affine_only_chain_and_inverse(scen):
+    pts = transform_chain_to_points([(scen.mat, False)], scen.fixed_shape, scen.fixed_affine)
+    x = _grid_points(scen.fixed_shape, scen.fixed_affine)
+    assert np.allclose(pts, _apply_affine(scen.A, x), atol=1e-6)
+    pts = transform_chain_to_points([(scen.mat, True)], scen.fixed_shape, scen.fixed_affine)
+    assert np.allclose(pts, _apply_affine(np.linalg.inv(scen.A), x), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# files written by antsRegistration itself
+# ------------------------------------------------------------------------------------------
+def test_read_files_written_by_ants(scen, tmp_path):
+    fixed = ants.image_read(str(scen.fixed_path))
+    moving = ants.image_read(str(scen.moving_path))
+    reg = ants.registration(fixed, moving, "SyN", outprefix=str(tmp_path / "reg_"),
+                            reg_iterations=(20, 10), random_seed=1)
+    fwd = reg["fwdtransforms"]
+    assert fwd[0].endswith("1Warp.nii.gz") and fwd[1].endswith("0GenericAffine.mat")
+    A = read_itk_affine(fwd[1])
+    u, grid = read_ants_displacement_field(fwd[0])
+    assert u.shape == scen.fixed_shape + (scen.d,)
+    assert np.allclose(grid, scen.fixed_affine, atol=1e-4)
+    assert np.abs(u).max() > 0.05 and not np.allclose(A, np.eye(scen.d + 1), atol=1e-3)
+    # ANTs' own warp is p = A (x + u(x)) at the fixed voxel centres
+    x = _grid_points(scen.fixed_shape, scen.fixed_affine)
+    pred_pts = _apply_affine(A, x + u)
+    pts = transform_chain_to_points([(f, False) for f in fwd], scen.fixed_shape, scen.fixed_affine)
+    assert np.abs(pts - pred_pts).max() < 1e-3
+    vals, inside = _sample(scen.moving_data, scen.moving_affine, pred_pts)
+    got = ants.apply_transforms(fixed, moving, fwd, interpolator="linear").numpy().astype(np.float64)
+    _assert_agree(got, vals, inside)
+    # inverse list: [[affine, invert], InverseWarp]
+    inv = reg["invtransforms"]
+    assert inv[0].endswith("0GenericAffine.mat") and inv[1].endswith("1InverseWarp.nii.gz")
+    v, _ = read_ants_displacement_field(inv[1])
+    y = _grid_points(scen.moving_shape, scen.moving_affine)
+    z = _apply_affine(np.linalg.inv(A), y)
+    pred_inv = z + _sample_field(v, scen.fixed_affine, z)
+    pts = transform_chain_to_points([(inv[0], True), (inv[1], False)], scen.moving_shape, scen.moving_affine)
+    assert np.abs(pts - pred_inv).max() < 1e-3
