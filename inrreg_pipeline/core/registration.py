@@ -18,7 +18,7 @@ from .affine import register_affine
 from .config import RegistrationSettings
 from .fields import evaluate_displacement, evaluate_jacobian_determinant, inverse_consistency, invert_displacement
 from .optimisation import fit_deformation
-from .space import DeviceImage, SpatialImage, apply_affine, foreground_mask, rescale_intensity, voxel_grid_to_world
+from .space import SpatialImage, apply_affine, foreground_mask, rescale_intensity, sample_array, voxel_grid_to_world
 
 ProgressFactory = Callable[[str, int], Callable[[int, float], None]]
 
@@ -57,20 +57,6 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     return out
-
-
-def sample_array(data: np.ndarray, affine: np.ndarray, points: np.ndarray, device: torch.device,
-                 vector: bool = False, chunk: int = 262144) -> np.ndarray:
-    """Multilinear interpolation of an image ``(*shape)`` or vector field ``(*shape, C)`` (``vector``)
-    at world points ``(..., d)`` (mm); 0 outside the grid."""
-    dev = DeviceImage(data, affine, device, vector=vector)
-    flat = points.reshape(-1, points.shape[-1])
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(flat), chunk):
-            out.append(dev.sample(torch.as_tensor(flat[s:s + chunk], dtype=torch.float32, device=device)).cpu().numpy())
-    tail = (data.shape[-1],) if vector else ()
-    return np.concatenate(out).reshape(points.shape[:-1] + tail).astype(np.float32)
 
 
 def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSettings, device: torch.device,

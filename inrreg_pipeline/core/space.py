@@ -154,6 +154,39 @@ class DeviceImage:
         return out.reshape(lead)
 
 
+def sample_array(data: np.ndarray, affine: np.ndarray, points: np.ndarray, device: torch.device,
+                 vector: bool = False, mode: str = "bilinear", chunk: int = 262144) -> np.ndarray:
+    """Interpolate an image ``(*shape)`` or vector field ``(*shape, C)`` (``vector=True``) at world
+    points ``(..., d)`` (mm), in chunks; ``mode`` is ``bilinear`` (multilinear) or ``nearest``;
+    0 outside the grid."""
+    dev = DeviceImage(data, affine, device, vector=vector)
+    flat = points.reshape(-1, points.shape[-1])
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(flat), chunk):
+            block = torch.as_tensor(flat[s:s + chunk], dtype=torch.float32, device=device)
+            out.append(dev.sample(block, mode=mode).cpu().numpy())
+    tail = (data.shape[-1],) if vector else ()
+    return np.concatenate(out).reshape(points.shape[:-1] + tail).astype(np.float32)
+
+
+def sample_labels(labels: np.ndarray, affine: np.ndarray, points: np.ndarray, device: torch.device,
+                  chunk: int = 262144) -> np.ndarray:
+    """Label-aware resampling (as ANTs' ``GenericLabel``): each label's indicator, background 0
+    included, is interpolated multilinearly and the label with the largest weight wins. Never
+    produces a label value that is not in the input; outside the grid gives 0."""
+    values = np.union1d([0], np.unique(labels))  # background first: it wins ties (outside the grid)
+    flat = points.reshape(-1, points.shape[-1])
+    best = np.full(len(flat), -1.0, dtype=np.float32)
+    result = np.zeros(len(flat), dtype=labels.dtype)
+    for value in values:
+        weight = sample_array((labels == value).astype(np.float32), affine, flat, device, chunk=chunk)
+        better = weight > best
+        best[better] = weight[better]
+        result[better] = value
+    return result.reshape(points.shape[:-1])
+
+
 def rescale_intensity(data: np.ndarray, mask: np.ndarray | None = None, lower: float = 0.5,
                       upper: float = 99.5) -> np.ndarray:
     """Clip to the ``lower``/``upper`` percentiles of the foreground and rescale to [0, 1].

@@ -1,0 +1,149 @@
+"""Register two image files and write ANTs-compatible outputs under a prefix.
+
+Outputs for prefix ``P`` (what ``antsRegistration --output P`` writes, plus inrreg's extras):
+
+=========================  ===================================================================
+``P0GenericAffine.mat``    ITK affine (LPS), fixed -> moving points
+``P1Warp.nii.gz``          5-D vector NIfTI on the fixed grid, LPS mm (apply as ``[P1Warp, P0GenericAffine]``)
+``P1InverseWarp.nii.gz``   its numerical inverse, same grid (apply as ``[[P0GenericAffine,1], P1InverseWarp]``)
+``PComposite.h5``          ITK HDF5 composite of affine + warp; ``PInverseComposite.h5`` its inverse
+``PWarped.nii.gz``         moving image on the fixed grid; ``PInverseWarped.nii.gz`` fixed on the moving grid
+``Pjacobian.nii.gz``       ``det(I + du/dx)`` of the deformable part, fixed grid
+``Pregistration.json``     settings, seed, device, versions, runtime, memory, losses, folding, affine
+=========================  ===================================================================
+
+All outputs appear together or not at all (:class:`~inrreg_pipeline.io.images.StagedOutputs`).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .core.config import RegistrationSettings, load_preset
+from .core.registration import RegistrationResult, register
+from .core.space import resolve_device
+from .io.images import InputError, StagedOutputs, load_image, load_mask, save_image
+from .io.itk import (write_ants_displacement_field, write_itk_affine, write_itk_composite_h5,
+                     write_itk_inverse_composite_h5)
+
+OUTPUT_SUFFIXES = {
+    "affine": "0GenericAffine.mat",
+    "warp": "1Warp.nii.gz",
+    "inverse_warp": "1InverseWarp.nii.gz",
+    "composite": "Composite.h5",
+    "inverse_composite": "InverseComposite.h5",
+    "warped": "Warped.nii.gz",
+    "inverse_warped": "InverseWarped.nii.gz",
+    "jacobian": "jacobian.nii.gz",
+    "metadata": "registration.json",
+}
+
+
+def library_versions() -> dict[str, str]:
+    import nibabel
+    import SimpleITK
+
+    return {"inrreg": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "nibabel": nibabel.__version__, "SimpleITK": SimpleITK.Version_VersionString()}
+
+
+class ProgressBars:
+    """tqdm bars (loss and time left) for each stage; silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bars: list[Any] = []
+
+    def __call__(self, stage: str, total: int):
+        if not self.enabled:
+            return None
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"{stage:>10}", unit="it", leave=True, dynamic_ncols=True)
+        self.bars.append(bar)
+
+        def update(steps: int, loss: float) -> None:
+            bar.update(steps)
+            if bar.n % 10 == 0 or bar.n == bar.total:
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if bar.n >= bar.total:
+                bar.close()
+
+        return update
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+
+
+def register_files(fixed: str, moving: str, prefix: str, preset: str | RegistrationSettings = "default",
+                   device: str = "auto", seed: int = 0, fixed_mask: str | None = None,
+                   moving_mask: str | None = None, use_affine: bool = True, threads: int | None = None,
+                   progress: bool | None = None) -> dict[str, Path]:
+    """Register ``moving`` to ``fixed`` and write the outputs listed in the module docstring.
+
+    Returns the output paths by key (see :data:`OUTPUT_SUFFIXES`). Raises :class:`InputError` for
+    bad inputs (nothing is written then).
+    """
+    try:
+        settings = preset if isinstance(preset, RegistrationSettings) else load_preset(preset)
+        dev = resolve_device(device)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    if threads:
+        torch.set_num_threads(int(threads))
+    fixed_img = load_image(fixed, "fixed image")
+    moving_img = load_image(moving, "moving image")
+    if fixed_img.ndim != moving_img.ndim:
+        raise InputError(f"fixed image is {fixed_img.ndim}-D but moving image is {moving_img.ndim}-D")
+    f_mask = load_mask(fixed_mask, fixed_img, "fixed mask") if fixed_mask else None
+    m_mask = load_mask(moving_mask, moving_img, "moving mask") if moving_mask else None
+
+    with StagedOutputs(prefix) as stage:  # fails early when the output folder is not writable
+        bars = ProgressBars(progress)
+        try:
+            result = register(fixed_img, moving_img, settings, dev, seed=seed, fixed_mask=f_mask,
+                              moving_mask=m_mask, use_affine=use_affine, progress=bars)
+        finally:
+            bars.close()
+        write_outputs(stage, result, fixed_img, moving_img)
+        metadata = {
+            "inputs": {"fixed": str(Path(fixed).resolve()), "moving": str(Path(moving).resolve()),
+                       "fixed_mask": str(Path(fixed_mask).resolve()) if fixed_mask else None,
+                       "moving_mask": str(Path(moving_mask).resolve()) if moving_mask else None},
+            "method": "siren",
+            "preset": settings.name,
+            "settings": settings.to_dict(),
+            "seed": seed,
+            "use_affine": use_affine,
+            "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+            "threads": torch.get_num_threads(),
+            "versions": library_versions(),
+            "transform_convention": "ANTs: apply [1Warp, 0GenericAffine] to map fixed points to moving points",
+            "outputs": {key: stage.final(suffix).name for key, suffix in OUTPUT_SUFFIXES.items()},
+            **result.summary,
+        }
+        stage.path(OUTPUT_SUFFIXES["metadata"]).write_text(json.dumps(metadata, indent=2))
+    return {key: stage.final(suffix) for key, suffix in OUTPUT_SUFFIXES.items()}
+
+
+def write_outputs(stage: StagedOutputs, result: RegistrationResult, fixed, moving) -> None:
+    """Write transforms and images of ``result`` into ``stage``."""
+    s = OUTPUT_SUFFIXES
+    write_itk_affine(stage.path(s["affine"]), result.affine)
+    write_ants_displacement_field(stage.path(s["warp"]), result.displacement, fixed.affine)
+    write_ants_displacement_field(stage.path(s["inverse_warp"]), result.inverse_displacement, fixed.affine)
+    write_itk_composite_h5(stage.path(s["composite"]), result.affine, result.displacement, fixed.affine)
+    write_itk_inverse_composite_h5(stage.path(s["inverse_composite"]), result.affine, result.inverse_displacement,
+                                   fixed.affine)
+    save_image(result.warped, fixed.affine, stage.path(s["warped"]))
+    save_image(result.inverse_warped, moving.affine, stage.path(s["inverse_warped"]))
+    save_image(result.jacobian, fixed.affine, stage.path(s["jacobian"]))
