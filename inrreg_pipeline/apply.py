@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.space import resolve_device, sample_array, sample_labels
-from .io.images import InputError, StagedOutputs, load_image, save_image
+from .io.images import InputError, StagedOutputs, check_nifti_output, load_image, save_image
 from .io.itk import transform_chain_to_points
 
 INTERPOLATIONS = ("linear", "nearest", "label")
@@ -39,6 +39,7 @@ def apply_transforms(input_image: str, reference: str, transforms: list[str], ou
         raise InputError(f"unknown interpolation '{interpolation}' (choose from {', '.join(INTERPOLATIONS)})")
     if not transforms:
         raise InputError("at least one transform (-t) is needed")
+    check_nifti_output(output)
     chain = [parse_transform(t) for t in transforms]
     ref = load_image(reference, "reference image")
     img = load_image(input_image, "input image")
@@ -47,8 +48,12 @@ def apply_transforms(input_image: str, reference: str, transforms: list[str], ou
     try:
         dev = resolve_device(device)
         points = transform_chain_to_points(chain, ref.shape, ref.affine)
-    except (ValueError, RuntimeError) as err:
+    except ValueError as err:
         raise InputError(str(err).splitlines()[0]) from None
+    except RuntimeError as err:  # SimpleITK: the useful part is the last line of ITK's message
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = lines[-1] if lines else type(err).__name__
+        raise InputError(f"cannot read the transforms {', '.join(p for p, _ in chain)}: {detail}") from None
     if interpolation == "linear":
         out = sample_array(img.data, img.affine, points, dev)
         dtype = np.float32

@@ -33,7 +33,7 @@ def _register_parser(sub) -> None:
     p.add_argument("--fixed-mask", metavar="FILE", help="mask on FIXED's grid: where the similarity is sampled")
     p.add_argument("--moving-mask", metavar="FILE", help="mask on MOVING's grid: only its inside is compared")
     p.add_argument("--no-affine", action="store_true", help="skip the affine stage (inputs already aligned)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they are off when not a TTY)")
 
 
@@ -63,7 +63,17 @@ def _demo_parser(sub) -> None:
     p.add_argument("--preset", default="fast", metavar="NAME|FILE", help="settings preset (default: fast)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, metavar="N")
+    p.add_argument("--threads", type=_positive_int, metavar="N")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):

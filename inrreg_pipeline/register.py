@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .core.config import RegistrationSettings, load_preset
+from .core.config import RegistrationSettings, load_preset, validate
 from .core.registration import RegistrationResult, register
 from .core.space import resolve_device
 from .io.images import InputError, StagedOutputs, load_image, load_mask, save_image
@@ -93,14 +93,19 @@ def register_files(fixed: str, moving: str, prefix: str, preset: str | Registrat
     bad inputs (nothing is written then).
     """
     try:
-        settings = preset if isinstance(preset, RegistrationSettings) else load_preset(preset)
+        settings = validate(preset) if isinstance(preset, RegistrationSettings) else load_preset(preset)
         dev = resolve_device(device)
     except ValueError as err:
         raise InputError(str(err)) from None
-    if threads:
+    if threads is not None:
+        if int(threads) < 1:
+            raise InputError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(int(threads))
     fixed_img = load_image(fixed, "fixed image")
     moving_img = load_image(moving, "moving image")
+    for role, path, img in (("fixed image", fixed, fixed_img), ("moving image", moving, moving_img)):
+        if img.data.min() == img.data.max():
+            raise InputError(f"{role} '{path}' is constant (every voxel is {img.data.flat[0]:g}): nothing to register")
     if fixed_img.ndim != moving_img.ndim:
         raise InputError(f"fixed image is {fixed_img.ndim}-D but moving image is {moving_img.ndim}-D")
     f_mask = load_mask(fixed_mask, fixed_img, "fixed mask") if fixed_mask else None

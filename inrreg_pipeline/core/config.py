@@ -94,8 +94,65 @@ def _fill(cls: type, values: dict[str, Any], where: str) -> Any:
                 raise ValueError(f"preset key '{where}.{key}' must be an object")
             kwargs[key] = _fill(type(default), value, f"{where}.{key}")
         else:
-            kwargs[key] = value
+            kwargs[key] = _check_type(value, default, f"{where}.{key}")
     return cls(**kwargs)
+
+
+def _check_type(value: Any, default: Any, where: str) -> Any:
+    """``value`` converted to the type of ``default`` (int -> float allowed), else ``ValueError``."""
+    def bad() -> ValueError:
+        return ValueError(f"preset key '{where}' must be {type(default).__name__}, got {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad()
+        return value
+    return value
+
+
+def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
+    """Check values (names, ranges, list lengths) before any work starts; ``ValueError`` otherwise."""
+    from .losses import REGULARISERS, SIMILARITIES
+    from .networks import ACTIVATIONS
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(f"preset '{settings.name}': {message}")
+
+    a, n, o, l = settings.affine, settings.network, settings.optimisation, settings.loss
+    need(a.similarity in SIMILARITIES, f"affine.similarity must be one of {', '.join(SIMILARITIES)}")
+    need(len(a.shrink_factors) == len(a.iterations), "affine.shrink_factors and affine.iterations differ in length")
+    need(all(f >= 1 for f in a.shrink_factors), "affine.shrink_factors must be >= 1")
+    need(all(i >= 0 for i in a.iterations) and a.rigid_iterations >= 0, "affine iterations must be >= 0")
+    need(a.samples >= 10 and a.lr > 0, "affine.samples must be >= 10 and affine.lr > 0")
+    need(n.activation in ACTIVATIONS, f"network.activation must be one of {', '.join(ACTIVATIONS)}")
+    need(n.hidden_layers >= 1 and n.hidden_features >= 1, "network sizes must be >= 1")
+    need(n.omega > 0 and n.fourier_frequencies >= 0, "network.omega must be > 0, fourier_frequencies >= 0")
+    need(o.iterations >= 1 and o.patches >= 1 and o.patch_size >= 2, "optimisation: iterations >= 1, patches >= 1, "
+         "patch_size >= 2")
+    need(o.optimizer.lower() in ("adam", "adamw"), "optimisation.optimizer must be adam or adamw")
+    need(o.lr > 0 and o.weight_decay >= 0, "optimisation.lr must be > 0 and weight_decay >= 0")
+    need(l.similarity in SIMILARITIES, f"loss.similarity must be one of {', '.join(SIMILARITIES)}")
+    need(l.regulariser in REGULARISERS, f"loss.regulariser must be one of {', '.join(REGULARISERS)}")
+    need(l.alpha >= 0 and l.lncc_window >= 1, "loss.alpha must be >= 0 and lncc_window >= 1")
+    need(settings.inverse_iterations >= 0, "inverse_iterations must be >= 0")
+    return settings
 
 
 def available_presets() -> list[str]:
@@ -111,6 +168,8 @@ def load_preset(name_or_path: str) -> RegistrationSettings:
         if not path.exists():
             raise ValueError(f"unknown preset '{name_or_path}' (shipped: {', '.join(available_presets())}; "
                              "or give a JSON file)")
+    if path.is_dir():
+        raise ValueError(f"preset '{path}' is a directory, not a JSON file")
     if not path.is_file():
         raise ValueError(f"preset file '{path}' does not exist")
     try:
@@ -120,4 +179,4 @@ def load_preset(name_or_path: str) -> RegistrationSettings:
     if not isinstance(values, dict):
         raise ValueError(f"preset file '{path}' must hold a JSON object")
     values.setdefault("name", path.stem)
-    return _fill(RegistrationSettings, values, path.stem)
+    return validate(_fill(RegistrationSettings, values, path.stem))

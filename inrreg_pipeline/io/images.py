@@ -84,6 +84,15 @@ def load_mask(path: str | os.PathLike, reference: SpatialImage, role: str = "mas
     return binary
 
 
+def check_nifti_output(path: str | os.PathLike) -> None:
+    """An output image path must name a single-file NIfTI (``.nii`` or ``.nii.gz``), not a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"output '{path}' is a directory; give a file name ending in .nii.gz")
+    if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
+        raise InputError(f"output '{path}' must end in .nii or .nii.gz")
+
+
 def save_image(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype=np.float32,
                intent: str | None = None) -> None:
     """Write a NIfTI with qform and sform both set to the (expanded) affine."""
@@ -111,6 +120,8 @@ class StagedOutputs:
         self._tmp: Path | None = None
 
     def __enter__(self) -> "StagedOutputs":
+        if self.directory.exists() and not self.directory.is_dir():
+            raise InputError(f"output directory '{self.directory}' is not a directory")
         if not self.directory.is_dir():
             raise InputError(f"output directory '{self.directory}' does not exist")
         try:

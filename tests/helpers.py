@@ -1,0 +1,44 @@
+"""Shared test data: real images that ship with nilearn, and quick settings."""
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+
+import numpy as np
+
+from inrreg_pipeline.core.config import load_preset
+from inrreg_pipeline.core.space import SpatialImage, downsample
+
+
+@lru_cache(maxsize=None)
+def _mni(resolution: int = 2) -> SpatialImage:
+    from nilearn import datasets
+
+    img = datasets.load_mni152_template(resolution=resolution)
+    return SpatialImage(np.asarray(img.get_fdata(), np.float32), img.affine)
+
+
+def mni_slice() -> SpatialImage:
+    """An axial slice of nilearn's MNI152 (2 mm), as a 2-D image with its in-plane affine."""
+    vol = _mni()
+    return SpatialImage(vol.data[:, :, 45].copy(), vol.affine[np.ix_([0, 1, 3], [0, 1, 3])])
+
+
+def mni_small(factor: int = 2) -> SpatialImage:
+    """nilearn's MNI152 at 2 mm downsampled by ``factor`` (4 mm by default, 50 x 59 x 48)."""
+    return downsample(_mni(), factor)
+
+
+def quick_settings(iterations: int = 150, patches: int = 2, patch_size: int = 10, hidden: int = 64):
+    """The ``fast`` preset cut down for tests (seconds per registration on 2 CPU cores)."""
+    s = copy.deepcopy(load_preset("fast"))
+    s.optimisation.iterations = iterations
+    s.optimisation.patches = patches
+    s.optimisation.patch_size = patch_size
+    s.network.hidden_features = hidden
+    s.affine.iterations = [60, 30]
+    s.affine.shrink_factors = [2, 1]
+    s.affine.rigid_iterations = 30
+    s.affine.samples = 4000
+    s.inverse_iterations = 10
+    return s

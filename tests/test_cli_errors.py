@@ -1,0 +1,451 @@
+"""The ``inrreg`` command line contract: exit codes, one-line errors, all-or-nothing outputs.
+
+``inrreg register`` / ``inrreg apply`` exit 0 on success, 2 on bad input (exactly one line on
+stderr naming the problem, no traceback) and 1 on an internal failure. Outputs are staged in a
+hidden ``.inrreg-*`` folder and moved into place only when everything succeeded, so a failed run
+leaves neither outputs nor the staging folder behind. Everything runs in-process through
+:func:`inrreg_pipeline.cli.main` on tiny 2-D images, so the whole file takes seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from inrreg_pipeline.cli import main
+
+PREFIX = "sub_"
+SPACING = 2.0  # mm
+SHAPE = (24, 20)
+
+# what `inrreg register -o P` writes, and nothing else with the prefix
+REGISTER_SUFFIXES = ("0GenericAffine.mat", "1Warp.nii.gz", "1InverseWarp.nii.gz", "Composite.h5",
+                     "InverseComposite.h5", "Warped.nii.gz", "InverseWarped.nii.gz", "jacobian.nii.gz",
+                     "registration.json")
+
+FAST_PRESET = {"affine": {"shrink_factors": [1], "iterations": [20], "rigid_iterations": 10, "samples": 500},
+               "network": {"hidden_layers": 2, "hidden_features": 32},
+               "optimisation": {"iterations": 10, "patch_size": 8, "patches": 2},
+               "inverse_iterations": 5}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _affine(ndim: int = 2) -> np.ndarray:
+    aff = np.diag([SPACING, SPACING, SPACING, 1.0])
+    aff[:3, 3] = [-20.0, -18.0, 0.0 if ndim == 2 else -10.0]
+    return aff
+
+
+def _save(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    data = np.asarray(data)
+    nib.save(nib.Nifti1Image(data, _affine(data.ndim) if affine is None else affine), str(path))
+    return path
+
+
+def _blob(shape=SHAPE, shift_mm: float = 0.0) -> np.ndarray:
+    """A smooth 2-D image: two Gaussian blobs, shifted along x by ``shift_mm``."""
+    i, j = np.meshgrid(np.arange(shape[0], dtype=np.float64), np.arange(shape[1], dtype=np.float64), indexing="ij")
+    s = shift_mm / SPACING
+    img = (np.exp(-((i - 11 - s) ** 2 + (j - 9) ** 2) / (2 * 3.0 ** 2))
+           + 0.6 * np.exp(-((i - 16 - s) ** 2 + (j - 13) ** 2) / (2 * 2.0 ** 2)))
+    return (100.0 * img).astype(np.float32)
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def _run(argv: list[str]) -> int:
+    """``main(argv)`` as the shell would see it (argparse exits through ``SystemExit``)."""
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exc:
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+
+
+def _assert_one_line_error(capsys, code: int, expected_code: int, *words: str) -> str:
+    out, err = capsys.readouterr()
+    assert code == expected_code, f"exit {code}, expected {expected_code}; stderr: {err!r}"
+    assert "Traceback" not in err and "Traceback" not in out, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), f"expected exactly one non-empty stderr line, got {err!r}"
+    assert any(w.lower() in lines[0].lower() for w in words), f"none of {words} in {lines[0]!r}"
+    return lines[0]
+
+
+def _assert_nothing_written(directory: Path, prefix: str = PREFIX) -> None:
+    if not directory.is_dir():
+        return
+    left = [p.name for p in directory.iterdir() if p.name.startswith(prefix) or p.name.startswith(".inrreg-")]
+    assert not left, f"left behind in {directory}: {left}"
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """``(fixed, moving, out_dir)``: a tiny valid 2-D pair and an empty output folder."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    fixed = _save(inputs / "fixed.nii.gz", _blob())
+    moving = _save(inputs / "moving.nii.gz", _blob(shift_mm=2.0))
+    return fixed, moving, out
+
+
+def _register_argv(fixed, moving, out: Path, *extra) -> list:
+    return ["register", fixed, moving, "-o", f"{out}/{PREFIX}", "--device", "cpu", *extra]
+
+
+# ----------------------------------------------------------------------------- register: bad input -> 2
+
+
+def test_register_missing_fixed(pair, capsys):
+    fixed, moving, out = pair
+    code = _run(_register_argv(fixed.parent / "nope.nii.gz", moving, out))
+    line = _assert_one_line_error(capsys, code, 2, "does not exist")
+    assert "fixed" in line
+    _assert_nothing_written(out)
+
+
+def test_register_text_file_as_image(pair, capsys):
+    fixed, moving, out = pair
+    bogus = fixed.parent / "x.nii.gz"
+    bogus.write_text("this is not an image\n")
+    code = _run(_register_argv(bogus, moving, out))
+    _assert_one_line_error(capsys, code, 2, "not a readable")
+    _assert_nothing_written(out)
+
+
+def test_register_4d_image(pair, capsys):
+    fixed, moving, out = pair
+    four_d = _save(fixed.parent / "bold.nii.gz", np.stack([_blob()[..., None]] * 3, axis=-1))  # (24, 20, 1, 3)
+    code = _run(_register_argv(fixed, four_d, out))
+    line = _assert_one_line_error(capsys, code, 2, "4-D")
+    assert "moving" in line
+    _assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_register_non_finite_voxels(pair, capsys, bad_value):
+    fixed, moving, out = pair
+    data = _blob()
+    data[3, 4] = bad_value
+    bad = _save(fixed.parent / "bad.nii.gz", data)
+    code = _run(_register_argv(bad, moving, out))
+    _assert_one_line_error(capsys, code, 2, "NaN", "infinite")
+    _assert_nothing_written(out)
+
+
+def test_register_2d_vs_3d(pair, capsys):
+    fixed, moving, out = pair
+    vol = _save(fixed.parent / "vol.nii.gz", np.stack([_blob()] * 5, axis=-1))
+    code = _run(_register_argv(fixed, vol, out))
+    _assert_one_line_error(capsys, code, 2, "2-D")
+    _assert_nothing_written(out)
+
+
+def test_register_empty_fixed_mask(pair, capsys):
+    fixed, moving, out = pair
+    mask = _save(fixed.parent / "mask.nii.gz", np.zeros(SHAPE, np.uint8))
+    code = _run(_register_argv(fixed, moving, out, "--fixed-mask", mask))
+    _assert_one_line_error(capsys, code, 2, "empty")
+    _assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("which", ["shape", "affine"])
+def test_register_mask_on_other_grid(pair, capsys, which):
+    fixed, moving, out = pair
+    if which == "shape":
+        mask = _save(fixed.parent / "mask.nii.gz", np.ones((12, 10), np.uint8))
+    else:
+        aff = _affine()
+        aff[0, 3] += 5.0
+        mask = _save(fixed.parent / "mask.nii.gz", np.ones(SHAPE, np.uint8), aff)
+    code = _run(_register_argv(fixed, moving, out, "--moving-mask", mask))
+    _assert_one_line_error(capsys, code, 2, "grid")
+    _assert_nothing_written(out)
+
+
+def test_register_output_parent_is_a_file(pair, capsys):
+    fixed, moving, out = pair
+    afile = out / "afile"
+    afile.write_text("a regular file\n")
+    code = _run(["register", fixed, moving, "-o", f"{afile}/{PREFIX}", "--device", "cpu"])
+    _assert_one_line_error(capsys, code, 2, "cannot write", "does not exist", "not a directory")
+    assert afile.read_text() == "a regular file\n"
+    _assert_nothing_written(out)
+
+
+def test_register_output_directory_missing(pair, capsys):
+    fixed, moving, out = pair
+    code = _run(["register", fixed, moving, "-o", f"{out}/missing/{PREFIX}", "--device", "cpu"])
+    _assert_one_line_error(capsys, code, 2, "does not exist", "cannot write")
+    assert not (out / "missing").exists()
+    _assert_nothing_written(out)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores directory permissions")
+def test_register_output_directory_read_only(pair, capsys):
+    fixed, moving, out = pair
+    out.chmod(0o500)
+    try:
+        code = _run(_register_argv(fixed, moving, out))
+        _assert_one_line_error(capsys, code, 2, "cannot write")
+    finally:
+        out.chmod(0o700)
+    _assert_nothing_written(out)
+
+
+def test_register_unknown_preset(pair, capsys):
+    fixed, moving, out = pair
+    code = _run(_register_argv(fixed, moving, out, "--preset", "no-such-preset"))
+    _assert_one_line_error(capsys, code, 2, "unknown preset")
+    _assert_nothing_written(out)
+
+
+def test_register_missing_preset_file(pair, capsys):
+    fixed, moving, out = pair
+    code = _run(_register_argv(fixed, moving, out, "--preset", fixed.parent / "absent.json"))
+    _assert_one_line_error(capsys, code, 2, "does not exist")
+    _assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("content", ['{"affine": {"iterations": [20,]', "[1, 2, 3]", '{"no_such_section": {}}'],
+                         ids=["invalid-json", "not-an-object", "unknown-key"])
+def test_register_malformed_preset(pair, capsys, content):
+    fixed, moving, out = pair
+    preset = fixed.parent / "broken.json"
+    preset.write_text(content)
+    code = _run(_register_argv(fixed, moving, out, "--preset", preset))
+    _assert_one_line_error(capsys, code, 2, "preset")
+    _assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("content, word", [
+    ('{"optimisation": {"iterations": "ten"}}', "must be int"),
+    ('{"loss": {"similarity": "bogus"}}', "loss.similarity"),
+    ('{"optimisation": {"iterations": -5}}', "iterations >= 1"),
+    ('{"affine": {"shrink_factors": [1, 2], "iterations": [5]}}', "differ in length"),
+    ('{"network": {"activation": "tanh"}}', "activation"),
+], ids=["wrong-type", "unknown-similarity", "negative", "mismatched-lists", "unknown-activation"])
+def test_register_preset_with_bad_values(pair, capsys, content, word):
+    """Bad preset values are the user's input: exit 2 before any work, not an internal failure."""
+    fixed, moving, out = pair
+    preset = fixed.parent / "bad_values.json"
+    preset.write_text(content)
+    code = _run(_register_argv(fixed, moving, out, "--preset", preset))
+    _assert_one_line_error(capsys, code, 2, word)
+    _assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("threads", ["-1", "0", "two"])
+def test_register_bad_threads(pair, capsys, threads):
+    fixed, moving, out = pair
+    code = _run(_register_argv(fixed, moving, out, "--threads", threads))
+    _assert_one_line_error(capsys, code, 2, "positive integer")
+    _assert_nothing_written(out)
+
+
+def test_register_constant_image(pair, capsys):
+    fixed, moving, out = pair
+    flat = _save(fixed.parent / "flat.nii.gz", np.full(SHAPE, 7.0, np.float32))
+    code = _run(_register_argv(flat, moving, out))
+    _assert_one_line_error(capsys, code, 2, "constant")
+    _assert_nothing_written(out)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_register_cuda_without_cuda(pair, capsys):
+    fixed, moving, out = pair
+    code = _run(["register", fixed, moving, "-o", f"{out}/{PREFIX}", "--device", "cuda"])
+    _assert_one_line_error(capsys, code, 2, "CUDA")
+    _assert_nothing_written(out)
+
+
+def test_register_unknown_device(pair, capsys):
+    fixed, moving, out = pair
+    code = _run(["register", fixed, moving, "-o", f"{out}/{PREFIX}", "--device", "tpu"])
+    _assert_one_line_error(capsys, code, 2, "unknown device")
+    _assert_nothing_written(out)
+
+
+def test_register_unknown_option(pair, capsys):
+    fixed, moving, out = pair
+    code = _run(_register_argv(fixed, moving, out, "--bogus-option"))
+    _assert_one_line_error(capsys, code, 2, "unrecognized arguments")
+    _assert_nothing_written(out)
+
+
+def test_register_missing_output(pair, capsys):
+    fixed, moving, out = pair
+    code = _run(["register", fixed, moving])
+    _assert_one_line_error(capsys, code, 2, "-o/--output")
+    _assert_nothing_written(out)
+
+
+def test_register_bad_seed(pair, capsys):
+    fixed, moving, out = pair
+    code = _run(_register_argv(fixed, moving, out, "--seed", "abc"))
+    _assert_one_line_error(capsys, code, 2, "--seed")
+    _assert_nothing_written(out)
+
+
+# ----------------------------------------------------------------------------- apply: bad input -> 2
+
+
+@pytest.fixture
+def apply_inputs(pair):
+    """``(moving, fixed, warp, affine_mat, out_dir)``: valid transform files made by hand (no registration)."""
+    from inrreg_pipeline.io.itk import write_ants_displacement_field, write_itk_affine
+
+    fixed, moving, out = pair
+    warp = fixed.parent / "w_1Warp.nii.gz"
+    write_ants_displacement_field(warp, np.zeros((*SHAPE, 2)), _affine()[np.ix_([0, 1, 3], [0, 1, 3])])
+    mat = fixed.parent / "w_0GenericAffine.mat"
+    write_itk_affine(mat, np.eye(3))
+    return moving, fixed, warp, mat, out
+
+
+def test_apply_inputs_fixture_is_valid(apply_inputs, capsys):
+    """The hand-made transforms are fine, so the failures below are about what each test breaks."""
+    moving, fixed, warp, mat, out = apply_inputs
+    code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", out / f"{PREFIX}moved.nii.gz"])
+    assert code == 0, capsys.readouterr().err
+    assert (out / f"{PREFIX}moved.nii.gz").is_file()
+
+
+def test_apply_missing_transform(apply_inputs, capsys):
+    moving, fixed, warp, mat, out = apply_inputs
+    code = _run(["apply", moving, "-r", fixed, "-t", warp.parent / "absent_1Warp.nii.gz", "-t", mat,
+                 "-o", out / f"{PREFIX}moved.nii.gz"])
+    _assert_one_line_error(capsys, code, 2, "does not exist")
+    _assert_nothing_written(out)
+
+
+def test_apply_inverting_a_displacement_field(apply_inputs, capsys):
+    moving, fixed, warp, mat, out = apply_inputs
+    code = _run(["apply", moving, "-r", fixed, "-t", f"[{warp},1]", "-t", mat, "-o", out / f"{PREFIX}moved.nii.gz"])
+    _assert_one_line_error(capsys, code, 2, "invert")
+    _assert_nothing_written(out)
+
+
+def test_apply_missing_reference(apply_inputs, capsys):
+    moving, fixed, warp, mat, out = apply_inputs
+    code = _run(["apply", moving, "-r", fixed.parent / "absent.nii.gz", "-t", warp, "-t", mat,
+                 "-o", out / f"{PREFIX}moved.nii.gz"])
+    line = _assert_one_line_error(capsys, code, 2, "does not exist")
+    assert "reference" in line
+    _assert_nothing_written(out)
+
+
+def test_apply_unknown_interpolation(apply_inputs, capsys):
+    moving, fixed, warp, mat, out = apply_inputs
+    code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", out / f"{PREFIX}moved.nii.gz",
+                 "--interpolation", "cubic"])
+    _assert_one_line_error(capsys, code, 2, "invalid choice")
+    _assert_nothing_written(out)
+
+
+def test_apply_output_directory_missing(apply_inputs, capsys):
+    moving, fixed, warp, mat, out = apply_inputs
+    code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", out / "missing" / f"{PREFIX}moved.nii.gz"])
+    _assert_one_line_error(capsys, code, 2, "does not exist", "cannot write")
+    _assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("name, word", [("noext", ".nii"), ("moved.img", ".nii"), ("adir", "directory")])
+def test_apply_output_must_be_a_nifti_file(apply_inputs, capsys, name, word):
+    moving, fixed, warp, mat, out = apply_inputs
+    (out / "adir").mkdir()
+    code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", out / name])
+    _assert_one_line_error(capsys, code, 2, word)
+    assert not (out / "noext").exists() and not (out / "moved.img").exists()
+    assert not list(out.glob(".inrreg-*"))
+
+
+def test_apply_unreadable_transform_names_the_file(apply_inputs, capsys):
+    moving, fixed, warp, mat, out = apply_inputs
+    junk = fixed.parent / "junk.mat"
+    junk.write_text("not a transform")
+    code = _run(["apply", moving, "-r", fixed, "-t", junk, "-o", out / f"{PREFIX}moved.nii.gz"])
+    line = _assert_one_line_error(capsys, code, 2, "cannot read")
+    assert "junk.mat" in line
+    _assert_nothing_written(out)
+
+
+# ----------------------------------------------------------------------------- --help
+
+
+@pytest.mark.parametrize("command, names", [
+    ("register", ["0GenericAffine.mat", "1Warp.nii.gz", "1InverseWarp.nii.gz", "Composite.h5", "Warped.nii.gz"]),
+    ("apply", ["P1Warp.nii.gz", "P0GenericAffine.mat", "PComposite.h5"]),
+])
+def test_subcommand_help(capsys, monkeypatch, command, names):
+    monkeypatch.setenv("COLUMNS", "100")
+    code = _run([command, "--help"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    text = " ".join(out.split())
+    for name in names:
+        assert name in text, f"{name} not in `inrreg {command} --help`"
+
+
+# ----------------------------------------------------------------------------- success: outputs appear
+
+
+def test_register_then_apply_succeeds(pair, capsys):
+    fixed, moving, out = pair
+    inputs = fixed.parent
+    preset = inputs / "tiny.json"
+    preset.write_text(json.dumps(FAST_PRESET))
+    labels = np.zeros(SHAPE, np.int16)
+    labels[6:14, 4:12] = 1
+    labels[12:20, 10:17] = 5
+    labels[2:5, 15:19] = 12
+    label_map = _save(inputs / "moving_labels.nii.gz", labels)
+    before = {p.name: _md5(p) for p in inputs.iterdir()}
+
+    code = _run(["register", fixed, moving, "-o", f"{out}/{PREFIX}", "--preset", preset, "--device", "cpu",
+                 "--seed", "1", "--no-progress"])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(PREFIX + s for s in REGISTER_SUFFIXES)  # all of them, nothing else, no .inrreg-*
+    meta = json.loads((out / f"{PREFIX}registration.json").read_text())
+    assert meta["seed"] == 1 and meta["device"] == "cpu"
+    assert nib.load(str(out / f"{PREFIX}Warped.nii.gz")).shape[:2] == SHAPE
+
+    moved = out / "moved.nii.gz"
+    code = _run(["apply", moving, "-r", fixed, "-t", out / f"{PREFIX}1Warp.nii.gz",
+                 "-t", out / f"{PREFIX}0GenericAffine.mat", "-o", moved])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    moved_data = np.asanyarray(nib.load(str(moved)).dataobj)
+    assert moved_data.shape[:2] == SHAPE and np.isfinite(moved_data).all()
+
+    moved_c = out / "moved_composite.nii.gz"
+    code = _run(["apply", moving, "-r", fixed, "-t", out / f"{PREFIX}Composite.h5", "-o", moved_c])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    np.testing.assert_allclose(np.asanyarray(nib.load(str(moved_c)).dataobj), moved_data, atol=1e-3 * moved_data.max())
+
+    moved_labels = out / "moved_labels.nii.gz"
+    code = _run(["apply", label_map, "-r", fixed, "-t", out / f"{PREFIX}1Warp.nii.gz",
+                 "-t", out / f"{PREFIX}0GenericAffine.mat", "-o", moved_labels, "--interpolation", "label"])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    out_labels = np.asanyarray(nib.load(str(moved_labels)).dataobj)
+    assert out_labels.shape[:2] == SHAPE
+    assert set(np.unique(out_labels).tolist()) <= set(np.unique(labels).tolist())
+    assert len(np.unique(out_labels)) > 1
+
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".inrreg-")]
+    assert {p.name: _md5(p) for p in inputs.iterdir()} == before  # inputs untouched
