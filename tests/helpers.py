@@ -42,3 +42,9 @@ def quick_settings(iterations: int = 150, patches: int = 2, patch_size: int = 10
     s.affine.samples = 4000
     s.inverse_iterations = 10
     return s
+
+
+def masked_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Normalised cross-correlation of two images inside ``mask``."""
+    a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import masked_ncc as ncc
 from helpers import mni_small, quick_settings
 
 from inrreg_pipeline.apply import apply_transforms
@@ -18,11 +19,6 @@ from inrreg_pipeline.register import register_files
 from inrreg_pipeline.synthetic import deform, random_deformation, sample_image
 
 ants = pytest.importorskip("ants")
-
-
-def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import masked_ncc as ncc
 from helpers import mni_slice, mni_small, quick_settings
 
 from inrreg_pipeline.core import load_preset, register
@@ -12,11 +13,6 @@ from inrreg_pipeline.demo import oblique_grid
 from inrreg_pipeline.synthetic import deform, random_deformation, registration_error, sample_image
 
 CPU = torch.device("cpu")
-
-
-def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 def phi(result, points: np.ndarray) -> np.ndarray:
