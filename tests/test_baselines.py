@@ -1,0 +1,285 @@
+"""ANTs baselines (real antsRegistration through antspyx) write what ``inrreg register`` writes.
+
+A small real pair: nilearn's MNI152 at 6 mm and a copy under a known smooth deformation, small
+rotation and shift.  Iterations are scaled down so the whole file runs in well under a minute on
+one core; the checks are about files, conventions and bookkeeping, not about ANTs' accuracy.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from helpers import mni_slice, mni_small
+
+from inrreg_pipeline import baselines
+from inrreg_pipeline.baselines import ANTS_PRESETS, antsregistration_arguments, is_ants_preset, run_ants
+from inrreg_pipeline.core.space import downsample, foreground_mask
+from inrreg_pipeline.demo import oblique_grid
+from inrreg_pipeline.io.images import InputError, save_image
+from inrreg_pipeline.io.itk import read_ants_displacement_field, read_itk_affine
+from inrreg_pipeline.register import OUTPUT_SUFFIXES
+from inrreg_pipeline.synthetic import deform, random_deformation, sample_image
+
+ants = pytest.importorskip("ants")
+
+#: iteration scaling per preset: enough for SyN to move, a few seconds each on one core
+SCALE = {"ants-syn": 0.1, "ants-syn-cc": 0.05, "ants-precise": 0.05}
+#: ANTs' own interpolator for PWarped (antspyx spelling)
+INTERPOLATOR = {"ants-syn": "linear", "ants-syn-cc": "linear", "ants-precise": "lanczosWindowedSinc"}
+
+
+def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ants_pair")
+    fixed = mni_small(3)  # 6 mm, 31 x 37 x 31
+    psi = random_deformation(fixed, amplitude_mm=5.0, rotation_deg=4.0, translation_mm=4.0, seed=3)
+    moving = deform(fixed, psi)
+    save_image(fixed.data, fixed.affine, tmp / "fixed.nii.gz")
+    save_image(moving.data, moving.affine, tmp / "moving.nii.gz")
+    return tmp, fixed, moving
+
+
+@pytest.fixture(scope="module", params=list(ANTS_PRESETS))
+def run(request, pair):
+    tmp, fixed, moving = pair
+    preset = request.param
+    out = run_ants(str(tmp / "fixed.nii.gz"), str(tmp / "moving.nii.gz"), str(tmp / f"{preset}_"), preset=preset,
+                   seed=0, scale_iterations=SCALE[preset])
+    return tmp, preset, out
+
+
+# ---------------------------------------------------------------------------------------------
+def test_presets_are_named_and_explicit():
+    assert set(ANTS_PRESETS) == {"ants-syn", "ants-syn-cc", "ants-precise"}
+    assert is_ants_preset("ants-syn-cc") and not is_ants_preset("default") and not is_ants_preset(None)
+    cc = ANTS_PRESETS["ants-syn-cc"]
+    assert [s["transform"] for s in cc["stages"]] == ["Rigid", "Affine", "SyN"]
+    for s in cc["stages"][:2]:
+        assert (s["metric"], s["radius_or_number_of_bins"], s["sampling_strategy"], s["sampling_percentage"]) == \
+            ("MI", 32, "Regular", 0.25)
+        assert s["iterations"] == [1000, 500, 250, 100]
+    syn = cc["stages"][2]
+    assert (syn["metric"], syn["radius_or_number_of_bins"], syn["transform_parameters"]) == ("CC", 4, [0.1, 3, 0])
+    assert syn["iterations"] == [100, 70, 50, 20] and syn["shrink_factors"] == [8, 4, 2, 1]
+    assert all((s["convergence_threshold"], s["convergence_window_size"]) == (1e-6, 10) for s in cc["stages"])
+    assert cc["winsorize_image_intensities"] == [0.005, 0.995] and cc["use_histogram_matching"] is False
+    precise = ANTS_PRESETS["ants-precise"]
+    assert precise["float"] and precise["collapse_output_transforms"] and not precise["write_composite_transform"]
+    assert precise["stages"][2]["transform_parameters"] == [0.1, 3.0, 0.0]
+    json.dumps(ANTS_PRESETS)  # recorded verbatim: must be plain JSON
+
+
+def test_scaled_iterations_keep_zero_levels_and_at_least_one():
+    assert baselines.scaled_iterations([2100, 1200, 1200, 0], 0.1) == [210, 120, 120, 0]
+    assert baselines.scaled_iterations([100, 70, 50, 20], 0.01) == [1, 1, 1, 1]
+    args = antsregistration_arguments("ants-syn-cc", 3, "F", "M", "P", "W", "IW", scale_iterations=0.1)
+    assert "[10x7x5x2,1e-06,10]" in args
+
+
+def _canonical(args: list[str], roles: dict[str, str]) -> dict[str, list[str]]:
+    """antsRegistration arguments as option -> values in order, roles named, numbers normalised."""
+    long = {"-r": "--initial-moving-transform", "-x": "--masks", "-u": "--use-histogram-matching",
+            "-z": "--collapse-output-transforms", "-o": "--output", "-m": "--metric", "-t": "--transform",
+            "-c": "--convergence", "-s": "--smoothing-sigmas", "-f": "--shrink-factors", "-d": "--dimensionality"}
+    out: dict[str, list[str]] = {}
+    for opt, val in zip(args[::2], args[1::2]):
+        val = str(val)
+        for old, new in sorted(roles.items(), key=lambda kv: -len(kv[0])):
+            val = val.replace(old, new)
+        val = re.sub(r"\d+(?:\.\d*)?(?:e-?\d+)?", lambda m: repr(float(m.group())), val)
+        out.setdefault(long.get(opt, opt), []).append(val)
+    return out
+
+
+def test_ants_syn_is_antspyx_syn_argument_for_argument(pair, monkeypatch):
+    """ants.registration(type_of_transform='SyN') builds the same antsRegistration call."""
+    tmp, _, _ = pair
+    captured = {}
+    reg_module = sys.modules["ants.registration.registration"]
+    monkeypatch.setattr(reg_module, "get_lib_fn", lambda name: (lambda a: captured.setdefault("args", list(a)) and 0))
+    f, m = ants.image_read(str(tmp / "fixed.nii.gz")), ants.image_read(str(tmp / "moving.nii.gz"))
+    ants.registration(f, m, type_of_transform="SyN", mask=ants.get_mask(f), outprefix=str(tmp / "capture_"))
+    theirs = captured["args"]
+    fptr, mptr = re.fullmatch(r"\[(\w+),(\w+),1\]", theirs[theirs.index("-r") + 1]).groups()
+    out = re.fullmatch(r"\[(.+),(\w+),(\w+)\]", theirs[theirs.index("--output") + 1]).groups()
+    mask_ptr = re.fullmatch(r"\[(\w+),NA\]", theirs[len(theirs) - 1 - theirs[::-1].index("-x") + 1]).group(1)
+    theirs = _canonical(theirs, {fptr: "FIXED", mptr: "MOVING", mask_ptr: "FMASK", out[0]: "PREFIX",
+                                 out[1]: "WARPED", out[2]: "INVWARPED"})
+    ours = _canonical(antsregistration_arguments("ants-syn", 3, "FIXED", "MOVING", "PREFIX", "WARPED", "INVWARPED",
+                                                 fixed_mask="FMASK"), {})
+    assert ours.pop("--random-seed") == ["1.0"]  # ours always seeds; antspyx only when set globally
+    assert ours == theirs
+
+
+# ---------------------------------------------------------------------------------------------
+def test_outputs_are_those_of_inrreg_register(run):
+    tmp, preset, out = run
+    assert set(out) == set(OUTPUT_SUFFIXES)
+    expected = {f"{preset}_{suffix}" for suffix in OUTPUT_SUFFIXES.values()}
+    assert {p.name for p in out.values()} == expected
+    assert {p.name for p in tmp.iterdir() if p.name.startswith(f"{preset}_")} == expected
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".inrreg")]  # staging folder gone
+
+
+def test_warped_is_much_closer_to_fixed(run, pair):
+    _, fixed, moving = pair
+    _, _, out = run
+    inside = foreground_mask(fixed.data)
+    warped = nib.load(str(out["warped"])).get_fdata()
+    before, after = ncc(moving.data, fixed.data, inside), ncc(warped, fixed.data, inside)
+    assert 1.0 - after < 0.5 * (1.0 - before), (before, after)
+
+
+def test_ants_reproduces_warped_images_from_the_outputs(run, pair):
+    tmp, preset, out = run
+    _, fixed, moving = pair
+    f, m = ants.image_read(str(tmp / "fixed.nii.gz")), ants.image_read(str(tmp / "moving.nii.gz"))
+    interp = INTERPOLATOR[preset]
+    inside, inside_m = foreground_mask(fixed.data), foreground_mask(moving.data)
+    warped = nib.load(str(out["warped"])).get_fdata()
+    by_files = ants.apply_transforms(f, m, [str(out["warp"]), str(out["affine"])], interpolator=interp,
+                                     whichtoinvert=[False, False]).numpy()
+    by_h5 = ants.apply_transforms(f, m, [str(out["composite"])], interpolator=interp).numpy()
+    assert ncc(by_files, warped, inside) >= 0.999
+    assert ncc(by_h5, warped, inside) >= 0.999
+    inverse_warped = nib.load(str(out["inverse_warped"])).get_fdata()
+    inv_files = ants.apply_transforms(m, f, [str(out["affine"]), str(out["inverse_warp"])], interpolator=interp,
+                                      whichtoinvert=[True, False]).numpy()
+    inv_h5 = ants.apply_transforms(m, f, [str(out["inverse_composite"])], interpolator=interp).numpy()
+    assert ncc(inv_files, inverse_warped, inside_m) >= 0.999
+    assert ncc(inv_h5, inverse_warped, inside_m) >= 0.999
+
+
+def test_jacobian_agrees_with_ants(run, pair):
+    tmp, _, out = run
+    _, fixed, _ = pair
+    ours = nib.load(str(out["jacobian"])).get_fdata()
+    theirs = ants.create_jacobian_determinant_image(ants.image_read(str(tmp / "fixed.nii.gz")),
+                                                    str(out["warp"])).numpy()
+    inside = foreground_mask(fixed.data)
+    assert ours.shape == fixed.shape
+    assert np.corrcoef(ours[inside], theirs[inside])[0, 1] > 0.99
+    assert np.abs(ours - theirs)[inside].max() < 0.1
+
+
+def test_metadata_records_preset_runtime_and_folding(run):
+    _, preset, out = run
+    md = json.loads(out["metadata"].read_text())
+    assert md["method"] == "ants" and md["preset"] == preset
+    assert md["parameters"] == json.loads(json.dumps(ANTS_PRESETS[preset]))
+    assert md["scale_iterations"] == SCALE[preset]
+    assert md["iterations_used"] == [baselines.scaled_iterations(s["iterations"], SCALE[preset])
+                                     for s in ANTS_PRESETS[preset]["stages"]]
+    args = md["antsRegistration_arguments"]
+    assert args[:2] == ["--dimensionality", "3"] and "{fixed}" in " ".join(args)
+    assert args[args.index("--random-seed") + 1] == "1" and md["seed"] == 0 and md["threads"] == 1
+    assert md["versions"]["antspyx"] == ants.__version__ and md["versions"]["ANTs"]
+    assert md["runtime_s"]["total"] > 0 and md["memory"]["peak_rss_mb"] > 0
+    jac = md["jacobian"]
+    for key in ("percent_nonpositive_in_mask", "percent_nonpositive_fov", "min", "max"):
+        assert isinstance(jac[key], float) and np.isfinite(jac[key])
+    assert 0.0 <= jac["percent_nonpositive_in_mask"] <= 100.0
+    assert np.allclose(md["affine_matrix_ras"], read_itk_affine(out["affine"]), atol=1e-6)
+    field, grid = read_ants_displacement_field(out["warp"])
+    assert field.shape[-1] == 3 and np.abs(field).max() > 0.1  # SyN did move
+
+
+# ---------------------------------------------------------------------------------------------
+def test_2d_oblique_with_masks_and_same_seed_same_result(tmp_path):
+    fixed = downsample(mni_slice(), 2)  # 4 mm, 46 x 55
+    psi = random_deformation(fixed, amplitude_mm=4.0, rotation_deg=4.0, translation_mm=3.0, seed=1)
+    mshape, maffine = oblique_grid(fixed, spacing=(4.5, 3.8), angle_deg=-10.0, flip_first_axis=True)
+    moving = deform(fixed, psi, mshape, maffine)  # rotated, x-flipped, anisotropic grid
+    save_image(fixed.data, fixed.affine, tmp_path / "f.nii.gz")
+    save_image(moving.data, moving.affine, tmp_path / "m.nii.gz")
+    save_image(foreground_mask(fixed.data).astype(np.uint8), fixed.affine, tmp_path / "fm.nii.gz", dtype=np.uint8)
+    save_image(foreground_mask(moving.data).astype(np.uint8), moving.affine, tmp_path / "mm.nii.gz", dtype=np.uint8)
+    kw = dict(preset="ants-syn-cc", seed=5, fixed_mask=str(tmp_path / "fm.nii.gz"),
+              moving_mask=str(tmp_path / "mm.nii.gz"), scale_iterations=0.1)
+    a = run_ants(str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), str(tmp_path / "a_"), **kw)
+    b = run_ants(str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), str(tmp_path / "b_"), **kw)
+    assert all(p.exists() for p in a.values())
+    field, grid = read_ants_displacement_field(a["warp"])
+    assert field.shape == (*fixed.shape, 2) and grid.shape == (3, 3)
+    assert read_itk_affine(a["affine"]).shape == (3, 3)
+    md = json.loads(a["metadata"].read_text())
+    assert md["dimension"] == 2 and md["ants_random_seed"] == 6
+    assert "--masks" in md["antsRegistration_arguments"]
+    assert "[{fixed_mask},{moving_mask}]" in md["antsRegistration_arguments"]
+    inside = foreground_mask(fixed.data)
+    warped = nib.load(str(a["warped"])).get_fdata()
+    moving_on_fixed_grid = sample_image(moving, fixed.world_grid())
+    assert ncc(warped, fixed.data, inside) > ncc(moving_on_fixed_grid, fixed.data, inside)
+    f, m = ants.image_read(str(tmp_path / "f.nii.gz")), ants.image_read(str(tmp_path / "m.nii.gz"))
+    by_h5 = ants.apply_transforms(f, m, [str(a["composite"])]).numpy()
+    assert ncc(by_h5, warped, inside) >= 0.999
+    inverse_warped = nib.load(str(a["inverse_warped"])).get_fdata()
+    assert inverse_warped.shape == moving.shape
+    inv_h5 = ants.apply_transforms(m, f, [str(a["inverse_composite"])]).numpy()
+    assert ncc(inv_h5, inverse_warped, foreground_mask(moving.data)) >= 0.999
+    # one thread and a fixed seed: the same warp, bit for bit
+    assert np.array_equal(np.asarray(nib.load(str(a["warp"])).dataobj), np.asarray(nib.load(str(b["warp"])).dataobj))
+
+
+def test_bad_inputs_raise_input_error_and_write_nothing(pair, tmp_path):
+    src, _, _ = pair
+    fixed, moving = str(src / "fixed.nii.gz"), str(src / "moving.nii.gz")
+    prefix = str(tmp_path / "bad_")
+    (tmp_path / "notes.txt").write_text("not an image")
+    save_image(np.random.default_rng(0).random((8, 9)).astype(np.float32), np.eye(3), tmp_path / "two_d.nii.gz")
+    save_image(np.ones((4, 4, 4), np.uint8), np.eye(4), tmp_path / "small_mask.nii.gz", dtype=np.uint8)
+    with pytest.raises(InputError, match="ants-syn, ants-syn-cc, ants-precise"):
+        run_ants(fixed, moving, prefix, preset="syn")
+    with pytest.raises(InputError, match="does not exist"):
+        run_ants(str(tmp_path / "missing.nii.gz"), moving, prefix)
+    with pytest.raises(InputError, match="not a readable NIfTI"):
+        run_ants(fixed, str(tmp_path / "notes.txt"), prefix)
+    with pytest.raises(InputError, match="2-D"):
+        run_ants(fixed, str(tmp_path / "two_d.nii.gz"), prefix)
+    with pytest.raises(InputError, match="not on the grid"):
+        run_ants(fixed, moving, prefix, fixed_mask=str(tmp_path / "small_mask.nii.gz"))
+    with pytest.raises(InputError, match="threads"):
+        run_ants(fixed, moving, prefix, threads=0)
+    with pytest.raises(InputError, match="seed"):
+        run_ants(fixed, moving, prefix, seed=-1)
+    with pytest.raises(InputError, match="scale_iterations"):
+        run_ants(fixed, moving, prefix, scale_iterations=0)
+    with pytest.raises(InputError, match="does not exist"):
+        run_ants(fixed, moving, str(tmp_path / "no_such_dir" / "x_"))
+    assert not list(tmp_path.glob("bad_*"))
+
+
+def test_ants_failure_leaves_no_outputs(pair, tmp_path, monkeypatch):
+    src, _, _ = pair
+    monkeypatch.setattr(baselines, "antsregistration_arguments", lambda *a, **k: ["--dimensionality", "3"])
+    with pytest.raises(RuntimeError, match="antsRegistration failed"):
+        run_ants(str(src / "fixed.nii.gz"), str(src / "moving.nii.gz"), str(tmp_path / "fail_"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uncollapsed_linear_transforms_are_composed(pair, tmp_path, monkeypatch):
+    """Without --collapse-output-transforms ANTs writes 0DerivedInitialMovingTranslation, 1Rigid,
+    2Affine, 3Warp: P0GenericAffine must be their composition, in ANTs' order."""
+    src, fixed, _ = pair
+    preset = json.loads(json.dumps(ANTS_PRESETS["ants-syn"]))
+    preset["collapse_output_transforms"] = False
+    preset["stages"].insert(0, {**preset["stages"][0], "transform": "Rigid"})
+    monkeypatch.setitem(ANTS_PRESETS, "uncollapsed", preset)
+    out = run_ants(str(src / "fixed.nii.gz"), str(src / "moving.nii.gz"), str(tmp_path / "u_"), preset="uncollapsed",
+                   scale_iterations=0.05)
+    f, m = ants.image_read(str(src / "fixed.nii.gz")), ants.image_read(str(src / "moving.nii.gz"))
+    warped = nib.load(str(out["warped"])).get_fdata()
+    inside = foreground_mask(fixed.data)
+    by_files = ants.apply_transforms(f, m, [str(out["warp"]), str(out["affine"])], whichtoinvert=[False, False])
+    by_h5 = ants.apply_transforms(f, m, [str(out["composite"])])
+    assert ncc(by_files.numpy(), warped, inside) >= 0.999
+    assert ncc(by_h5.numpy(), warped, inside) >= 0.999
