@@ -1,4 +1,4 @@
-"""``inrreg``: register a pair, apply transforms, run the embedded demo.
+"""``inrreg``: register a pair, apply transforms, evaluate label overlap, run the embedded demo.
 
 Exit codes: 0 success; 2 bad input or usage (one line on stderr, nothing written); 1 internal
 failure (one line on stderr; ``-v`` adds the traceback).
@@ -27,7 +27,9 @@ def _register_parser(sub) -> None:
     p.add_argument("moving", metavar="MOVING", help="moving image, NIfTI, same dimension as FIXED")
     p.add_argument("-o", "--output", required=True, metavar="PREFIX", help="output prefix, e.g. out/sub-01_")
     p.add_argument("--preset", default="default", metavar="NAME|FILE",
-                   help=f"settings preset: one of {', '.join(available_presets())}, or a JSON file (default: default)")
+                   help=f"settings preset: one of {', '.join(available_presets())}, or a JSON file (default: default); "
+                        "the ANTs baselines ants-syn, ants-syn-cc and ants-precise run antsRegistration instead and "
+                        "write the same files")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same result on CPU")
     p.add_argument("--fixed-mask", metavar="FILE", help="mask on FIXED's grid: where the similarity is sampled")
@@ -51,6 +53,21 @@ def _apply_parser(sub) -> None:
     p.add_argument("--interpolation", default="linear", choices=("linear", "nearest", "label"),
                    help="linear for intensities; label (like ANTs GenericLabel) or nearest for label maps")
     p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N (default: cpu)")
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="Dice/Jaccard/HD95/ASSD per label (and folding) between fixed and warped labels",
+        description="Compare the fixed image's label map with the moving labels warped onto the fixed grid "
+                    "(inrreg apply --interpolation label). Writes per-label rows and summary rows (mean, "
+                    "volume-weighted mean and minimum Dice, mean HD95/ASSD in mm; with --jacobian, %% det J <= 0 "
+                    "and SD of log det J inside the labels or --mask).")
+    p.add_argument("--fixed-labels", required=True, metavar="A", help="label map on the fixed grid")
+    p.add_argument("--warped-labels", required=True, metavar="B", help="warped moving labels, same grid")
+    p.add_argument("--labels-tsv", metavar="T", help="BIDS dseg.tsv (index, name): evaluate these labels, named")
+    p.add_argument("--jacobian", metavar="J", help="Pjacobian.nii.gz from inrreg register")
+    p.add_argument("--mask", metavar="M", help="region for the Jacobian statistics (default: fixed labels > 0)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.tsv", help="output table")
 
 
 def _demo_parser(sub) -> None:
@@ -88,18 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _register_parser(sub)
     _apply_parser(sub)
+    _evaluate_parser(sub)
     _demo_parser(sub)
     return parser
 
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "register":
+        from .baselines import is_ants_preset, run_ants
         from .register import register_files
 
-        outputs = register_files(args.fixed, args.moving, args.output, preset=args.preset, device=args.device,
-                                 seed=args.seed, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-                                 use_affine=not args.no_affine, threads=args.threads,
-                                 progress=False if args.no_progress else None)
+        if is_ants_preset(args.preset):
+            outputs = run_ants(args.fixed, args.moving, args.output, preset=args.preset, threads=args.threads,
+                               seed=args.seed, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask)
+        else:
+            outputs = register_files(args.fixed, args.moving, args.output, preset=args.preset, device=args.device,
+                                     seed=args.seed, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
+                                     use_affine=not args.no_affine, threads=args.threads,
+                                     progress=False if args.no_progress else None)
         print(f"inrreg: outputs written with prefix {args.output}")
         for key, path in outputs.items():
             print(f"  {key:<18} {path}")
@@ -109,6 +132,19 @@ def _run(args: argparse.Namespace) -> None:
         out = apply_transforms(args.input, args.reference, args.transform, args.output, args.interpolation,
                                args.device)
         print(f"inrreg: wrote {out}")
+    elif args.command == "evaluate":
+        from .evaluate import evaluate_labels
+
+        _, summary = evaluate_labels(args.fixed_labels, args.warped_labels, args.output, args.labels_tsv,
+                                     args.jacobian, args.mask)
+        print(f"inrreg evaluate: {summary['n_labels']} labels, Dice mean {summary['mean_dice']:.4f}, "
+              f"volume-weighted {summary['weighted_mean_dice']:.4f}, min {summary['min_dice']:.4f} "
+              f"(label {summary['min_dice_label']}), HD95 mean {summary['mean_hd95_mm']:.2f} mm, "
+              f"{summary['n_missing']} missing")
+        if "percent_det_jacobian_nonpositive" in summary:
+            print(f"inrreg evaluate: {summary['percent_det_jacobian_nonpositive']:.4f}% det J <= 0, "
+                  f"SD log J {summary['sd_log_jacobian']:.4f}")
+        print(f"inrreg evaluate: wrote {args.output}")
     elif args.command == "demo":
         from .demo import run_demo
 

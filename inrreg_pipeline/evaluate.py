@@ -1,0 +1,61 @@
+"""``inrreg evaluate``: label overlap (and transform quality) between fixed labels and warped labels.
+
+The TSV has one row per label (``row = label``: Dice, Jaccard, volumes, HD95, ASSD in mm, and a
+``status`` that names labels missing on one side) followed by summary rows (``row = summary``,
+the statistic in ``name`` and its value in ``value``).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .io.images import InputError, load_image, load_mask
+from .metrics import (OVERLAP_COLUMNS, folding_fraction, label_overlap, log_jacobian_std, spacing_from_affine,
+                      summarise_overlap, write_rows_tsv)
+
+COLUMNS = ("row", "label", "name") + tuple(c for c in OVERLAP_COLUMNS if c != "label") + ("value",)
+
+
+def read_label_table(path: str) -> dict[int, str]:
+    """A BIDS ``*_dseg.tsv`` (columns ``index`` and ``name``) as {label: name}."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        return {int(r["index"]): r["name"] for r in rows}
+    except FileNotFoundError:
+        raise InputError(f"label table '{path}' does not exist") from None
+    except (KeyError, ValueError, TypeError):
+        raise InputError(f"label table '{path}' needs tab-separated 'index' and 'name' columns") from None
+
+
+def evaluate_labels(fixed_labels: str, warped_labels: str, output: str, labels_tsv: str | None = None,
+                    jacobian: str | None = None, mask: str | None = None) -> tuple[list[dict], dict]:
+    """Compute the rows, write ``output`` (TSV) and return ``(label_rows, summary)``."""
+    if not output.endswith(".tsv"):
+        raise InputError(f"output '{output}' must end in .tsv")
+    if not Path(output).resolve().parent.is_dir():
+        raise InputError(f"output directory '{Path(output).parent}' does not exist")
+    ref = load_image(fixed_labels, "fixed labels")
+    test = load_image(warped_labels, "warped labels", ndim=ref.ndim)
+    if ref.shape != test.shape or not np.allclose(ref.affine, test.affine, atol=1e-3):
+        raise InputError(f"warped labels '{warped_labels}' are not on the grid of the fixed labels '{fixed_labels}' "
+                         "(resample them with inrreg apply -r FIXED)")
+    names = read_label_table(labels_tsv) if labels_tsv else {}
+    ref_lab, test_lab = np.rint(ref.data).astype(np.int64), np.rint(test.data).astype(np.int64)
+    selected = sorted(names) if names else None
+    rows = label_overlap(ref_lab, test_lab, labels=selected, spacing=spacing_from_affine(ref.affine))
+    summary = summarise_overlap(rows)
+    if jacobian:
+        jac = load_image(jacobian, "jacobian", ndim=ref.ndim)
+        if jac.shape != ref.shape:
+            raise InputError(f"jacobian '{jacobian}' is not on the grid of the fixed labels")
+        region = load_mask(mask, ref, "mask") if mask else ref_lab > 0
+        summary["percent_det_jacobian_nonpositive"] = folding_fraction(jac.data, region)
+        summary["sd_log_jacobian"] = log_jacobian_std(jac.data, region)
+    out_rows = [{"row": "label", "name": names.get(int(r["label"]), ""), **r} for r in rows]
+    out_rows += [{"row": "summary", "name": key, "value": value} for key, value in summary.items()
+                 if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    write_rows_tsv(out_rows, output, columns=COLUMNS)
+    return rows, summary
