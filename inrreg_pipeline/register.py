@@ -69,10 +69,14 @@ class ProgressBars:
         bar = tqdm(total=total, desc=f"{stage:>10}", unit="it", leave=True, dynamic_ncols=True)
         self.bars.append(bar)
 
+        smoothed: list[float] = []
+
         def update(steps: int, loss: float) -> None:
+            # per-batch losses are noisy (random patches): show an exponential moving average
+            smoothed.append(loss if not smoothed else 0.9 * smoothed[-1] + 0.1 * loss)
             bar.update(steps)
             if bar.n % 10 == 0 or bar.n == bar.total:
-                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.set_postfix(loss=f"{smoothed[-1]:.4f}")
             if bar.n >= bar.total:
                 bar.close()
 
