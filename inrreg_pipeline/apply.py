@@ -1,8 +1,10 @@
 """Resample an image or label map through ANTs/ITK transform files (``inrreg apply``).
 
-The transform list follows ``antsApplyTransforms``: ``-t A -t B`` maps a reference point through
-``B`` first, then ``A`` (so the output of ``inrreg register`` is applied as ``-t P1Warp.nii.gz -t
-P0GenericAffine.mat``, or ``-t PComposite.h5``); ``[file,1]`` inverts a linear transform.
+The transform list follows ``antsApplyTransforms``: the output of ``inrreg register`` is applied as
+``-t P1Warp.nii.gz -t P0GenericAffine.mat`` (or ``-t PComposite.h5``). For *points* of the
+reference grid that list acts first to last: ``p = A(x + u(x))``, the warp first, then the affine
+(ANTs' "last listed is applied first" describes the moving *image*). ``[file,1]`` inverts a
+linear transform.
 """
 from __future__ import annotations
 

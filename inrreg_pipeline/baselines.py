@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from .core.space import foreground_mask
-from .io.images import InputError, StagedOutputs, load_image, load_mask, save_image
+from .io.images import InputError, StagedOutputs, load_image, load_pair, save_image
 from .io.itk import (read_ants_displacement_field, read_itk_affine, write_itk_affine, write_itk_composite_h5,
                      write_itk_inverse_composite_h5)
 from .metrics import jacobian_determinant_from_displacement
@@ -409,18 +409,10 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
         raise InputError(f"scale_iterations must be a positive number, got {scale_iterations!r}")
     antspyx_version = _antspyx_version()
 
-    fixed_img = load_image(fixed, "fixed image")
-    moving_img = load_image(moving, "moving image")
-    for role, path, img in (("fixed image", fixed, fixed_img), ("moving image", moving, moving_img)):
-        if img.data.min() == img.data.max():
-            raise InputError(f"{role} '{path}' is constant (every voxel is {img.data.flat[0]:g}): nothing to register")
-    if fixed_img.ndim != moving_img.ndim:
-        raise InputError(f"fixed image is {fixed_img.ndim}-D but moving image is {moving_img.ndim}-D")
-    f_mask = load_mask(fixed_mask, fixed_img, "fixed mask") if fixed_mask else None
-    m_mask = load_mask(moving_mask, moving_img, "moving mask") if moving_mask else None
+    fixed_img, moving_img, f_mask, m_mask = load_pair(fixed, moving, fixed_mask, moving_mask)
     d = fixed_img.ndim
 
-    with StagedOutputs(prefix) as stage, tempfile.TemporaryDirectory(prefix="inrreg-ants-") as tmp:
+    with StagedOutputs(prefix) as stage, tempfile.TemporaryDirectory(prefix=".inrreg-ants-", dir=stage.directory) as tmp:
         work = Path(tmp)
         _check_ants_path(work)
         files = {"fixed": work / "fixed.nii", "moving": work / "moving.nii"}

@@ -29,7 +29,7 @@ from . import __version__
 from .core.config import RegistrationSettings, load_preset, validate
 from .core.registration import RegistrationResult, register
 from .core.space import resolve_device
-from .io.images import InputError, StagedOutputs, load_image, load_mask, save_image
+from .io.images import InputError, StagedOutputs, load_pair, save_image
 from .io.itk import (write_ants_displacement_field, write_itk_affine, write_itk_composite_h5,
                      write_itk_inverse_composite_h5)
 
@@ -105,15 +105,7 @@ def register_files(fixed: str, moving: str, prefix: str, preset: str | Registrat
         if int(threads) < 1:
             raise InputError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(int(threads))
-    fixed_img = load_image(fixed, "fixed image")
-    moving_img = load_image(moving, "moving image")
-    for role, path, img in (("fixed image", fixed, fixed_img), ("moving image", moving, moving_img)):
-        if img.data.min() == img.data.max():
-            raise InputError(f"{role} '{path}' is constant (every voxel is {img.data.flat[0]:g}): nothing to register")
-    if fixed_img.ndim != moving_img.ndim:
-        raise InputError(f"fixed image is {fixed_img.ndim}-D but moving image is {moving_img.ndim}-D")
-    f_mask = load_mask(fixed_mask, fixed_img, "fixed mask") if fixed_mask else None
-    m_mask = load_mask(moving_mask, moving_img, "moving mask") if moving_mask else None
+    fixed_img, moving_img, f_mask, m_mask = load_pair(fixed, moving, fixed_mask, moving_mask)
 
     with StagedOutputs(prefix) as stage:  # fails early when the output folder is not writable
         bars = ProgressBars(progress)

@@ -8,7 +8,7 @@ from helpers import masked_ncc as ncc
 from helpers import mni_slice, mni_small, quick_settings
 
 from inrreg_pipeline.core import load_preset, register
-from inrreg_pipeline.core.space import SpatialImage, apply_affine, voxel_grid_to_world
+from inrreg_pipeline.core.space import SpatialImage, apply_affine
 from inrreg_pipeline.demo import oblique_grid
 from inrreg_pipeline.synthetic import deform, random_deformation, registration_error, sample_image
 

@@ -84,6 +84,23 @@ def load_mask(path: str | os.PathLike, reference: SpatialImage, role: str = "mas
     return binary
 
 
+def load_pair(fixed: str | os.PathLike, moving: str | os.PathLike, fixed_mask: str | os.PathLike | None = None,
+              moving_mask: str | os.PathLike | None = None
+              ) -> tuple[SpatialImage, SpatialImage, np.ndarray | None, np.ndarray | None]:
+    """The inputs of a registration, checked: both images non-constant and of one dimension, masks
+    on their image's grid and non-empty. Returns ``(fixed, moving, fixed_mask, moving_mask)``."""
+    fixed_img = load_image(fixed, "fixed image")
+    moving_img = load_image(moving, "moving image")
+    for role, path, img in (("fixed image", fixed, fixed_img), ("moving image", moving, moving_img)):
+        if img.data.min() == img.data.max():
+            raise InputError(f"{role} '{path}' is constant (every voxel is {img.data.flat[0]:g}): nothing to register")
+    if fixed_img.ndim != moving_img.ndim:
+        raise InputError(f"fixed image is {fixed_img.ndim}-D but moving image is {moving_img.ndim}-D")
+    f_mask = load_mask(fixed_mask, fixed_img, "fixed mask") if fixed_mask else None
+    m_mask = load_mask(moving_mask, moving_img, "moving mask") if moving_mask else None
+    return fixed_img, moving_img, f_mask, m_mask
+
+
 def check_nifti_output(path: str | os.PathLike) -> None:
     """An output image path must name a single-file NIfTI (``.nii`` or ``.nii.gz``), not a folder."""
     path = Path(path)
