@@ -1,0 +1,281 @@
+"""Registration interfaces: inrreg's INR registration and the ANTs (antspyx) baseline.
+
+Both have the outputs of ``nipype.interfaces.ants.Registration`` (with
+``collapse_output_transforms=True``), so either can replace an ``ants.Registration`` node in a graph
+without changing the connections downstream of it; their inputs also use ANTs' names
+(``fixed_image``, ``moving_image``, ``fixed_image_mask``, ``moving_image_mask``, ``num_threads``,
+``random_seed``, ``output_transform_prefix``), so the upstream connections carry over as well.
+
+>>> from inrreg_pipeline.interfaces import INRRegistration
+>>> reg = INRRegistration(preset="fast", use_gpu=True)       # doctest: +SKIP
+>>> reg.inputs.fixed_image = "fixed.nii.gz"                  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from .base import fail, one_line, optional, output_path, registration_outputs, resolve_device_for_node, single_file
+
+#: ``method`` values of :class:`INRRegistration`: ``auto`` (what the preset says), ``siren``
+#: (sine activation), the other activations of the deformation MLP, and ``two-network``.
+INR_METHODS = ("auto", "siren", "two-network", "relu", "snake", "sine+", "chirp", "morlet")
+#: The ANTs presets of the benchmark (``inrreg_pipeline.baselines.ANTS_PRESETS``).
+ANTS_PRESETS = ("ants-syn", "ants-syn-cc", "ants-precise")
+
+
+class _RegistrationInputSpecBase(BaseInterfaceInputSpec):
+    fixed_image = InputMultiObject(
+        File(exists=True), mandatory=True,
+        desc="fixed (reference) image; one file (a one-element list, as ants.Registration takes, works)")
+    moving_image = InputMultiObject(
+        File(exists=True), mandatory=True, desc="moving image, registered to the fixed image")
+    fixed_image_mask = File(exists=True, desc="mask on the fixed image's grid (similarity and sampling region)")
+    moving_image_mask = File(exists=True, desc="mask on the moving image's grid")
+    random_seed = traits.Int(0, usedefault=True, desc="random seed (same seed, same result on the CPU)")
+    num_threads = traits.Int(1, usedefault=True, desc="CPU threads (also the node's n_procs)")
+    output_transform_prefix = traits.Str(
+        "transform", usedefault=True, desc="prefix of the output files, inside the node directory")
+
+
+class RegistrationOutputSpec(TraitedSpec):
+    forward_transforms = traits.List(
+        File(exists=True), desc="[affine, warp] in stage order, as ants.Registration lists them")
+    forward_invert_flags = traits.List(traits.Bool(), desc="flags of forward_transforms ([False, False])")
+    reverse_forward_transforms = traits.List(
+        File(exists=True), desc="[warp, affine]: forward_transforms in antsApplyTransforms order")
+    reverse_forward_invert_flags = traits.List(traits.Bool(), desc="flags of reverse_forward_transforms")
+    reverse_transforms = traits.List(
+        File(exists=True), desc="[affine, inverse warp]: fixed image onto the moving grid")
+    reverse_invert_flags = traits.List(traits.Bool(), desc="flags of reverse_transforms ([True, False])")
+    composite_transform = File(exists=True, desc="ITK HDF5 composite, fixed -> moving points (Composite.h5)")
+    inverse_composite_transform = File(exists=True, desc="its inverse (InverseComposite.h5)")
+    warped_image = File(exists=True, desc="moving image on the fixed grid")
+    inverse_warped_image = File(exists=True, desc="fixed image on the moving grid")
+    jacobian = File(exists=True, desc="det(I + du/dx) of the deformable part, on the fixed grid")
+    metadata = File(exists=True, desc="JSON: settings, seed, device, versions, runtime, quality summary")
+    elapsed_time = traits.Float(desc="registration wall time in seconds")
+    metric_value = traits.Float(desc="final similarity loss (lower is better), when reported")
+    device = traits.Str(desc="device the registration ran on")
+
+
+def _read_json(path) -> dict:
+    try:
+        return json.loads(open(path).read())
+    except (OSError, ValueError):
+        return {}
+
+
+def resolve_inr_preset(method: str = "auto", preset: str | None = None):
+    """``(preset argument for register_files, settings)`` for a ``method`` and a ``preset``.
+
+    ``preset`` defaults to ``default`` (``two-network-deformable`` for ``method='two-network'``);
+    an activation method (``siren`` = sine, ``relu``, ...) overrides the preset's network
+    activation. A method that does not match the preset's ``"method"`` is an
+    :class:`~inrreg_pipeline.interfaces.base.InterfaceInputError` naming ``method``.
+    """
+    from ..core.config import load_preset
+
+    if method not in INR_METHODS:
+        raise fail("method", f"unknown method '{method}' (choose from {', '.join(INR_METHODS)})")
+    if preset is None:
+        preset = "two-network-deformable" if method == "two-network" else "default"
+    try:
+        settings = load_preset(preset)
+    except ValueError as err:
+        raise fail("preset", str(err)) from None
+    preset_method = getattr(settings, "method", "siren") or "siren"
+    if method == "auto":
+        return preset, settings
+    if method == "two-network":
+        if preset_method != "two-network":
+            raise fail("method", f"'two-network' needs a preset that sets \"method\": \"two-network\" "
+                                 f"(two-network-rigid, two-network-deformable); preset '{preset}' is a "
+                                 f"'{preset_method}' preset")
+        return preset, settings
+    if preset_method != "siren":
+        raise fail("method", f"'{method}' is an activation of the single-network INR but preset "
+                             f"'{preset}' is a '{preset_method}' preset (use method='auto' or '{preset_method}')")
+    activation = "sine" if method == "siren" else method
+    if settings.network.activation == activation:
+        return preset, settings
+    settings.network.activation = activation
+    return settings, settings
+
+
+def available_inr_presets() -> list[str]:
+    """Names of the presets shipped with inrreg (``inrreg_pipeline.core.config.available_presets``)."""
+    from ..core.config import available_presets
+
+    return available_presets()
+
+
+def describe_inr(method: str = "auto", preset: str | None = None) -> dict:
+    """Plain values of the settings a method/preset pair runs with (for citation boilerplate).
+
+    Keys whose section a preset does not have (another method's settings layout) are left out.
+    """
+    _, s = resolve_inr_preset(method, preset)
+
+    def get(path: str):
+        value = s
+        for part in path.split("."):
+            value = getattr(value, part, None)
+            if value is None:
+                return None
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    keys = {"hidden_layers": "network.hidden_layers", "hidden_features": "network.hidden_features",
+            "activation": "network.activation", "omega": "network.omega",
+            "iterations": "optimisation.iterations", "patches": "optimisation.patches",
+            "patch_size": "optimisation.patch_size", "lr": "optimisation.lr",
+            "optimizer": "optimisation.optimizer", "similarity": "loss.similarity",
+            "regulariser": "loss.regulariser", "alpha": "loss.alpha", "affine": "affine.enabled",
+            "affine_similarity": "affine.similarity", "affine_iterations": "affine.iterations",
+            "shrink_factors": "affine.shrink_factors", "inverse_iterations": "inverse_iterations"}
+    out = {"preset": s.name, "method": getattr(s, "method", "siren") or "siren"}
+    if out["method"] == "two-network":
+        keys = {"motion": "two_network.motion", "hidden_layers": "two_network.hidden_layers",
+                "hidden_features": "two_network.hidden_features", "iterations": "two_network.iterations",
+                "points": "two_network.points", "lr": "two_network.lr", "motion_lr": "two_network.motion_lr",
+                "multimodal": "two_network.multimodal", "hash_levels": "two_network.image_hash.levels",
+                "motion_hash_levels": "two_network.motion_hash.levels"}
+    out.update({key: get(path) for key, path in keys.items() if get(path) is not None})
+    return out
+
+
+class INRRegistrationInputSpec(_RegistrationInputSpecBase):
+    method = traits.Enum(
+        *INR_METHODS, usedefault=True,
+        desc="'auto': as the preset says; 'siren' (sine activation) or another activation "
+             "(relu, snake, sine+, chirp, morlet) of the deformation MLP; 'two-network' (presets "
+             "two-network-rigid / two-network-deformable)")
+    preset = traits.Str(
+        desc="shipped preset name (see inrreg_pipeline.core.config.available_presets()) or a JSON file; "
+             "default: 'default', or 'two-network-deformable' for method='two-network'")
+    device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
+    use_gpu = traits.Bool(
+        False, usedefault=True,
+        desc="a GPU node for Nipype's MultiProc (takes n_procs GPU slots); with device='auto' it asks "
+             "for CUDA and falls back to the CPU when none is visible")
+    use_affine = traits.Bool(True, usedefault=True, desc="run the affine stage before the INR")
+
+
+class INRRegistration(SimpleInterface):
+    """Register ``moving_image`` to ``fixed_image`` with an untrained implicit neural representation.
+
+    Runs :func:`inrreg_pipeline.register.register_files` in the node directory; outputs are named
+    as ``nipype.interfaces.ants.Registration`` names them, plus ``jacobian`` and ``metadata``.
+    """
+
+    input_spec = INRRegistrationInputSpec
+    output_spec = RegistrationOutputSpec
+
+    def _run_interface(self, runtime):
+        import torch
+
+        from ..io.images import InputError
+        from ..register import register_files
+
+        fixed = single_file(self.inputs.fixed_image, "fixed_image")
+        moving = single_file(self.inputs.moving_image, "moving_image")
+        if self.inputs.num_threads < 1:
+            raise fail("num_threads", f"must be >= 1, got {self.inputs.num_threads}")
+        preset, _ = resolve_inr_preset(self.inputs.method, optional(self.inputs.preset))
+        device, note = resolve_device_for_node(self.inputs.device, self.inputs.use_gpu)
+        prefix = output_path(runtime.cwd, self.inputs.output_transform_prefix)
+        threads_before = torch.get_num_threads()
+        try:
+            paths = register_files(
+                fixed, moving, prefix, preset=preset, device=device, seed=self.inputs.random_seed,
+                fixed_mask=optional(self.inputs.fixed_image_mask),
+                moving_mask=optional(self.inputs.moving_image_mask),
+                use_affine=self.inputs.use_affine, threads=self.inputs.num_threads, progress=False)
+        except InputError as err:  # its messages name the role ("fixed image '...' ...")
+            raise fail(_role_to_input(str(err)), str(err)) from None
+        finally:
+            torch.set_num_threads(threads_before)
+        metadata = _read_json(paths["metadata"])
+        if note:
+            metadata["nipype_note"] = note
+            with open(paths["metadata"], "w") as fh:
+                json.dump(metadata, fh, indent=2)
+            runtime.stderr = (getattr(runtime, "stderr", "") or "") + note + "\n"
+        self._results.update(registration_outputs(paths, metadata))
+        self._results["device"] = str(metadata.get("device", device))
+        return runtime
+
+
+def _role_to_input(message: str) -> str:
+    """Which input an error of ``register_files`` is about (its messages name roles)."""
+    lowered = message.lower()
+    for role, name in (("fixed mask", "fixed_image_mask"), ("moving mask", "moving_image_mask"),
+                       ("fixed image", "fixed_image"), ("moving image", "moving_image"),
+                       ("preset", "preset"), ("unknown preset", "preset"), ("device", "device"),
+                       ("unknown device", "device"), ("--threads", "num_threads"), ("threads", "num_threads"),
+                       ("seed", "random_seed"), ("scale_iterations", "scale_iterations"),
+                       ("output", "output_transform_prefix"), ("cannot write", "output_transform_prefix")):
+        if lowered.startswith(role):
+            return name
+    return "inputs"
+
+
+class ANTsRegistrationInputSpec(_RegistrationInputSpecBase):
+    preset = traits.Enum(*ANTS_PRESETS, usedefault=True, desc="named ANTs preset of the benchmark")
+    scale_iterations = traits.Range(
+        low=0.0, value=1.0, exclude_low=True, usedefault=True,
+        desc="multiply every stage's iteration count (1.0: the preset; small values for sloppy/test runs)")
+
+
+class ANTsRegistration(SimpleInterface):
+    """The ANTs baseline (antspyx, :func:`inrreg_pipeline.baselines.run_ants`), same outputs as
+    :class:`INRRegistration`."""
+
+    input_spec = ANTsRegistrationInputSpec
+    output_spec = RegistrationOutputSpec
+
+    def _run_interface(self, runtime):
+        try:
+            from ..baselines import run_ants
+        except ImportError as err:
+            raise RuntimeError(f"ANTsRegistration needs inrreg_pipeline.baselines and antspyx "
+                               f"(pip install 'inrreg[ants]'): {one_line(str(err))}") from None
+        from ..io.images import InputError
+
+        fixed = single_file(self.inputs.fixed_image, "fixed_image")
+        moving = single_file(self.inputs.moving_image, "moving_image")
+        if self.inputs.num_threads < 1:
+            raise fail("num_threads", f"must be >= 1, got {self.inputs.num_threads}")
+        prefix = output_path(runtime.cwd, self.inputs.output_transform_prefix)
+        previous_tempdir = tempfile.tempdir
+        tempfile.tempdir = runtime.cwd  # run_ants' scratch folder inside the node directory (removed after)
+        try:
+            paths = run_ants(fixed, moving, prefix, preset=self.inputs.preset, threads=self.inputs.num_threads,
+                             seed=self.inputs.random_seed, fixed_mask=optional(self.inputs.fixed_image_mask),
+                             moving_mask=optional(self.inputs.moving_image_mask),
+                             scale_iterations=float(self.inputs.scale_iterations))
+        except InputError as err:
+            raise fail(_role_to_input(str(err)), str(err)) from None
+        finally:
+            tempfile.tempdir = previous_tempdir
+        missing = [k for k in ("affine", "warp", "inverse_warp", "composite", "inverse_composite", "warped",
+                               "inverse_warped", "jacobian", "metadata") if k not in paths]
+        if missing:
+            raise RuntimeError(f"run_ants returned no {', '.join(missing)}")
+        metadata = _read_json(paths["metadata"])
+        self._results.update(registration_outputs(paths, metadata))
+        self._results["device"] = "cpu"
+        return runtime
+
+
+__all__ = ["INRRegistration", "ANTsRegistration", "INR_METHODS", "ANTS_PRESETS", "resolve_inr_preset", "describe_inr",
+           "available_inr_presets"]
