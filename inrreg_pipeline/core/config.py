@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 PRESET_DIR = Path(__file__).parent / "presets"
+#: Registration methods: the deformation INR (methods.md section 1) and the two-network method (section 2).
+METHODS = ("siren", "two-network")
 
 
 @dataclass
@@ -47,7 +49,12 @@ class NetworkSettings:
 @dataclass
 class OptimisationSettings:
     """INR optimisation: ``iterations`` steps, each on ``patches`` random patches of ``patch_size^d``
-    fixed-grid points (at the fixed image's own voxel spacing) centred in the mask."""
+    fixed-grid points (at the fixed image's own voxel spacing) centred in the mask.
+
+    The regulariser is evaluated at ``regulariser_points`` random points of the mask, jittered
+    uniformly within a voxel (0: at every patch point). Its autograd Jacobian costs several
+    times a forward pass, so a random subset keeps CPU runs affordable with the same expectation.
+    """
 
     iterations: int = 2000
     patches: int = 4
@@ -55,6 +62,7 @@ class OptimisationSettings:
     optimizer: str = "adamw"
     lr: float = 1e-4
     weight_decay: float = 0.0
+    regulariser_points: int = 0
 
 
 @dataclass
@@ -68,6 +76,78 @@ class LossSettings:
 
 
 @dataclass
+class HashSettings:
+    """Multi-resolution hash encoding of a two-network coordinate network (see
+    :mod:`inrreg_pipeline.core.hash_encoding`): ``levels`` L, ``features_per_level`` F, table size
+    ``T = 2**log2_table_size``, base resolution ``base_resolution`` N_min (vertices per axis of the
+    coarsest level over the encoding domain) and growth factor ``growth_factor`` b."""
+
+    levels: int = 10
+    features_per_level: int = 2
+    log2_table_size: int = 15
+    base_resolution: int = 4
+    growth_factor: float = 1.5
+
+
+@dataclass
+class MotionHashSettings(HashSettings):
+    """Hash encoding of the motion network. With ``motion: "rigid"`` only its coarsest level is
+    used (finest level = coarsest level); ``"deformable"`` uses all ``levels``."""
+
+    levels: int = 4
+    features_per_level: int = 2
+    log2_table_size: int = 12
+    base_resolution: int = 3
+    growth_factor: float = 1.5
+
+
+@dataclass
+class TwoNetworkSettings:
+    """Untrained two-network registration (methods.md section 2; :mod:`inrreg_pipeline.core.two_network`).
+
+    * ``motion``: ``rigid`` (motion network on the coarsest level of ``motion_hash`` only),
+      ``deformable`` (all its levels) or ``affine-param`` (an explicit affine instead of a motion
+      network; rotation + translation only when ``affine_param_rigid``).
+    * Image network ``g``: ``hidden_layers`` x ``hidden_features`` ReLU MLP on its ``image_hash``
+      encoding, plus the normalised coordinate when ``include_input``; ``multimodal``: one output
+      channel per image (else one shared channel).
+    * Motion network ``m``: ``motion_hidden_layers`` x ``motion_hidden_features`` ReLU MLP on its
+      ``motion_hash`` encoding (plus the normalised coordinate when ``motion_include_input``), plus a
+      linear term of the normalised coordinate when ``motion_linear``; output zero at start.
+    * Optimisation: ``iterations`` Adam steps, each on ``points`` random voxels of each image;
+      learning rate ``lr`` for the image network, ``motion_lr`` for the motion model (ramped up
+      linearly over the first ``motion_warmup`` fraction of the iterations).
+    * ``coarse_to_fine``: hash level ``l`` of both networks weighted by
+      ``w_l = (1 - cos(pi clamp(alpha L - l, 0, 1))) / 2``, ``alpha = iteration / (coarse_to_fine_target
+      * iterations)``; all levels fully on from then.
+    * ``backend``: hash encoding backend (``auto``, ``torch`` or ``tcnn``); ``domain_margin``: the
+      encoding domain is the fixed image's normalised box enlarged by this fraction on each side.
+    """
+
+    motion: str = "deformable"
+    motion_hash: MotionHashSettings = field(default_factory=MotionHashSettings)
+    image_hash: HashSettings = field(default_factory=HashSettings)
+    hidden_features: int = 64
+    hidden_layers: int = 2
+    include_input: bool = True
+    motion_hidden_features: int = 32
+    motion_hidden_layers: int = 1
+    motion_include_input: bool = True
+    motion_linear: bool = True
+    iterations: int = 300
+    points: int = 1024
+    lr: float = 0.01
+    motion_lr: float = 0.003
+    motion_warmup: float = 0.0
+    coarse_to_fine: bool = True
+    coarse_to_fine_target: float = 1.0
+    multimodal: bool = False
+    affine_param_rigid: bool = False
+    backend: str = "auto"
+    domain_margin: float = 0.25
+
+
+@dataclass
 class RegistrationSettings:
     name: str = "custom"
     description: str = ""
@@ -76,6 +156,8 @@ class RegistrationSettings:
     optimisation: OptimisationSettings = field(default_factory=OptimisationSettings)
     loss: LossSettings = field(default_factory=LossSettings)
     inverse_iterations: int = 20
+    method: str = "siren"
+    two_network: TwoNetworkSettings = field(default_factory=TwoNetworkSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,10 +230,34 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
          "patch_size >= 2")
     need(o.optimizer.lower() in ("adam", "adamw"), "optimisation.optimizer must be adam or adamw")
     need(o.lr > 0 and o.weight_decay >= 0, "optimisation.lr must be > 0 and weight_decay >= 0")
+    need(o.regulariser_points >= 0, "optimisation.regulariser_points must be >= 0")
     need(l.similarity in SIMILARITIES, f"loss.similarity must be one of {', '.join(SIMILARITIES)}")
     need(l.regulariser in REGULARISERS, f"loss.regulariser must be one of {', '.join(REGULARISERS)}")
     need(l.alpha >= 0 and l.lncc_window >= 1, "loss.alpha must be >= 0 and lncc_window >= 1")
     need(settings.inverse_iterations >= 0, "inverse_iterations must be >= 0")
+    need(settings.method in METHODS, f"method must be one of {', '.join(METHODS)}")
+    if settings.method == "two-network":
+        from .hash_encoding import BACKENDS
+        from .two_network import MOTIONS
+
+        t = settings.two_network
+        need(t.motion in MOTIONS, f"two_network.motion must be one of {', '.join(MOTIONS)}")
+        need(t.backend in BACKENDS, f"two_network.backend must be one of {', '.join(BACKENDS)}")
+        for key in ("motion_hash", "image_hash"):
+            h = getattr(t, key)
+            need(h.levels >= 1 and h.features_per_level >= 1, f"two_network.{key}: levels and "
+                 "features_per_level must be >= 1")
+            need(4 <= h.log2_table_size <= 30, f"two_network.{key}.log2_table_size must be in 4..30")
+            need(h.base_resolution >= 2 and h.growth_factor >= 1.0, f"two_network.{key}: base_resolution must be "
+                 ">= 2 and growth_factor >= 1")
+        need(t.hidden_features >= 1 and t.hidden_layers >= 1, "two_network network sizes must be >= 1")
+        need(t.iterations >= 1 and t.points >= 1, "two_network: iterations and points must be >= 1")
+        need(t.motion_hidden_features >= 1 and t.motion_hidden_layers >= 1, "two_network motion network sizes "
+             "must be >= 1")
+        need(t.lr > 0 and t.motion_lr > 0, "two_network: lr and motion_lr must be > 0")
+        need(0 <= t.motion_warmup <= 1, "two_network.motion_warmup must be in [0, 1]")
+        need(0 < t.coarse_to_fine_target <= 1, "two_network.coarse_to_fine_target must be in (0, 1]")
+        need(t.domain_margin >= 0, "two_network.domain_margin must be >= 0")
     return settings
 
 

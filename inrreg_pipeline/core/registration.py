@@ -64,10 +64,18 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
              use_affine: bool = True, progress: ProgressFactory | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (both in their own physical space).
 
+    ``settings.method == "two-network"`` runs the two-network method instead
+    (:func:`inrreg_pipeline.core.two_network.register_two_network`, same result fields).
+
     ``progress(stage, total)`` may return a callback ``(steps, loss)`` for progress display.
     """
     if fixed.ndim != moving.ndim:
         raise ValueError(f"fixed image is {fixed.ndim}-D but moving image is {moving.ndim}-D")
+    if getattr(settings, "method", "siren") == "two-network":
+        from .two_network import register_two_network
+
+        return register_two_network(fixed, moving, settings, device, seed=seed, fixed_mask=fixed_mask,
+                                    moving_mask=moving_mask, use_affine=use_affine, progress=progress)
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -1,0 +1,439 @@
+"""Untrained two-network registration: a motion network and an image network, fitted jointly per pair.
+
+methods.md section 2. Both networks are randomly initialised for each pair and optimised together;
+there is no training set. Inputs pass through a multi-resolution hash encoding
+(:mod:`inrreg_pipeline.core.hash_encoding`) of world points normalised over the fixed image's world
+bounding box (:class:`~inrreg_pipeline.core.encodings.NormalisedBox`), so any orientation and voxel
+size, 2-D or 3-D, gives the same physical answer.
+
+Direction convention
+--------------------
+The loss as written in methods.md, ``||g(x) - F(x)||^2 + ||g(x + m(x)) - M(x)||^2``, makes
+``x -> x + m(x)`` map *moving* points to *fixed* points (``M(x) ~ F(x + m(x))``), the inverse of
+inrreg's pull-back ``phi``. The method is symmetric in the two images, so we run it with their
+roles swapped::
+
+    L = mean_y || g_1(y) - M(y) ||^2  +  mean_x || g_2(x + m(x)) - F(x) ||^2
+
+with ``y`` random voxel centres of the moving grid (moving world mm) and ``x`` random voxel centres of
+the fixed grid (fixed world mm). At the optimum ``g_1 = M`` and ``M(x + m(x)) = F(x)``, so
+``phi(x) = x + m(x)`` is inrreg's fixed -> moving point map and ``m`` is defined on the fixed image
+(no numerical inversion of the motion). Single-modal: ``g_1 = g_2 = g`` (one output channel).
+Multi-modal (``multimodal``): ``g`` has two output channels, channel 1 (index 0) for the moving
+image's modality (first term), channel 2 (index 1) for the fixed image's (second term).
+
+Networks
+--------
+Both networks map a world point to ``[0, 1]^d`` over the encoding domain (the fixed image's
+normalised box enlarged by ``domain_margin``), encode it with a hash grid and feed a ReLU MLP:
+
+* image network ``g``: ``image_hash`` levels, plus the normalised coordinate itself when
+  ``include_input``; ``hidden_layers`` x ``hidden_features``; 1 or 2 linear output channels.
+* motion network ``m``: ``motion_hash`` levels (plus the normalised coordinate when
+  ``motion_include_input``); ``motion_hidden_layers`` x ``motion_hidden_features``; ``d`` outputs,
+  plus a linear term ``W x_norm`` when ``motion_linear``; output layer and ``W`` start at zero, so
+  ``m = 0`` at the start; outputs are in units of the box's half-side (``NormalisedBox.scale``, mm).
+
+Motion models (``TwoNetworkSettings.motion``)
+--------------------------------------------
+* ``rigid``: the motion network uses only the coarsest level of its hash grid (finest = coarsest), so
+  ``m`` varies slowly (near-global motion). ``rigid_matrix_ras`` (summary) is the least-squares rigid
+  fit (Kabsch) of ``x -> x + m(x)`` over the sampling mask; it is returned as ``affine`` and the
+  displacement is the residual ``u(x) = A^-1 (x + m(x)) - x`` so that ``A(x + u(x)) = x + m(x)``.
+* ``deformable``: all levels of the motion hash grid; ``affine`` is the identity and ``u = m``
+  (``rigid_matrix_ras`` is still reported).
+* ``affine-param``: no motion network; an explicit affine ``A(x) = R(r)(I + L)(x - c) + c + s t``
+  (rotation, scales/shears, translation; rotation + translation only with ``affine_param_rigid``),
+  returned as ``affine`` with ``u`` (numerically) 0. For comparison with the network motions.
+With ``register(..., use_affine=False)`` the affine is always the identity and ``u = m``.
+
+Optimisation
+------------
+Adam (betas 0.9/0.99, eps 1e-15, as instant-NGP), ``lr`` for the image network and ``motion_lr`` for
+the motion model, ramped linearly from 0 over the first ``motion_warmup * iterations`` iterations
+(the image network first fits blurred versions of the images, so the first motion gradients are
+not random). Each iteration draws ``points`` voxels of each image (with replacement; inside the
+masks when given). No regulariser.
+
+Coarse-to-fine
+--------------
+With ``coarse_to_fine``, at iteration ``i`` (0-based) of ``I`` every hash level ``l = 0..L-1`` of
+*both* networks is multiplied by ``w_l(alpha) = (1 - cos(pi * clamp(alpha * L - l, 0, 1))) / 2``,
+``alpha = i / (coarse_to_fine_target * I)`` (``L`` is each network's own number of levels in use;
+the linear term and the raw coordinate input are not weighted). So both networks start as MLPs of
+the (normalised) coordinate alone, which fit only smooth functions: the image network cannot store
+the two images separately and the motion network has to align them; finer levels fade in one after
+the other and all are fully on from ``alpha = 1``. Without it (all ``w_l = 1`` throughout) a
+multi-modal image network stores both images as they are and the motion does not align them.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .affine import AffineModel
+from .config import HashSettings, RegistrationSettings, TwoNetworkSettings
+from .encodings import NormalisedBox
+from .fields import evaluate_displacement, evaluate_jacobian_determinant, inverse_consistency, invert_displacement
+from .hash_encoding import HashEncoding, coarse_to_fine_weights
+from .registration import RegistrationResult, _peak_memory_mb, seed_everything
+from .space import (SpatialImage, apply_affine, foreground_mask, rescale_intensity, sample_array,
+                    voxel_grid_to_world, world_bounding_box)
+
+MOTIONS = ("rigid", "deformable", "affine-param")
+
+
+class EncodingDomain(nn.Module):
+    """World mm -> ``[0, 1]^d`` for the hash grids: the fixed image's :class:`NormalisedBox`
+    (``[-1, 1]`` over its longest side, isotropic) enlarged by ``margin`` on every side."""
+
+    def __init__(self, box: NormalisedBox, margin: float):
+        super().__init__()
+        self.box = box
+        self.half_width = 1.0 + float(margin)
+
+    def normalised(self, points_mm: torch.Tensor) -> torch.Tensor:
+        """``(x - centre) / scale``: about ``[-1, 1]`` over the fixed image."""
+        return self.box(points_mm)
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        return (self.box(points_mm) / self.half_width + 1.0) / 2.0
+
+    def contains(self, points_mm: np.ndarray) -> np.ndarray:
+        """Which world points lie inside the encoding domain."""
+        centre = self.box.centre.cpu().numpy().astype(np.float64)
+        return np.all(np.abs(points_mm - centre) / self.box.scale <= self.half_width, axis=-1)
+
+
+class HashMLP(nn.Module):
+    """``MLP([hash(x), x_norm])``: hash encoding of the domain coordinate (the first ``use_levels``
+    levels of ``hash_settings``), optionally concatenated with the normalised coordinate itself,
+    then ``hidden_layers`` ReLU layers of ``hidden_features`` units and a linear output."""
+
+    def __init__(self, domain: EncodingDomain, ndim: int, hash_settings: HashSettings, use_levels: int,
+                 hidden_features: int, hidden_layers: int, out_features: int, include_input: bool,
+                 backend: str, device: torch.device):
+        super().__init__()
+        self.domain = domain
+        self.include_input = include_input
+        h = hash_settings
+        self.encoding = HashEncoding(ndim, n_levels=use_levels, features_per_level=h.features_per_level,
+                                     log2_table_size=h.log2_table_size, base_resolution=h.base_resolution,
+                                     growth_factor=h.growth_factor, backend=backend, device=device)
+        layers: list[nn.Module] = []
+        fan_in = self.encoding.out_features + (ndim if include_input else 0)
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(fan_in, hidden_features), nn.ReLU()]
+            fan_in = hidden_features
+        self.mlp = nn.Sequential(*layers)
+        self.out = nn.Linear(fan_in, out_features)
+
+    @property
+    def n_levels(self) -> int:
+        return self.encoding.layout.n_levels
+
+    def set_alpha(self, alpha: float | None) -> None:
+        """Coarse-to-fine progress: level weights :func:`coarse_to_fine_weights` (``None``: all 1)."""
+        n = self.n_levels
+        self.encoding.set_level_weights(np.ones(n) if alpha is None else coarse_to_fine_weights(alpha, n))
+
+    def features(self, points_mm: torch.Tensor) -> torch.Tensor:
+        feats = self.encoding(self.domain(points_mm))
+        if self.include_input:
+            feats = torch.cat([feats, self.domain.normalised(points_mm)], -1)
+        return self.mlp(feats)
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(points_mm))
+
+
+class ImageNetwork(HashMLP):
+    """``g(y)``: intensities (``channels`` of them) at world points (mm)."""
+
+
+class MotionNetwork(HashMLP):
+    """``m(x)``: displacement (mm) at fixed world points (mm); output layer zero so ``m`` starts at 0."""
+
+    def __init__(self, *args, linear: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        d = self.out.out_features
+        self.linear = nn.Linear(d, d, bias=False) if linear else None
+        with torch.no_grad():
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+            if self.linear is not None:
+                self.linear.weight.zero_()
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        out = super().forward(points_mm)
+        if self.linear is not None:
+            out = out + self.linear(self.domain.normalised(points_mm))
+        return out * self.domain.box.scale
+
+
+class AffineMotion(nn.Module):
+    """Explicit parameterisation ``m(x) = A(x) - x`` with ``A`` an :class:`AffineModel` (identity at start)."""
+
+    def __init__(self, ndim: int, centre: np.ndarray, scale: float, rigid: bool):
+        super().__init__()
+        self.affine = AffineModel(ndim, centre, scale, np.zeros(ndim))
+        self.rigid = rigid
+        if rigid:
+            self.affine.linear.requires_grad_(False)
+
+    def set_alpha(self, alpha: float | None) -> None:  # no levels to re-weight
+        pass
+
+    def matrix(self) -> np.ndarray:
+        return self.affine.matrix().detach().cpu().double().numpy()
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        return self.affine(points_mm) - points_mm
+
+
+class DisplacementModel(nn.Module):
+    """inrreg's ``u`` at world points: ``u(x) = A^-1 (x + m(x)) - x`` so that ``phi(x) = A(x + u(x)) =
+    x + m(x)`` (``A`` the returned affine; ``u = m`` when ``A`` is the identity). Holds the two networks."""
+
+    def __init__(self, motion: nn.Module, image: ImageNetwork, affine: np.ndarray):
+        super().__init__()
+        self.motion = motion
+        self.image = image
+        d = affine.shape[0] - 1
+        inv = np.linalg.inv(affine)
+        self.identity = bool(np.allclose(affine, np.eye(d + 1)))
+        self.register_buffer("inv_linear", torch.as_tensor(inv[:d, :d].T.copy(), dtype=torch.float32))
+        self.register_buffer("inv_offset", torch.as_tensor(inv[:d, d].copy(), dtype=torch.float32))
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        moved = points_mm + self.motion(points_mm)
+        if self.identity:
+            return moved - points_mm
+        return moved @ self.inv_linear + self.inv_offset - points_mm
+
+
+def kabsch(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Least-squares rigid map (rotation, det +1, and translation) taking ``points`` ``(N, d)`` to
+    ``targets`` ``(N, d)``, as a ``(d+1, d+1)`` homogeneous matrix."""
+    d = points.shape[1]
+    p_mean, t_mean = points.mean(0), targets.mean(0)
+    h = (points - p_mean).T @ (targets - t_mean)
+    u, _, vt = np.linalg.svd(h)
+    sign = np.ones(d)
+    sign[-1] = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    rot = vt.T @ np.diag(sign) @ u.T
+    out = np.eye(d + 1)
+    out[:d, :d] = rot
+    out[:d, d] = t_mean - rot @ p_mean
+    return out
+
+
+class VoxelSampler:
+    """Random voxel centres of an image (among ``candidates``), as world points and intensities."""
+
+    def __init__(self, image: SpatialImage, candidates: np.ndarray, device: torch.device):
+        if not candidates.any():
+            raise ValueError("no voxel to sample (empty mask, or the image lies outside the encoding domain)")
+        idx = np.argwhere(candidates)
+        self.points = torch.as_tensor(apply_affine(image.affine, idx.astype(np.float64)), dtype=torch.float32,
+                                      device=device)
+        self.values = torch.as_tensor(image.data[tuple(idx.T)], dtype=torch.float32, device=device)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.as_tensor(rng.integers(0, len(self.values), size=n), device=self.values.device)
+        return self.points[pick], self.values[pick]
+
+
+def build_networks(fixed: SpatialImage, settings: TwoNetworkSettings, device: torch.device
+                   ) -> tuple[nn.Module, ImageNetwork, EncodingDomain]:
+    """Fresh motion model and image network over the fixed image's world bounding box.
+
+    Torch's global RNG must be seeded by the caller (initialisation)."""
+    if settings.motion not in MOTIONS:
+        raise ValueError(f"unknown two_network.motion '{settings.motion}' (choose from {', '.join(MOTIONS)})")
+    d = fixed.ndim
+    lower, upper = world_bounding_box(fixed.shape, fixed.affine)
+    domain = EncodingDomain(NormalisedBox(lower, upper), settings.domain_margin)
+    channels = 2 if settings.multimodal else 1
+    image = ImageNetwork(domain, d, settings.image_hash, settings.image_hash.levels, settings.hidden_features,
+                         settings.hidden_layers, channels, settings.include_input, settings.backend, device)
+    if settings.motion == "affine-param":
+        centre = (np.asarray(lower) + np.asarray(upper)) / 2.0
+        motion: nn.Module = AffineMotion(d, centre, domain.box.scale, settings.affine_param_rigid)
+    else:
+        levels = 1 if settings.motion == "rigid" else settings.motion_hash.levels
+        motion = MotionNetwork(domain, d, settings.motion_hash, levels, settings.motion_hidden_features,
+                               settings.motion_hidden_layers, d, settings.motion_include_input, settings.backend,
+                               device, linear=settings.motion_linear)
+    return motion.to(device), image.to(device), domain
+
+
+def fit_two_networks(fixed: SpatialImage, moving: SpatialImage, settings: TwoNetworkSettings,
+                     device: torch.device, rng: np.random.Generator, fixed_candidates: np.ndarray | None = None,
+                     moving_candidates: np.ndarray | None = None,
+                     progress: Callable[[int, float], None] | None = None
+                     ) -> tuple[nn.Module, ImageNetwork, dict[str, list[float]]]:
+    """Optimise a new motion model and image network on the pair (intensities already in [0, 1]).
+
+    Returns ``(motion, image, history)``; ``motion(x)`` is ``m`` (mm) at fixed world points with
+    ``M(x + m(x)) ~ F(x)``. ``fixed_candidates`` / ``moving_candidates``: boolean masks of the voxels
+    that may be drawn (default: all; moving voxels outside the encoding domain are never drawn).
+    ``history``: per-iteration ``moving_term`` (first term), ``fixed_term`` (second term), ``total``.
+    """
+    motion, image, domain = build_networks(fixed, settings, device)
+    if fixed_candidates is None:
+        fixed_candidates = np.ones(fixed.shape, bool)
+    if moving_candidates is None:
+        moving_candidates = np.ones(moving.shape, bool)
+    moving_candidates = moving_candidates & domain.contains(moving.world_grid())
+    fixed_sampler = VoxelSampler(fixed, fixed_candidates, device)
+    moving_sampler = VoxelSampler(moving, moving_candidates, device)
+    groups = [{"params": list(image.parameters()), "lr": settings.lr}]
+    motion_params = [p for p in motion.parameters() if p.requires_grad]
+    if motion_params:
+        groups.append({"params": motion_params, "lr": settings.motion_lr})
+    optimiser = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+    fixed_channel = 1 if settings.multimodal else 0
+    target = settings.coarse_to_fine_target * settings.iterations
+    history: dict[str, list[float]] = {"moving_term": [], "fixed_term": [], "total": []}
+    n = settings.points
+    for it in range(settings.iterations):
+        alpha = it / target if settings.coarse_to_fine else None
+        image.set_alpha(alpha)
+        motion.set_alpha(alpha)
+        if len(optimiser.param_groups) > 1:
+            ramp = settings.motion_warmup * settings.iterations
+            optimiser.param_groups[1]["lr"] = settings.motion_lr * (min(1.0, it / ramp) if ramp > 0 else 1.0)
+        y, m_values = moving_sampler.sample(n, rng)
+        x, f_values = fixed_sampler.sample(n, rng)
+        mapped = x + motion(x)
+        out = image(torch.cat([y, mapped], 0))
+        moving_term = ((out[:n, 0] - m_values) ** 2).mean()
+        fixed_term = ((out[n:, fixed_channel] - f_values) ** 2).mean()
+        total = moving_term + fixed_term
+        optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        optimiser.step()
+        history["moving_term"].append(float(moving_term.detach()))
+        history["fixed_term"].append(float(fixed_term.detach()))
+        history["total"].append(float(total.detach()))
+        if progress is not None:
+            progress(1, history["total"][-1])
+    image.set_alpha(None)
+    motion.set_alpha(None)
+    return motion, image, history
+
+
+def register_two_network(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSettings,
+                         device: torch.device, seed: int = 0, fixed_mask: np.ndarray | None = None,
+                         moving_mask: np.ndarray | None = None, use_affine: bool = True,
+                         progress: Callable[[str, int], Callable[[int, float], None] | None] | None = None
+                         ) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with the two-network method (``settings.two_network``).
+
+    Same inputs and :class:`~inrreg_pipeline.core.registration.RegistrationResult` as
+    :func:`~inrreg_pipeline.core.registration.register` (which dispatches here for
+    ``settings.method == "two-network"``); ``result.model`` is a :class:`DisplacementModel` giving
+    ``u`` at any world point, with the motion and image networks as ``.motion`` and ``.image``.
+
+    ``summary`` has the core's keys (``loss.similarity_final`` is the two-term L2 loss averaged over
+    the last 20 iterations; ``loss.affine_final`` and ``loss.regulariser_final`` are ``None``: there is
+    no affine stage and no regulariser; ``runtime_s.affine`` is the Kabsch fit, ``runtime_s.deformable``
+    the joint fit) plus ``method`` (``"two-network"``), ``rigid_matrix_ras`` (Kabsch fit of
+    ``x -> x + m(x)`` over the mask, fixed -> moving, RAS), ``loss.moving_term_final`` /
+    ``loss.fixed_term_final`` (the two terms) and ``two_network`` (motion model, levels in use, hash
+    backend, mean and max ``|m|`` in mm over the mask).
+    """
+    if fixed.ndim != moving.ndim:
+        raise ValueError(f"fixed image is {fixed.ndim}-D but moving image is {moving.ndim}-D")
+    t_set = settings.two_network
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rng = seed_everything(seed)
+    d = fixed.ndim
+    f_norm = fixed.with_data(rescale_intensity(fixed.data, fixed_mask))
+    m_norm = moving.with_data(rescale_intensity(moving.data, moving_mask))
+    sampling_mask = fixed_mask > 0 if fixed_mask is not None else foreground_mask(f_norm.data)
+
+    # 1. the two networks, jointly
+    t0 = time.perf_counter()
+    callback = progress("two-network", t_set.iterations) if progress is not None else None
+    motion, image, history = fit_two_networks(
+        f_norm, m_norm, t_set, device, rng,
+        fixed_candidates=fixed_mask > 0 if fixed_mask is not None else None,
+        moving_candidates=moving_mask > 0 if moving_mask is not None else None, progress=callback)
+    fit_seconds = time.perf_counter() - t0
+    motion.eval()
+    image.eval()
+
+    # 2. global part: Kabsch fit of x -> x + m(x) over the mask (or the explicit affine)
+    t0 = time.perf_counter()
+    m_field = evaluate_displacement(motion, fixed.shape, fixed.affine, device).astype(np.float64)
+    grid = voxel_grid_to_world(fixed.shape, fixed.affine)
+    inside = sampling_mask > 0
+    rigid = kabsch(grid[inside], grid[inside] + m_field[inside])
+    if not use_affine:
+        affine = np.eye(d + 1)
+    elif t_set.motion == "rigid":
+        affine = rigid
+    elif t_set.motion == "affine-param":
+        affine = motion.matrix()
+    else:
+        affine = np.eye(d + 1)
+    affine_seconds = time.perf_counter() - t0
+
+    # 3. dense outputs on the fixed grid (as the core's register())
+    t0 = time.perf_counter()
+    model = DisplacementModel(motion, image, affine).to(device).eval()
+    u = evaluate_displacement(model, fixed.shape, fixed.affine, device)
+    jac = evaluate_jacobian_determinant(model, fixed.shape, fixed.affine, device)
+    v = invert_displacement(u, fixed.affine, device, settings.inverse_iterations)
+    consistency = inverse_consistency(u, v, fixed.affine, device, sampling_mask)
+    warped = sample_array(moving.data, moving.affine, apply_affine(affine, grid + u), device)
+    z = apply_affine(np.linalg.inv(affine), voxel_grid_to_world(moving.shape, moving.affine))
+    v_at_z = sample_array(v, fixed.affine, z, device, vector=True)
+    inverse_warped = sample_array(fixed.data, fixed.affine, z + v_at_z, device)
+    dense_seconds = time.perf_counter() - t0
+
+    def tail(values: list[float]) -> float | None:
+        return float(np.mean(values[-20:])) if values else None
+
+    m_norm_mm = np.linalg.norm(m_field, axis=-1)[inside]
+    summary = {
+        "method": "two-network",
+        "affine_matrix_ras": affine.tolist(),
+        "rigid_matrix_ras": rigid.tolist(),
+        "loss": {
+            "affine_final": None,
+            "similarity_final": tail(history["total"]),
+            "regulariser_final": None,
+            "moving_term_final": tail(history["moving_term"]),
+            "fixed_term_final": tail(history["fixed_term"]),
+        },
+        "jacobian": {
+            "percent_nonpositive_in_mask": float(100.0 * np.mean(jac[inside] <= 0)),
+            "percent_nonpositive_fov": float(100.0 * np.mean(jac <= 0)),
+            "min": float(jac.min()), "max": float(jac.max()),
+        },
+        "inverse_consistency": consistency,
+        "runtime_s": {"affine": affine_seconds, "deformable": fit_seconds, "dense_outputs": dense_seconds,
+                      "total": time.perf_counter() - start},
+        "memory": _peak_memory_mb(device),
+        "dimension": d,
+        "two_network": {
+            "motion": t_set.motion,
+            "multimodal": t_set.multimodal,
+            "coarse_to_fine": t_set.coarse_to_fine,
+            "hash_backend": image.encoding.backend,
+            "image_levels": image.n_levels,
+            "motion_levels": motion.n_levels if isinstance(motion, HashMLP) else 0,
+            "motion_mean_mm": float(m_norm_mm.mean()) if m_norm_mm.size else 0.0,
+            "motion_max_mm": float(m_norm_mm.max()) if m_norm_mm.size else 0.0,
+        },
+    }
+    return RegistrationResult(affine, u, v, warped, inverse_warped, jac, summary, model)
