@@ -48,6 +48,12 @@ class PatchSampler:
         self.offsets = torch.as_tensor(offsets, device=device)
         self.device = device
 
+    def random_points(self, n_points: int, rng: np.random.Generator) -> torch.Tensor:
+        """``(n_points, d)`` world points (mm): random mask voxels jittered uniformly within the voxel."""
+        idx = self.centres[rng.integers(0, len(self.centres), size=n_points)] + rng.uniform(-0.5, 0.5, (n_points, self.d))
+        idx = torch.as_tensor(idx, dtype=torch.float32, device=self.device)
+        return idx @ self.affine[: self.d, : self.d].T + self.affine[: self.d, self.d]
+
     def sample(self, n_patches: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``(points, values)``: points ``(P * p^d, d)`` world mm; values ``(P, 1, *patch)``."""
         centres = self.centres[rng.integers(0, len(self.centres), size=n_patches)]
@@ -93,7 +99,8 @@ def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarra
     use_reg = loss.regulariser != "none" and loss.alpha > 0
     for _ in range(optimisation.iterations):
         points, fixed_values = sampler.sample(optimisation.patches, rng)
-        points.requires_grad_(use_reg)
+        reg_on_patches = use_reg and optimisation.regulariser_points == 0
+        points.requires_grad_(reg_on_patches)
         u = model(points)
         mapped = (points + u) @ a[:d, :d].T + a[:d, d]
         warped = moving_dev.sample(mapped).reshape(fixed_values.shape)
@@ -102,8 +109,13 @@ def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarra
             warped, fixed_values = warped * inside, fixed_values * inside
         sim = similarity_loss(loss.similarity, fixed_values, warped, loss.lncc_window)
         if use_reg:
-            grad_u = displacement_jacobian(u, points)
-            reg = regulariser_loss(loss.regulariser, grad_u, points)
+            if reg_on_patches:
+                reg_points, reg_u = points, u
+            else:
+                reg_points = sampler.random_points(optimisation.regulariser_points, rng).requires_grad_(True)
+                reg_u = model(reg_points)
+            grad_u = displacement_jacobian(reg_u, reg_points)
+            reg = regulariser_loss(loss.regulariser, grad_u, reg_points)
             total = sim + loss.alpha * reg
         else:
             reg = torch.zeros(())
