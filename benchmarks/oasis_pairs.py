@@ -83,7 +83,7 @@ def main() -> None:
         moving = resample(m_t1, work / f"sub-{sub}_T1w.nii.gz", args.spacing, 1)
         moving_labels = resample(m_lab, work / f"sub-{sub}_dseg.nii.gz", args.spacing, 0)
         for preset in args.preset:
-            prefix = args.out / preset / f"sub-{sub}_to_sub-{args.fixed}_"
+            prefix = args.out / Path(preset).stem / f"sub-{sub}_to_sub-{args.fixed}_"
             prefix.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "inrreg_pipeline.cli", "register", str(fixed), str(moving), "-o", str(prefix),
                    "--preset", preset, "--device", args.device, "--no-progress"]

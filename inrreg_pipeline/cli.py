@@ -30,6 +30,12 @@ def _register_parser(sub) -> None:
                    help=f"settings preset: one of {', '.join(available_presets())}, or a JSON file (default: default); "
                         "the ANTs baselines ants-syn, ants-syn-cc and ants-precise run antsRegistration instead and "
                         "write the same files")
+    p.add_argument("--method", choices=("siren", "two-network"),
+                   help="siren: deformation INR after an affine stage; two-network: motion + image networks with "
+                        "hash encodings (default: what the preset says)")
+    p.add_argument("--motion", choices=("rigid", "deformable", "affine-param"),
+                   help="two-network granularity: rigid (coarsest motion level only), deformable, or an explicit "
+                        "affine parameterisation")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same result on CPU")
     p.add_argument("--fixed-mask", metavar="FILE", help="mask on FIXED's grid: where the similarity is sampled")
@@ -122,7 +128,8 @@ def _run(args: argparse.Namespace) -> None:
             outputs = register_files(args.fixed, args.moving, args.output, preset=args.preset, device=args.device,
                                      seed=args.seed, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
                                      use_affine=not args.no_affine, threads=args.threads,
-                                     progress=False if args.no_progress else None)
+                                     progress=False if args.no_progress else None, method=args.method,
+                                     motion=args.motion)
         print(f"inrreg: outputs written with prefix {args.output}")
         for key, path in outputs.items():
             print(f"  {key:<18} {path}")

@@ -16,6 +16,7 @@ All outputs appear together or not at all (:class:`~inrreg_pipeline.io.images.St
 """
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import sys
@@ -90,14 +91,19 @@ class ProgressBars:
 def register_files(fixed: str, moving: str, prefix: str, preset: str | RegistrationSettings = "default",
                    device: str = "auto", seed: int = 0, fixed_mask: str | None = None,
                    moving_mask: str | None = None, use_affine: bool = True, threads: int | None = None,
-                   progress: bool | None = None) -> dict[str, Path]:
+                   progress: bool | None = None, method: str | None = None, motion: str | None = None
+                   ) -> dict[str, Path]:
     """Register ``moving`` to ``fixed`` and write the outputs listed in the module docstring.
+
+    ``method`` (``siren`` or ``two-network``) and ``motion`` (two-network: ``rigid``, ``deformable``,
+    ``affine-param``) override the preset; ``method='two-network'`` with the ``default`` preset
+    selects the ``two-network-rigid`` or ``two-network-deformable`` preset.
 
     Returns the output paths by key (see :data:`OUTPUT_SUFFIXES`). Raises :class:`InputError` for
     bad inputs (nothing is written then).
     """
     try:
-        settings = validate(preset) if isinstance(preset, RegistrationSettings) else load_preset(preset)
+        settings = resolve_settings(preset, method, motion)
         dev = resolve_device(device)
     except ValueError as err:
         raise InputError(str(err)) from None
@@ -119,7 +125,7 @@ def register_files(fixed: str, moving: str, prefix: str, preset: str | Registrat
             "inputs": {"fixed": str(Path(fixed).resolve()), "moving": str(Path(moving).resolve()),
                        "fixed_mask": str(Path(fixed_mask).resolve()) if fixed_mask else None,
                        "moving_mask": str(Path(moving_mask).resolve()) if moving_mask else None},
-            "method": "siren",
+            "method": settings.method,
             "preset": settings.name,
             "settings": settings.to_dict(),
             "seed": seed,
@@ -134,6 +140,22 @@ def register_files(fixed: str, moving: str, prefix: str, preset: str | Registrat
         }
         stage.path(OUTPUT_SUFFIXES["metadata"]).write_text(json.dumps(metadata, indent=2))
     return {key: stage.final(suffix) for key, suffix in OUTPUT_SUFFIXES.items()}
+
+
+def resolve_settings(preset: str | RegistrationSettings = "default", method: str | None = None,
+                     motion: str | None = None) -> RegistrationSettings:
+    """Settings from a preset (name, JSON path or object) with the command line's method/motion
+    overrides applied and validated (``ValueError`` on any problem)."""
+    if method == "two-network" and isinstance(preset, str) and preset == "default":
+        preset = "two-network-rigid" if motion == "rigid" else "two-network-deformable"
+    settings = copy.deepcopy(preset) if isinstance(preset, RegistrationSettings) else load_preset(preset)
+    if method is not None:
+        settings.method = method
+    if motion is not None:
+        if settings.method != "two-network":
+            raise ValueError("--motion applies to --method two-network only")
+        settings.two_network.motion = motion
+    return validate(settings)
 
 
 def write_outputs(stage: StagedOutputs, result: RegistrationResult, fixed, moving) -> None:

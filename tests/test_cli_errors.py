@@ -449,3 +449,23 @@ def test_register_then_apply_succeeds(pair, capsys):
 
     assert not [p.name for p in out.iterdir() if p.name.startswith(".inrreg-")]
     assert {p.name: _md5(p) for p in inputs.iterdir()} == before  # inputs untouched
+
+
+def test_register_two_network_rigid_from_the_command_line(pair, capsys):
+    """``--method two-network --motion rigid`` runs the second method and records the rigid matrix."""
+    fixed, moving, out = pair
+    preset = fixed.parent / "tn.json"
+    preset.write_text(json.dumps({"method": "two-network", "two_network": {"iterations": 20, "points": 256}}))
+    code = _run(_register_argv(fixed, moving, out, "--preset", preset, "--motion", "rigid"))
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((out / f"{PREFIX}registration.json").read_text())
+    assert meta["method"] == "two-network" and meta["settings"]["two_network"]["motion"] == "rigid"
+    assert np.asarray(meta["rigid_matrix_ras"]).shape == (3, 3)
+    assert (out / f"{PREFIX}0GenericAffine.mat").is_file()
+
+
+def test_register_motion_needs_two_network(pair, capsys):
+    fixed, moving, out = pair
+    code = _run(_register_argv(fixed, moving, out, "--method", "siren", "--motion", "rigid"))
+    _assert_one_line_error(capsys, code, 2, "two-network")
+    _assert_nothing_written(out)
