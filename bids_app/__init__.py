@@ -1,5 +1,16 @@
 """The ``inrreg-bids`` BIDS App (installed as ``inrreg_pipeline.bids_app``).
 
-Built on ``inrreg_pipeline.workflows``; empty until the BIDS App issue lands. Nothing here is
-importable API yet.
+``inrreg-bids bids_dir output_dir {participant,group} [options]`` (:func:`.run.main`):
+
+* participant level: each participant's (and session's) T1w registered to a template (nilearn's
+  MNI152 2009a brain by default, or ``--template``) with inrreg, and with ANTs too when
+  ``--compare-ants``; other anatomical contrasts (T2w, FLAIR, PD/PDw, T2starw, ce-T1w) co-registered
+  to the T1w; evaluation (folding, SD log det J, inverse consistency, runtime; Dice/HD95 with
+  ``-d labels=PATH`` and ``--template-dseg``); BIDS Derivatives, ``sub-X.html``, ``logs/CITATION.md``;
+* group level: ``group_registration.tsv`` and ``group_registration.html``;
+* ``inrreg-bids --demo OUT``: a demo dataset from nilearn's template, both levels (:mod:`.demo`).
+
+Modules: :mod:`.parser` (options, exit codes), :mod:`.run` (checks, BIDS queries, execution),
+:mod:`.workflow` (``init_participant_wf``), :mod:`.interfaces` (``DerivativeSink``, atomic copies),
+:mod:`.reports` (HTML, citation, group level), :mod:`.demo`.
 """
