@@ -1,5 +1,5 @@
 # Two entry points, both self-contained on a fresh machine:
-#   make demo   -> set up .venv and run the embedded default registration
+#   make demo   -> set up .venv and run the BIDS App on its embedded demo dataset (both levels, INR and ANTs)
 #   make test   -> set up .venv and run the test suite
 # On a machine without an NVIDIA driver, torch==2.13.0 (the CPU wheel) is installed first so that
 # the package's torch range is already satisfied and no multi-GB CUDA build is pulled.
@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/inrreg demo -o demo_output
+	$(VENV)/bin/inrreg-bids --demo demo_output
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
