@@ -77,3 +77,10 @@ def inverse_consistency(field: np.ndarray, inverse: np.ndarray, affine: np.ndarr
     values = residual[mask > 0] if mask is not None and mask.any() else residual.ravel()
     return {"mean_mm": float(values.mean()), "p95_mm": float(np.percentile(values, 95)),
             "max_mm": float(values.max())}
+
+
+def jacobian_summary(jacobian: np.ndarray, inside: np.ndarray) -> dict[str, float]:
+    """Folding (% of voxels with det J <= 0) inside a mask and over the field of view, min and max."""
+    return {"percent_nonpositive_in_mask": float(100.0 * np.mean(jacobian[inside] <= 0)),
+            "percent_nonpositive_fov": float(100.0 * np.mean(jacobian <= 0)),
+            "min": float(jacobian.min()), "max": float(jacobian.max())}

@@ -16,7 +16,8 @@ import torch
 
 from .affine import register_affine
 from .config import RegistrationSettings
-from .fields import evaluate_displacement, evaluate_jacobian_determinant, inverse_consistency, invert_displacement
+from .fields import (evaluate_displacement, evaluate_jacobian_determinant, inverse_consistency, invert_displacement,
+                     jacobian_summary)
 from .optimisation import fit_deformation
 from .space import SpatialImage, apply_affine, foreground_mask, rescale_intensity, sample_array, voxel_grid_to_world
 
@@ -128,11 +129,7 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
             "similarity_final": float(np.mean(history["similarity"][-20:])) if history["similarity"] else None,
             "regulariser_final": float(np.mean(history["regulariser"][-20:])) if history["regulariser"] else None,
         },
-        "jacobian": {
-            "percent_nonpositive_in_mask": float(100.0 * np.mean(jac[inside] <= 0)),
-            "percent_nonpositive_fov": float(100.0 * np.mean(jac <= 0)),
-            "min": float(jac.min()), "max": float(jac.max()),
-        },
+        "jacobian": jacobian_summary(jac, inside),
         "inverse_consistency": consistency,
         "runtime_s": {"affine": affine_seconds, "deformable": inr_seconds, "dense_outputs": dense_seconds,
                       "total": time.perf_counter() - start},

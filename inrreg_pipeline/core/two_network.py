@@ -78,7 +78,8 @@ from torch import nn
 from .affine import AffineModel
 from .config import HashSettings, RegistrationSettings, TwoNetworkSettings
 from .encodings import NormalisedBox
-from .fields import evaluate_displacement, evaluate_jacobian_determinant, inverse_consistency, invert_displacement
+from .fields import (evaluate_displacement, evaluate_jacobian_determinant, inverse_consistency, invert_displacement,
+                     jacobian_summary)
 from .hash_encoding import HashEncoding, coarse_to_fine_weights
 from .registration import RegistrationResult, _peak_memory_mb, seed_everything
 from .space import (SpatialImage, apply_affine, foreground_mask, rescale_intensity, sample_array,
@@ -415,11 +416,7 @@ def register_two_network(fixed: SpatialImage, moving: SpatialImage, settings: Re
             "moving_term_final": tail(history["moving_term"]),
             "fixed_term_final": tail(history["fixed_term"]),
         },
-        "jacobian": {
-            "percent_nonpositive_in_mask": float(100.0 * np.mean(jac[inside] <= 0)),
-            "percent_nonpositive_fov": float(100.0 * np.mean(jac <= 0)),
-            "min": float(jac.min()), "max": float(jac.max()),
-        },
+        "jacobian": jacobian_summary(jac, inside),
         "inverse_consistency": consistency,
         "runtime_s": {"affine": affine_seconds, "deformable": fit_seconds, "dense_outputs": dense_seconds,
                       "total": time.perf_counter() - start},
