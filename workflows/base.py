@@ -102,9 +102,12 @@ def multiproc_plugin_args(n_procs: int | None = None, memory_gb: float | None = 
     resources available for job". A GPU node takes ``node.n_procs`` GPU slots, so the workflows
     give GPU-flagged registration nodes ``n_procs = 1``. Here ``n_gpu_procs`` defaults to the number
     of CUDA devices PyTorch sees, and at least 1: without a GPU the flagged nodes then run one at a
-    time and fall back to the CPU inside the interface.
+    time and fall back to the CPU inside the interface. Workers start from a ``forkserver``.
     """
     args = dict(extra)
+    # Workers from a fork server, not forked from this process: a fork after PyTorch/OpenMP (or
+    # ITK) thread pools have started can deadlock the child (seen as MultiProc hanging forever).
+    args.setdefault("mp_context", "forkserver")
     if n_procs is not None:
         args["n_procs"] = int(n_procs)
     if memory_gb is not None:
