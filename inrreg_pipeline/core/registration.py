@@ -60,6 +60,23 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
+def prepare_pair(fixed: SpatialImage, moving: SpatialImage, device: torch.device, seed: int,
+                 fixed_mask: np.ndarray | None, moving_mask: np.ndarray | None):
+    """Common start of every method: start time, peak-memory reset, seeding, intensities rescaled
+    to [0, 1], and the fixed-grid sampling mask (``fixed_mask`` or the foreground).
+
+    Returns ``(start, rng, fixed_rescaled, moving_rescaled, sampling_mask)``.
+    """
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rng = seed_everything(seed)
+    f_norm = fixed.with_data(rescale_intensity(fixed.data, fixed_mask))
+    m_norm = moving.with_data(rescale_intensity(moving.data, moving_mask))
+    sampling_mask = fixed_mask > 0 if fixed_mask is not None else foreground_mask(f_norm.data)
+    return start, rng, f_norm, m_norm, sampling_mask
+
+
 def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSettings, device: torch.device,
              seed: int = 0, fixed_mask: np.ndarray | None = None, moving_mask: np.ndarray | None = None,
              use_affine: bool = True, progress: ProgressFactory | None = None) -> RegistrationResult:
@@ -77,14 +94,8 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
 
         return register_two_network(fixed, moving, settings, device, seed=seed, fixed_mask=fixed_mask,
                                     moving_mask=moving_mask, use_affine=use_affine, progress=progress)
-    start = time.perf_counter()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    rng = seed_everything(seed)
+    start, rng, f_norm, m_norm, sampling_mask = prepare_pair(fixed, moving, device, seed, fixed_mask, moving_mask)
     d = fixed.ndim
-    f_norm = fixed.with_data(rescale_intensity(fixed.data, fixed_mask))
-    m_norm = moving.with_data(rescale_intensity(moving.data, moving_mask))
-    sampling_mask = fixed_mask > 0 if fixed_mask is not None else foreground_mask(f_norm.data)
 
     def callback(stage: str, total: int):
         return progress(stage, total) if (progress is not None and total > 0) else None

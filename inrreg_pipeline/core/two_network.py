@@ -81,8 +81,8 @@ from .encodings import NormalisedBox
 from .fields import (evaluate_displacement, evaluate_jacobian_determinant, inverse_consistency, invert_displacement,
                      jacobian_summary)
 from .hash_encoding import HashEncoding, coarse_to_fine_weights
-from .registration import RegistrationResult, _peak_memory_mb, seed_everything
-from .space import (SpatialImage, apply_affine, foreground_mask, rescale_intensity, sample_array,
+from .registration import RegistrationResult, _peak_memory_mb, prepare_pair
+from .space import (SpatialImage, apply_affine, sample_array,
                     voxel_grid_to_world, world_bounding_box)
 
 MOTIONS = ("rigid", "deformable", "affine-param")
@@ -352,14 +352,8 @@ def register_two_network(fixed: SpatialImage, moving: SpatialImage, settings: Re
     if fixed.ndim != moving.ndim:
         raise ValueError(f"fixed image is {fixed.ndim}-D but moving image is {moving.ndim}-D")
     t_set = settings.two_network
-    start = time.perf_counter()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    rng = seed_everything(seed)
+    start, rng, f_norm, m_norm, sampling_mask = prepare_pair(fixed, moving, device, seed, fixed_mask, moving_mask)
     d = fixed.ndim
-    f_norm = fixed.with_data(rescale_intensity(fixed.data, fixed_mask))
-    m_norm = moving.with_data(rescale_intensity(moving.data, moving_mask))
-    sampling_mask = fixed_mask > 0 if fixed_mask is not None else foreground_mask(f_norm.data)
 
     # 1. the two networks, jointly
     t0 = time.perf_counter()
