@@ -235,7 +235,11 @@ def test_register_malformed_preset(pair, capsys, content):
     ('{"optimisation": {"iterations": -5}}', "iterations >= 1"),
     ('{"affine": {"shrink_factors": [1, 2], "iterations": [5]}}', "differ in length"),
     ('{"network": {"activation": "tanh"}}', "activation"),
-], ids=["wrong-type", "unknown-similarity", "negative", "mismatched-lists", "unknown-activation"])
+    ('{"optimisation": {"smoothing_mm": [4, -1]}}', "smoothing_mm"),
+    ('{"optimisation": {"smoothing_mm": ["4mm"]}}', "must be list"),
+    ('{"optimisation": {"lr_schedule": "step"}}', "lr_schedule"),
+], ids=["wrong-type", "unknown-similarity", "negative", "mismatched-lists", "unknown-activation", "negative-sigma",
+        "sigma-not-number", "unknown-schedule"])
 def test_register_preset_with_bad_values(pair, capsys, content, word):
     """Bad preset values are the user's input: exit 2 before any work, not an internal failure."""
     fixed, moving, out = pair

@@ -14,6 +14,8 @@ from typing import Any
 PRESET_DIR = Path(__file__).parent / "presets"
 #: Registration methods: the deformation INR (methods.md section 1) and the two-network method (section 2).
 METHODS = ("siren", "two-network")
+#: Learning-rate schedules of the INR optimisation.
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -54,6 +56,11 @@ class OptimisationSettings:
     The regulariser is evaluated at ``regulariser_points`` random points of the mask, jittered
     uniformly within a voxel (0: at every patch point). Its autograd Jacobian costs several
     times a forward pass, so a random subset keeps CPU runs affordable with the same expectation.
+
+    ``smoothing_mm`` makes the similarity coarse to fine: the iterations are split evenly over its
+    levels and at each level both images are Gaussian-smoothed with that sigma in mm (0: none),
+    as ANTs' ``--smoothing-sigmas ...mm``. ``lr_schedule`` is ``constant`` or ``cosine`` (decay to
+    ``lr * lr_final_fraction`` over all iterations).
     """
 
     iterations: int = 2000
@@ -63,6 +70,9 @@ class OptimisationSettings:
     lr: float = 1e-4
     weight_decay: float = 0.0
     regulariser_points: int = 0
+    smoothing_mm: list[float] = field(default_factory=lambda: [0.0])
+    lr_schedule: str = "constant"
+    lr_final_fraction: float = 0.1
 
 
 @dataclass
@@ -202,9 +212,11 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
             raise bad()
         return value
     if isinstance(default, list):
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        floats = bool(default) and isinstance(default[0], float)
+        number = (int, float) if floats else int
+        if not isinstance(value, list) or not all(isinstance(v, number) and not isinstance(v, bool) for v in value):
             raise bad()
-        return value
+        return [float(v) for v in value] if floats else value
     return value
 
 
@@ -231,6 +243,11 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
     need(o.optimizer.lower() in ("adam", "adamw"), "optimisation.optimizer must be adam or adamw")
     need(o.lr > 0 and o.weight_decay >= 0, "optimisation.lr must be > 0 and weight_decay >= 0")
     need(o.regulariser_points >= 0, "optimisation.regulariser_points must be >= 0")
+    need(len(o.smoothing_mm) >= 1 and all(v >= 0 for v in o.smoothing_mm),
+         "optimisation.smoothing_mm must be a non-empty list of sigmas >= 0 (mm)")
+    need(len(o.smoothing_mm) <= o.iterations, "optimisation.smoothing_mm has more levels than iterations")
+    need(o.lr_schedule in LR_SCHEDULES, f"optimisation.lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
+    need(0 < o.lr_final_fraction <= 1, "optimisation.lr_final_fraction must be in (0, 1]")
     need(l.similarity in SIMILARITIES, f"loss.similarity must be one of {', '.join(SIMILARITIES)}")
     need(l.regulariser in REGULARISERS, f"loss.regulariser must be one of {', '.join(REGULARISERS)}")
     need(l.alpha >= 0 and l.lncc_window >= 1, "loss.alpha must be >= 0 and lncc_window >= 1")

@@ -4,6 +4,10 @@ Each iteration draws ``patches`` random patches of ``patch_size^d`` points of th
 voxel grid (so fixed intensities need no interpolation and local windows are well defined), centred
 on voxels of the sampling mask. The moving image is sampled at ``A(x + u(x))`` where ``A`` is the
 affine found before (fixed -> moving, RAS mm) and ``u`` the network's displacement (mm).
+
+Coarse to fine: the iterations are split over the levels of ``smoothing_mm``; at each level both
+images are smoothed by that Gaussian sigma (mm), so early steps see the large structures only,
+as ANTs' smoothing sigmas do. The network and its optimiser state carry over between levels.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from .config import LossSettings, NetworkSettings, OptimisationSettings
 from .encodings import NormalisedBox
 from .losses import displacement_jacobian, regulariser_loss, similarity_loss
 from .networks import DeformationINR
-from .space import DeviceImage, SpatialImage, world_bounding_box
+from .space import DeviceImage, SpatialImage, smooth, world_bounding_box
 
 
 def build_network(fixed: SpatialImage, settings: NetworkSettings) -> DeformationINR:
@@ -42,11 +46,15 @@ class PatchSampler:
         self.centres = np.argwhere(mask > 0)
         if len(self.centres) == 0:
             raise ValueError("the sampling mask is empty")
-        self.values = torch.as_tensor(fixed.data, dtype=torch.float32, device=device)
+        self.set_values(fixed.data, device)
         self.affine = torch.as_tensor(fixed.affine, dtype=torch.float32, device=device)
         offsets = np.stack(np.meshgrid(*[np.arange(s) for s in self.size], indexing="ij"), -1).reshape(-1, self.d)
         self.offsets = torch.as_tensor(offsets, device=device)
         self.device = device
+
+    def set_values(self, data: np.ndarray, device: torch.device) -> None:
+        """Replace the fixed intensities (same grid), e.g. by a smoothed copy."""
+        self.values = torch.as_tensor(np.asarray(data), dtype=torch.float32, device=device)
 
     def random_points(self, n_points: int, rng: np.random.Generator) -> torch.Tensor:
         """``(n_points, d)`` world points (mm): random mask voxels jittered uniformly within the voxel."""
@@ -75,6 +83,21 @@ def make_optimiser(params, settings: OptimisationSettings) -> torch.optim.Optimi
     raise ValueError(f"unknown optimizer '{settings.optimizer}' (choose adam or adamw)")
 
 
+def make_schedule(optimiser: torch.optim.Optimizer, settings: OptimisationSettings
+                  ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """``cosine``: decay from ``lr`` to ``lr * lr_final_fraction`` over the iterations; else none."""
+    if settings.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=settings.iterations,
+                                                          eta_min=settings.lr * settings.lr_final_fraction)
+    return None
+
+
+def level_iterations(total: int, levels: int) -> list[int]:
+    """``total`` iterations split as evenly as possible over ``levels`` (later levels take the rest)."""
+    base, rest = divmod(total, levels)
+    return [base + (1 if i >= levels - rest else 0) for i in range(levels)]
+
+
 def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, network: NetworkSettings,
                     optimisation: OptimisationSettings, loss: LossSettings, device: torch.device,
                     rng: np.random.Generator, sampling_mask: np.ndarray,
@@ -88,44 +111,58 @@ def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarra
     when given, multiplies both intensities at the mapped points so only its inside is compared.
     Torch's global RNG must be seeded by the caller (network initialisation).
     """
-    d = fixed.ndim
     model = build_network(fixed, network).to(device)
     optimiser = make_optimiser(model.parameters(), optimisation)
+    schedule = make_schedule(optimiser, optimisation)
     sampler = PatchSampler(fixed, sampling_mask, optimisation.patch_size, device)
-    moving_dev = DeviceImage.from_image(moving, device)
     mask_dev = DeviceImage(moving_mask.astype(np.float32), moving.affine, device) if moving_mask is not None else None
     a = torch.as_tensor(affine, dtype=torch.float32, device=device)
     history: dict[str, list[float]] = {"similarity": [], "regulariser": [], "total": []}
     use_reg = loss.regulariser != "none" and loss.alpha > 0
-    for _ in range(optimisation.iterations):
-        points, fixed_values = sampler.sample(optimisation.patches, rng)
-        reg_on_patches = use_reg and optimisation.regulariser_points == 0
-        points.requires_grad_(reg_on_patches)
-        u = model(points)
-        mapped = (points + u) @ a[:d, :d].T + a[:d, d]
-        warped = moving_dev.sample(mapped).reshape(fixed_values.shape)
-        if mask_dev is not None:
-            inside = mask_dev.sample(mapped).reshape(fixed_values.shape)
-            warped, fixed_values = warped * inside, fixed_values * inside
-        sim = similarity_loss(loss.similarity, fixed_values, warped, loss.lncc_window)
-        if use_reg:
-            if reg_on_patches:
-                reg_points, reg_u = points, u
-            else:
-                reg_points = sampler.random_points(optimisation.regulariser_points, rng).requires_grad_(True)
-                reg_u = model(reg_points)
-            grad_u = displacement_jacobian(reg_u, reg_points)
-            reg = regulariser_loss(loss.regulariser, grad_u, reg_points)
-            total = sim + loss.alpha * reg
-        else:
-            reg = torch.zeros(())
-            total = sim
-        optimiser.zero_grad(set_to_none=True)
-        total.backward()
-        optimiser.step()
-        history["similarity"].append(float(sim.detach()))
-        history["regulariser"].append(float(reg.detach()))
-        history["total"].append(float(total.detach()))
-        if progress is not None:
-            progress(1, history["total"][-1])
+    levels = optimisation.smoothing_mm
+    steps = [(sigma, n) for sigma, n in zip(levels, level_iterations(optimisation.iterations, len(levels)))]
+    for sigma, n_steps in steps:
+        sampler.set_values(smooth(fixed, sigma).data, device)
+        moving_dev = DeviceImage.from_image(smooth(moving, sigma), device)
+        for _ in range(n_steps):
+            _step(model, optimiser, sampler, moving_dev, mask_dev, a, optimisation, loss, use_reg, rng, history)
+            if schedule is not None:
+                schedule.step()
+            if progress is not None:
+                progress(1, history["total"][-1])
     return model, history
+
+
+def _step(model: DeformationINR, optimiser: torch.optim.Optimizer, sampler: PatchSampler, moving_dev: DeviceImage,
+          mask_dev: DeviceImage | None, a: torch.Tensor, optimisation: OptimisationSettings, loss: LossSettings,
+          use_reg: bool, rng: np.random.Generator, history: dict[str, list[float]]) -> None:
+    """One optimisation step on freshly sampled patches; appends the losses to ``history``."""
+    d = sampler.d
+    points, fixed_values = sampler.sample(optimisation.patches, rng)
+    reg_on_patches = use_reg and optimisation.regulariser_points == 0
+    points.requires_grad_(reg_on_patches)
+    u = model(points)
+    mapped = (points + u) @ a[:d, :d].T + a[:d, d]
+    warped = moving_dev.sample(mapped).reshape(fixed_values.shape)
+    if mask_dev is not None:
+        inside = mask_dev.sample(mapped).reshape(fixed_values.shape)
+        warped, fixed_values = warped * inside, fixed_values * inside
+    sim = similarity_loss(loss.similarity, fixed_values, warped, loss.lncc_window)
+    if use_reg:
+        if reg_on_patches:
+            reg_points, reg_u = points, u
+        else:
+            reg_points = sampler.random_points(optimisation.regulariser_points, rng).requires_grad_(True)
+            reg_u = model(reg_points)
+        grad_u = displacement_jacobian(reg_u, reg_points)
+        reg = regulariser_loss(loss.regulariser, grad_u, reg_points)
+        total = sim + loss.alpha * reg
+    else:
+        reg = torch.zeros(())
+        total = sim
+    optimiser.zero_grad(set_to_none=True)
+    total.backward()
+    optimiser.step()
+    history["similarity"].append(float(sim.detach()))
+    history["regulariser"].append(float(reg.detach()))
+    history["total"].append(float(total.detach()))
