@@ -139,6 +139,9 @@ def plugin_settings(opts) -> PluginSettings:
         if opts.mem_gb and "memory_gb" not in args:
             args["memory_gb"] = opts.mem_gb
         settings.plugin_args = multiproc_plugin_args(**args)
+    if settings.plugin == "SLURMGraph":
+        # Nipype's SLURMGraph only defines this attribute when plugin_args is non-empty (AttributeError otherwise)
+        settings.plugin_args.setdefault("dont_resubmit_completed_jobs", False)
     gpu_args = getattr(opts, "gpu_sbatch_args", None)
     if gpu_args is not None:
         settings.gpu_sbatch_args = _check_args(gpu_args, "--gpu-sbatch-args")
