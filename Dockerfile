@@ -54,13 +54,16 @@ RUN mkdir -p "$HOME"
 
 # tiny-cuda-nn first: it only depends on the base image's torch, so changing inrreg does not rebuild it.
 # Not on PyPI: built from source; libcuda is linked against the toolkit's stub (no driver at build time).
+# Its run-time compilation cache lives in the package (rtc/): writable by any UID, as $HOME.
 RUN if [ "$WITH_TCNN" = "1" ]; then \
         python -m pip install ninja \
         && LIBRARY_PATH="/usr/local/cuda/lib64/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}" \
            TCNN_CUDA_ARCHITECTURES="$TCNN_CUDA_ARCHITECTURES" MAX_JOBS="$TCNN_MAX_JOBS" \
            python -m pip install --no-build-isolation \
            "tinycudann @ git+https://github.com/NVlabs/tiny-cuda-nn@${TCNN_REF}#subdirectory=bindings/torch" \
-        && python -m pip show tinycudann; \
+        && python -m pip show tinycudann \
+        && rtc="$(python -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("tinycudann").origin))')/rtc" \
+        && if [ -d "$rtc" ]; then chmod -R a+rwX "$rtc"; fi; \
     else \
         echo "WITH_TCNN=$WITH_TCNN: no tinycudann (inrreg uses its pure-PyTorch hash encoding)"; \
     fi
