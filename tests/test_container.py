@@ -105,6 +105,14 @@ def test_dockerfile_structure(dockerfile):
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
 
 
+def test_run_steps_are_valid_shell(dockerfile):
+    """Every RUN (shell form, /bin/sh -c) parses as shell: a broken continuation or an unbalanced
+    if/fi would otherwise only show at `docker build`."""
+    for args in _all(dockerfile, "RUN"):
+        proc = subprocess.run(["sh", "-n", "-c", args], capture_output=True, text=True)
+        assert proc.returncode == 0, (args, proc.stderr)
+
+
 def test_tinycudann_behind_build_arg(dockerfile):
     args = {}
     for a in _all(dockerfile, "ARG"):
