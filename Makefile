@@ -1,8 +1,9 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make demo   -> set up .venv and run the BIDS App on its embedded demo dataset (both levels, INR and ANTs)
 #   make test   -> set up .venv and run the test suite
-# On a machine without an NVIDIA driver, torch==2.13.0 (the CPU wheel) is installed first so that
-# the package's torch range is already satisfied and no multi-GB CUDA build is pulled.
+# The install itself is .ci/install, the one install step the Dockerfile runs too: on a machine without
+# an NVIDIA driver, torch==2.13.0 (the CPU wheel) is installed first so that the package's torch range is
+# already satisfied and no multi-GB CUDA build is pulled. VENV can be overridden (make setup VENV=/tmp/v).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.inrreg-installed
@@ -10,10 +11,9 @@ STAMP := $(VENV)/.inrreg-installed
 .PHONY: setup demo test clean
 setup: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml .ci/install
 	python3 -m venv $(VENV)
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e '.[test]'
+	.ci/install $(PY) test
 	touch $@
 
 demo: setup

@@ -131,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mem", "--mem-mb", "--mem_mb", type=parse_mem, default=None, dest="mem_gb",
                    help="memory (MB by default; G/M suffixes)")
     g.add_argument("--use-plugin", "--use_plugin", type=Path, default=None, metavar="FILE",
-                   help="YAML with plugin: and plugin_args:")
+                   help="YAML with plugin: (MultiProc, SLURM, SLURMGraph, ...), plugin_args: and, for SLURM, "
+                        "gpu_sbatch_args: (see the README's SLURM section)")
+    g.add_argument("--gpu-sbatch-args", "--gpu_sbatch_args", default=None, metavar="ARGS",
+                   help="SLURM/SLURMGraph plugins: sbatch options of the INR registration (GPU) nodes instead of "
+                        "plugin_args.sbatch_args, e.g. --gpu-sbatch-args='--gres=gpu:1 -c 4 -p gpu' (write it "
+                        "with '='); overrides the plugin file's gpu_sbatch_args; other nodes keep theirs")
     g.add_argument("--low-mem", action="store_true", help="accepted for compatibility (no effect yet)")
     g.add_argument("--sloppy", action="store_true", help="tiny iteration counts: tests only, inaccurate")
     g.add_argument("-w", "--work-dir", type=Path, default=Path("work"))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no network check at nipype import
 
+from .cluster import apply_gpu_sbatch_args, ensure_logname, plugin_settings  # noqa: E402
 from .parser import (EXIT_BIDS_INVALID, EXIT_CANTCREAT, EXIT_DATAERR, EXIT_FAILURE, EXIT_NO_FILES,  # noqa: E402
                      EXIT_NOINPUT, EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, UsageError, parse_args)
 
@@ -319,15 +320,27 @@ def collect_participants(layout, opts, filters: dict, labels_root: Path | None):
 # ------------------------------------------------------------------------------------------------
 # outputs
 # ------------------------------------------------------------------------------------------------
+def container_info() -> dict:
+    """``GeneratedBy.Container``: the image's ``INRREG_CONTAINER_TYPE``/``INRREG_CONTAINER_TAG`` (set by the
+    Dockerfile's build arguments); a Docker image run by Apptainer/Singularity keeps its tag and says so."""
+    ctype, ctag = os.environ.get("INRREG_CONTAINER_TYPE"), os.environ.get("INRREG_CONTAINER_TAG")
+    if ctype or ctag:
+        if os.environ.get("APPTAINER_CONTAINER"):
+            ctype = "apptainer"
+        elif os.environ.get("SINGULARITY_CONTAINER"):
+            ctype = "singularity"
+    return {k: v for k, v in (("Type", ctype), ("Tag", ctag)) if v}
+
+
 def write_dataset_description(output_dir: Path, bids_dir: Path) -> None:
     from inrreg_pipeline import __version__
 
     from .interfaces import atomic_write_text
 
     gen = {"Name": "inrreg", "Version": __version__, "CodeURL": CODE_URL}
-    ctype, ctag = os.environ.get("INRREG_CONTAINER_TYPE"), os.environ.get("INRREG_CONTAINER_TAG")
-    if ctype or ctag:
-        gen["Container"] = {k: v for k, v in (("Type", ctype), ("Tag", ctag)) if v}
+    container = container_info()
+    if container:
+        gen["Container"] = container
     source = {"URL": bids_dir.as_uri()}
     try:
         raw = json.loads((bids_dir / "dataset_description.json").read_text())
@@ -354,26 +367,6 @@ def copy_template(output_dir: Path, tpl) -> None:
                 else dst / f"tpl-{tpl.name}_T1w.nii")
     name = "tpl-{0}_T1w.nii.gz".format(tpl.name) if str(tpl.t1w).endswith(".gz") else f"tpl-{tpl.name}_T1w.nii"
     tpl.reference_uri = f"bids::tpl-{tpl.name}/{name}"
-
-
-def plugin_settings(opts):
-    from inrreg_pipeline.workflows import multiproc_plugin_args
-
-    if opts.use_plugin:
-        import yaml
-
-        try:
-            conf = yaml.safe_load(Path(opts.use_plugin).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise AppError(f"--use-plugin '{opts.use_plugin}' is not a readable YAML file ({type(err).__name__})",
-                           EXIT_USAGE) from None
-        if not isinstance(conf, dict) or "plugin" not in conf:
-            raise AppError(f"--use-plugin '{opts.use_plugin}' needs a 'plugin:' key", EXIT_USAGE)
-        return str(conf["plugin"]), dict(conf.get("plugin_args") or {})
-    nprocs = opts.nprocs or os.cpu_count() or 1
-    if nprocs == 1:
-        return "Linear", {}
-    return "MultiProc", multiproc_plugin_args(n_procs=nprocs, memory_gb=opts.mem_gb, raise_insufficient=False)
 
 
 def resolve_presets(opts, work_dir: Path):
@@ -439,6 +432,10 @@ def run_participant(opts, bids_dir: Path, output_dir: Path, work_dir: Path) -> i
     from .reports import write_citation, write_participant_report
     from .workflow import Settings, init_participant_wf
 
+    try:  # a bad --use-plugin file fails before any work
+        plugin = plugin_settings(opts)
+    except UsageError as err:
+        raise AppError(str(err), err.code) from None
     labels_root = None
     for name, path in opts.derivatives:
         if not Path(path).is_dir():
@@ -462,9 +459,13 @@ def run_participant(opts, bids_dir: Path, output_dir: Path, work_dir: Path) -> i
     _make_writable_dir(output_dir, "output folder")
     tpl = resolve_template(opts, work_dir)
     preset, mm_preset = resolve_presets(opts, work_dir)
-    plugin, plugin_args = plugin_settings(opts)
-    nprocs = int(plugin_args.get("n_procs", opts.nprocs or os.cpu_count() or 1))
-    omp = min(opts.omp_nthreads or min(nprocs, 8), nprocs)
+    if plugin.batch:
+        # one job per node: threads per node as asked (match it to the jobs' -c), not this host's cores
+        ensure_logname()
+        omp = opts.omp_nthreads or 1
+    else:
+        nprocs = int(plugin.plugin_args.get("n_procs", opts.nprocs or os.cpu_count() or 1))
+        omp = min(opts.omp_nthreads or min(nprocs, 8), nprocs)
     mem_node = min(4.0, opts.mem_gb) if opts.mem_gb else 4.0
     settings = Settings(method=opts.method, preset=preset, multimodal_preset=mm_preset, device=opts.device,
                         compare_ants=opts.compare_ants, ants_scale=SLOPPY_ANTS_SCALE if opts.sloppy else 1.0,
@@ -493,15 +494,24 @@ def run_participant(opts, bids_dir: Path, output_dir: Path, work_dir: Path) -> i
     except (ValueError, TypeError, OSError) as err:
         print(f"inrreg-bids: error: the workflow could not be built: {str(err).splitlines()[0]}", file=sys.stderr)
         return EXIT_SOFTWARE
+    gpu_nodes = apply_gpu_sbatch_args(top, plugin, opts.device)
+    if gpu_nodes:
+        LOG.info("%d GPU node(s) submitted with sbatch %s", len(gpu_nodes), plugin.gpu_sbatch_args)
     methods_text = top.visit_desc()
     write_citation(output_dir, methods_text, CITATIONS)
     if opts.boilerplate_only:
         print(f"citation boilerplate: {output_dir / 'logs' / 'CITATION.md'}")
         return EXIT_OK
     if not opts.reports_only:
-        status = _execute(top, opts, plugin, plugin_args, work_dir)
+        status = _execute(top, opts, plugin, work_dir)
         if status != EXIT_OK:
             return status
+        if plugin.graph:
+            # the graph plugins submit every node with its dependencies and return: nothing has run yet
+            print(f"submitted the workflow to the {plugin.plugin} scheduler (batch scripts in "
+                  f"'{work_dir / 'inrreg_wf' / 'batch'}'); when the jobs have finished, run the same command "
+                  f"with --reports-only to write the HTML reports")
+            return EXIT_OK
     for subject, wfs in sub_wfs.items():
         text = "".join(dict.fromkeys(w.visit_desc() for w in wfs))
         report = write_participant_report(output_dir, subject, text, CITATIONS)
@@ -509,10 +519,12 @@ def run_participant(opts, bids_dir: Path, output_dir: Path, work_dir: Path) -> i
     return EXIT_OK
 
 
-def _execute(top, opts, plugin: str, plugin_args: dict, work_dir: Path) -> int:
+def _execute(top, opts, plugin, work_dir: Path) -> int:
     from nipype import config, logging as nlogging
 
     crash_dir = work_dir / "crash"
+    # MultiProc polls its workers; batch plugins run squeue per pending job at each poll: Nipype's 2 s there
+    poll = 2.0 if plugin.batch else 0.5
     # without -v, node errors are summarised in one line (details in the crash files), not logged twice
     level = "INFO" if opts.verbose > 1 else "WARNING" if opts.verbose else "CRITICAL"
     config.update_config({"logging": {"workflow_level": level, "interface_level": level, "utils_level": level,
@@ -520,18 +532,18 @@ def _execute(top, opts, plugin: str, plugin_args: dict, work_dir: Path) -> int:
                           "execution": {"check_version": False, "crashdump_dir": str(crash_dir),
                                         "crashfile_format": "txt", "remove_unnecessary_outputs": False,
                                         "stop_on_first_crash": bool(opts.stop_on_first_crash),
-                                        "poll_sleep_duration": 0.5,
+                                        "poll_sleep_duration": poll,
                                         "resource_monitor": bool(opts.resource_monitor)}})
     nlogging.update_logging(config)
     logging.getLogger("nipype").propagate = False
     top.config["execution"].update({"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
-                                    "remove_unnecessary_outputs": False, "poll_sleep_duration": 0.5,
+                                    "remove_unnecessary_outputs": False, "poll_sleep_duration": poll,
                                     "stop_on_first_crash": bool(opts.stop_on_first_crash)})
     if opts.write_graph:
         top.write_graph(graph2use="colored", format="svg", simple_form=True)
     before = set(crash_dir.glob("crash-*")) if crash_dir.exists() else set()
     try:
-        top.run(plugin=plugin, plugin_args=plugin_args)
+        top.run(plugin=plugin.plugin, plugin_args=plugin.plugin_args)
     except Exception as err:  # nipype: RuntimeError "Workflow did not execute cleanly"; plugin errors
         crashes = sorted(set(crash_dir.glob("crash-*")) - before) if crash_dir.exists() else []
         detail = _crash_summary(crashes[0]) if crashes else str(err).splitlines()[0]
