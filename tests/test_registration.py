@@ -192,3 +192,17 @@ def test_coarse_to_fine_levels_and_cosine_schedule_run_every_iteration():
     before = registration_error(psi, grid, grid)[inside].mean()
     after = registration_error(psi, apply_affine(result.affine, grid + result.displacement), grid)[inside].mean()
     assert after < 0.5 * before, (before, after)
+
+
+def test_every_shipped_preset_loads_validates_and_describes_itself():
+    """A preset a user names must load, pass validation and say what it is for."""
+    from inrreg_pipeline.core.config import available_presets, validate
+
+    names = available_presets()
+    assert {"default", "fast", "reference", "multimodal"} <= set(names)
+    for name in names:
+        settings = validate(load_preset(name))
+        assert settings.description, name
+    # the reference study's architecture stays available under its own name
+    ref = load_preset("reference").network
+    assert (ref.hidden_layers, ref.hidden_features, ref.omega) == (5, 256, 30.0)
