@@ -7,6 +7,7 @@ affine found before (fixed -> moving, RAS mm) and ``u`` the network's displaceme
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -66,6 +67,35 @@ class PatchSampler:
         return points, values
 
 
+@dataclass
+class LossContext:
+    """What a deformation model's extra loss terms may use, for one iteration (see :func:`fit_deformation`).
+
+    ``points``: ``(N, d)`` fixed-space world points (mm) of the patches; ``u``: the model's
+    displacement there (mm, with its graph); ``mapped``: ``A(points + u)``, moving world points;
+    ``fixed_values``: ``(P, 1, *patch)`` fixed intensities; ``inside``: moving-mask weights at
+    ``mapped`` (same shape) or None; ``affine``: ``(d+1, d+1)`` fixed -> moving (torch);
+    ``moving``/``fixed``: the images, sampled at world points (mm) with ``.sample``;
+    ``moving_mask``: the moving mask as an image (or None);
+    ``similarity(fixed_values, warped)`` and ``regulariser(fn)`` (the configured regulariser of a
+    displacement function ``fn`` at this iteration's regulariser points, unweighted) are the
+    loop's own losses; ``alpha`` is the regulariser weight.
+    """
+
+    points: torch.Tensor
+    u: torch.Tensor
+    mapped: torch.Tensor
+    fixed_values: torch.Tensor
+    inside: torch.Tensor | None
+    affine: torch.Tensor
+    moving: DeviceImage
+    fixed: DeviceImage
+    moving_mask: DeviceImage | None
+    similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    regulariser: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+    alpha: float
+
+
 def make_optimiser(params, settings: OptimisationSettings) -> torch.optim.Optimizer:
     name = settings.optimizer.lower()
     if name == "adamw":
@@ -79,9 +109,17 @@ def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarra
                     optimisation: OptimisationSettings, loss: LossSettings, device: torch.device,
                     rng: np.random.Generator, sampling_mask: np.ndarray,
                     moving_mask: np.ndarray | None = None,
-                    progress: Callable[[int, float], None] | None = None
+                    progress: Callable[[int, float], None] | None = None,
+                    model: torch.nn.Module | None = None
                     ) -> tuple[DeformationINR, dict[str, list[float]]]:
     """Optimise a new :class:`DeformationINR` for the pair; returns it and the loss history.
+
+    ``model``: optimise this deformation model instead of a new network (the variants of
+    :mod:`.variants`). A deformation model maps world points ``(N, d)`` (mm) to displacements
+    (mm) and may define ``parameter_groups(lr) -> list[dict]`` (optimiser groups; frozen
+    parameters left out), ``similarity_weight: float`` (weight of the loop's similarity term,
+    default 1) and ``extra_losses(ctx: LossContext) -> dict[str, Tensor]`` (weighted terms added
+    to the loss and recorded in the history under their names).
 
     ``affine``: ``(d+1, d+1)`` RAS fixed -> moving from the affine stage (identity if none).
     ``sampling_mask``: fixed-grid voxels where patches are centred. ``moving_mask`` (moving grid),
@@ -89,8 +127,10 @@ def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarra
     Torch's global RNG must be seeded by the caller (network initialisation).
     """
     d = fixed.ndim
-    model = build_network(fixed, network).to(device)
-    optimiser = make_optimiser(model.parameters(), optimisation)
+    model = build_network(fixed, network).to(device) if model is None else model
+    groups = model.parameter_groups(optimisation.lr) if hasattr(model, "parameter_groups") else model.parameters()
+    optimiser = make_optimiser(groups, optimisation)
+    fixed_dev = DeviceImage.from_image(fixed, device) if hasattr(model, "extra_losses") else None
     sampler = PatchSampler(fixed, sampling_mask, optimisation.patch_size, device)
     moving_dev = DeviceImage.from_image(moving, device)
     mask_dev = DeviceImage(moving_mask.astype(np.float32), moving.affine, device) if moving_mask is not None else None
@@ -104,10 +144,12 @@ def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarra
         u = model(points)
         mapped = (points + u) @ a[:d, :d].T + a[:d, d]
         warped = moving_dev.sample(mapped).reshape(fixed_values.shape)
+        inside = None
         if mask_dev is not None:
             inside = mask_dev.sample(mapped).reshape(fixed_values.shape)
             warped, fixed_values = warped * inside, fixed_values * inside
         sim = similarity_loss(loss.similarity, fixed_values, warped, loss.lncc_window)
+        reg_points = None
         if use_reg:
             if reg_on_patches:
                 reg_points, reg_u = points, u
@@ -120,6 +162,21 @@ def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarra
         else:
             reg = torch.zeros(())
             total = sim
+        if fixed_dev is not None:  # a variant's extra loss terms (LossContext)
+            total = total + (getattr(model, "similarity_weight", 1.0) - 1.0) * sim
+
+            def regularise(fn, pts=reg_points):
+                pts = pts.detach().requires_grad_(True)
+                return regulariser_loss(loss.regulariser, displacement_jacobian(fn(pts), pts), pts)
+
+            extra = model.extra_losses(LossContext(
+                points, u, mapped, fixed_values, inside, a, moving_dev, fixed_dev, mask_dev,
+                lambda f, w: similarity_loss(loss.similarity, f, w, loss.lncc_window),
+                regularise if use_reg else (lambda fn: torch.zeros((), device=device)),
+                loss.alpha if use_reg else 0.0))
+            for name, term in extra.items():
+                total = total + term
+                history.setdefault(name, []).append(float(term.detach()))
         optimiser.zero_grad(set_to_none=True)
         total.backward()
         optimiser.step()
