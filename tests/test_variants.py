@@ -258,7 +258,8 @@ def test_fusion_weights_sum_to_one_3d(tmp_path):
     assert np.all(np.abs(rgb.sum(-1) - 255) <= 2)
     assert rgb.std(axis=(0, 1, 2)).max() > 1.0
     png = paths["fusion_weights_png"].read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == moving.shape[1] + 2 * moving.shape[0] + 6
+    width = moving.shape[1] + 2 * moving.shape[0] + 3 * 2  # three mid slices side by side, 2 px gaps
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == width
 
 
 def test_fusion_weights_in_memory(pair2d):

@@ -95,13 +95,13 @@ class VariantModel(nn.Module):
     def summary(self) -> dict:
         """What the variant learned, for ``registration.json`` (learned omegas, ...)."""
         out: dict = {}
-        omegas = [[float(f.omega.detach().mean()) for f in m.frequencies] for m in self.modules()
-                  if isinstance(m, DeformationINR) and m.frequencies is not None and m.frequencies[0].mode == "trainable"]
+        controlled = [m for m in self.modules() if isinstance(m, DeformationINR) and m.frequencies is not None]
+        omegas = [[float(f.omega.detach()) for f in m.frequencies] for m in controlled
+                  if m.frequencies[0].mode == "trainable"]
         if omegas:
             out["learned_omega_per_layer"] = omegas
-        attention = [[[float(f.a.detach()), float(f.b.detach())] for f in m.frequencies] for m in self.modules()
-                     if isinstance(m, DeformationINR) and m.frequencies is not None
-                     and m.frequencies[0].mode == "attention"]
+        attention = [[[float(f.a.detach()), float(f.b.detach())] for f in m.frequencies] for m in controlled
+                     if m.frequencies[0].mode == "attention"]
         if attention:
             out["attention_a_b_per_layer"] = attention
         return out
