@@ -10,7 +10,12 @@ import sys
 import traceback
 
 from . import __version__
-from .core.config import available_presets
+from .core.config import VARIANT_METHODS, available_presets
+
+# inrreg_pipeline.core.networks' ACTIVATIONS and OMEGA_MODES, spelled out so that parsing the
+# command line does not import torch (tests/test_variants.py checks they agree).
+ACTIVATIONS = ("relu", "sine", "snake", "sine+", "chirp", "morlet")
+OMEGA_MODES = ("fixed", "trainable", "width", "attention")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -30,9 +35,15 @@ def _register_parser(sub) -> None:
                    help=f"settings preset: one of {', '.join(available_presets())}, or a JSON file (default: default); "
                         "the ANTs baselines ants-syn, ants-syn-cc and ants-precise run antsRegistration instead and "
                         "write the same files")
-    p.add_argument("--method", choices=("siren", "two-network"),
+    p.add_argument("--method", choices=("siren", "two-network") + VARIANT_METHODS,
                    help="siren: deformation INR after an affine stage; two-network: motion + image networks with "
-                        "hash encodings (default: what the preset says)")
+                        "hash encodings; joint-affine, ensemble, cascade, cycle, fusion: the INR variants "
+                        "(settings under the preset's \"variants\"; presets fast-*) (default: what the preset says)")
+    p.add_argument("--omega", choices=OMEGA_MODES,
+                   help="frequency control of the periodic INR layers: fixed, trainable (init 30), width (10..50 "
+                        "across each layer), attention (30 + 20 tanh(a mean|z| + b)) (default: the preset's)")
+    p.add_argument("--activation", choices=ACTIVATIONS,
+                   help="activation of the INR layers (default: the preset's, sine)")
     p.add_argument("--motion", choices=("rigid", "deformable", "affine-param"),
                    help="two-network granularity: rigid (coarsest motion level only), deformable, or an explicit "
                         "affine parameterisation")
@@ -129,7 +140,7 @@ def _run(args: argparse.Namespace) -> None:
                                      seed=args.seed, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
                                      use_affine=not args.no_affine, threads=args.threads,
                                      progress=False if args.no_progress else None, method=args.method,
-                                     motion=args.motion)
+                                     motion=args.motion, omega=args.omega, activation=args.activation)
         print(f"inrreg: outputs written with prefix {args.output}")
         for key, path in outputs.items():
             print(f"  {key:<18} {path}")

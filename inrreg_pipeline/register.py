@@ -12,6 +12,11 @@ Outputs for prefix ``P`` (what ``antsRegistration --output P`` writes, plus inrr
 ``Pregistration.json``     settings, seed, device, versions, runtime, memory, losses, folding, affine
 =========================  ===================================================================
 
+The ``fusion`` variant adds ``Pfusion_weights.nii.gz`` (its weights ``(s_M, s_L, s_G)`` on the
+moving grid as an RGB24 NIfTI: red = moving image, green = Laplacian, blue = Gaussian) and
+``Pfusion_weights.png`` (three orthogonal mid slices; 2-D: the image). The ``cycle`` variant's
+``1InverseWarp`` is its backward network, not the numerical inverse.
+
 All outputs appear together or not at all (:class:`~inrreg_pipeline.io.images.StagedOutputs`).
 """
 from __future__ import annotations
@@ -44,6 +49,11 @@ OUTPUT_SUFFIXES = {
     "inverse_warped": "InverseWarped.nii.gz",
     "jacobian": "jacobian.nii.gz",
     "metadata": "registration.json",
+}
+#: Outputs of some variants only (written when the result has them).
+VARIANT_SUFFIXES = {
+    "fusion_weights": "fusion_weights.nii.gz",
+    "fusion_weights_png": "fusion_weights.png",
 }
 
 
@@ -91,19 +101,22 @@ class ProgressBars:
 def register_files(fixed: str, moving: str, prefix: str, preset: str | RegistrationSettings = "default",
                    device: str = "auto", seed: int = 0, fixed_mask: str | None = None,
                    moving_mask: str | None = None, use_affine: bool = True, threads: int | None = None,
-                   progress: bool | None = None, method: str | None = None, motion: str | None = None
-                   ) -> dict[str, Path]:
+                   progress: bool | None = None, method: str | None = None, motion: str | None = None,
+                   omega: str | None = None, activation: str | None = None) -> dict[str, Path]:
     """Register ``moving`` to ``fixed`` and write the outputs listed in the module docstring.
 
     ``method`` (``siren`` or ``two-network``) and ``motion`` (two-network: ``rigid``, ``deformable``,
     ``affine-param``) override the preset; ``method='two-network'`` with the ``default`` preset
-    selects the ``two-network-rigid`` or ``two-network-deformable`` preset.
+    selects the ``two-network-rigid`` or ``two-network-deformable`` preset. ``method`` may also
+    name an INR variant (``joint-affine``, ``ensemble``, ``cascade``, ``cycle``, ``fusion``; its
+    options from the preset's ``variants``); ``omega`` (``fixed``, ``trainable``, ``width``,
+    ``attention``) and ``activation`` override the preset's omega control and activation.
 
     Returns the output paths by key (see :data:`OUTPUT_SUFFIXES`). Raises :class:`InputError` for
     bad inputs (nothing is written then).
     """
     try:
-        settings = resolve_settings(preset, method, motion)
+        settings = resolve_settings(preset, method, motion, omega, activation)
         dev = resolve_device(device)
     except ValueError as err:
         raise InputError(str(err)) from None
@@ -135,17 +148,26 @@ def register_files(fixed: str, moving: str, prefix: str, preset: str | Registrat
             "threads": torch.get_num_threads(),
             "versions": library_versions(),
             "transform_convention": "ANTs: apply [1Warp, 0GenericAffine] to map fixed points to moving points",
-            "outputs": {key: stage.final(suffix).name for key, suffix in OUTPUT_SUFFIXES.items()},
+            "outputs": {key: stage.final(suffix).name for key, suffix in _suffixes(result).items()},
             **result.summary,
         }
         stage.path(OUTPUT_SUFFIXES["metadata"]).write_text(json.dumps(metadata, indent=2))
-    return {key: stage.final(suffix) for key, suffix in OUTPUT_SUFFIXES.items()}
+    return {key: stage.final(suffix) for key, suffix in _suffixes(result).items()}
+
+
+def _suffixes(result: RegistrationResult) -> dict[str, str]:
+    """The output suffixes of ``result``: the standard ones plus its variant's."""
+    extra = {}
+    if "fusion_weights" in result.extras:
+        extra = {k: VARIANT_SUFFIXES[k] for k in ("fusion_weights", "fusion_weights_png")}
+    return {**OUTPUT_SUFFIXES, **extra}
 
 
 def resolve_settings(preset: str | RegistrationSettings = "default", method: str | None = None,
-                     motion: str | None = None) -> RegistrationSettings:
-    """Settings from a preset (name, JSON path or object) with the command line's method/motion
-    overrides applied and validated (``ValueError`` on any problem)."""
+                     motion: str | None = None, omega: str | None = None, activation: str | None = None
+                     ) -> RegistrationSettings:
+    """Settings from a preset (name, JSON path or object) with the command line's method/motion/
+    omega/activation overrides applied and validated (``ValueError`` on any problem)."""
     if method == "two-network" and isinstance(preset, str) and preset == "default":
         preset = "two-network-rigid" if motion == "rigid" else "two-network-deformable"
     settings = copy.deepcopy(preset) if isinstance(preset, RegistrationSettings) else load_preset(preset)
@@ -155,6 +177,13 @@ def resolve_settings(preset: str | RegistrationSettings = "default", method: str
         if settings.method != "two-network":
             raise ValueError("--motion applies to --method two-network only")
         settings.two_network.motion = motion
+    for value, option in ((omega, "--omega"), (activation, "--activation")):
+        if value is not None and settings.method == "two-network":
+            raise ValueError(f"{option} applies to the INR methods, not --method two-network")
+    if omega is not None:
+        settings.variants.omega_mode = omega
+    if activation is not None:
+        settings.network.activation = activation
     return validate(settings)
 
 
@@ -170,3 +199,54 @@ def write_outputs(stage: StagedOutputs, result: RegistrationResult, fixed, movin
     save_image(result.warped, fixed.affine, stage.path(s["warped"]))
     save_image(result.inverse_warped, moving.affine, stage.path(s["inverse_warped"]))
     save_image(result.jacobian, fixed.affine, stage.path(s["jacobian"]))
+    if "fusion_weights" in result.extras:
+        write_fusion_weights(stage, result.extras["fusion_weights"], moving.affine)
+
+
+def fusion_rgb(weights: np.ndarray) -> np.ndarray:
+    """``(*shape, 3)`` weights in [0, 1] -> ``(*shape, 3)`` uint8 (red s_M, green s_L, blue s_G)."""
+    return np.clip(np.rint(np.asarray(weights) * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_fusion_weights(stage: StagedOutputs, weights: np.ndarray, affine: np.ndarray) -> None:
+    """The fusion variant's weight map as an RGB24 NIfTI (on the moving grid) and a PNG figure."""
+    import nibabel as nib
+
+    from .io.images import expand_affine
+
+    rgb = fusion_rgb(weights)
+    structured = rgb.copy().view(np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])).reshape(rgb.shape[:-1])
+    img = nib.Nifti1Image(structured, expand_affine(np.asarray(affine, dtype=np.float64)))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    nib.save(img, str(stage.path(VARIANT_SUFFIXES["fusion_weights"])))
+    write_png(stage.path(VARIANT_SUFFIXES["fusion_weights_png"]), _montage(rgb))
+
+
+def _montage(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8: a 2-D map as is, a 3-D map as its three mid slices side by side
+    (each rotated so the second array axis points up), on a black background."""
+    if rgb.ndim == 3:
+        return np.rot90(rgb)
+    slices = [np.rot90(np.take(rgb, rgb.shape[axis] // 2, axis=axis)) for axis in range(3)]
+    height = max(s.shape[0] for s in slices)
+    padded = [np.pad(s, ((height - s.shape[0], 0), (0, 2), (0, 0))) for s in slices]
+    return np.concatenate(padded, axis=1)
+
+
+def write_png(path, rgb: np.ndarray) -> None:
+    """A ``(H, W, 3)`` uint8 image as an 8-bit RGB PNG (zlib only, no imaging library needed)."""
+    import struct
+    import zlib
+
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    raw = b"".join(b"\x00" + rgb[row].tobytes() for row in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    with open(path, "wb") as fh:
+        fh.write(png)

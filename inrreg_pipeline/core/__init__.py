@@ -2,7 +2,8 @@
 
 Modules, one idea each: :mod:`.space` (physical space, sampling), :mod:`.encodings`,
 :mod:`.networks`, :mod:`.losses`, :mod:`.affine`, :mod:`.optimisation`, :mod:`.fields`,
-:mod:`.config` (presets) and :mod:`.registration` (one pair end to end).
+:mod:`.config` (presets), :mod:`.variants` (the INR variants of methods.md section 1) and
+:mod:`.registration` (one pair end to end).
 """
 from .config import RegistrationSettings, available_presets, load_preset
 from .registration import RegistrationResult, register

@@ -16,6 +16,9 @@ PRESET_DIR = Path(__file__).parent / "presets"
 METHODS = ("siren", "two-network")
 #: Learning-rate schedules of the INR optimisation.
 LR_SCHEDULES = ("constant", "cosine")
+#: The deformation-INR variants of methods.md section 1 (:mod:`inrreg_pipeline.core.variants`),
+#: also values of ``method``.
+VARIANT_METHODS = ("joint-affine", "ensemble", "cascade", "cycle", "fusion")
 
 
 @dataclass
@@ -158,6 +161,36 @@ class TwoNetworkSettings:
 
 
 @dataclass
+class VariantSettings:
+    """Options of the deformation-INR variants (methods.md section 1; :mod:`.variants`).
+
+    * ``omega_mode``: ``fixed``, ``trainable`` (per-layer omega, init ``network.omega``),
+      ``width`` (omega linear across each layer's units, ``omega -+ omega_delta``: 10..50) or
+      ``attention`` (``omega + omega_delta * tanh(a mean|z| + b)``, learned ``a``, ``b``); works
+      with every ``method`` of the single-network family. ``omega_lr``: Adam step of those
+      parameters (omega is O(30), the network's ``lr`` would leave it where it started).
+    * ``ensemble_omegas``: one SIREN per value, fields averaged, trained jointly.
+    * ``cascade_alphas``: one stage per value, the regulariser weight of that stage (replaces
+      ``loss.alpha``); ``cascade_iterations``: iterations per stage (empty: ``optimisation.iterations``
+      each).
+    * ``cycle_alpha``: weight of the cycle loss, whose residuals are measured in units of the
+      network box's half-extent ``s`` (mm), i.e. ``cycle_alpha / s^2`` per mm^2 (about 0.01 mm^-2
+      for an adult brain, ``s`` ~ 100 mm): the reference study's 100 on its normalised coordinates.
+    * ``fusion_sigma_mm``: width of the Gaussian (and of the Laplacian-of-Gaussian) filters of the
+      moving image that the fusion network mixes with it, in mm.
+    """
+
+    omega_mode: str = "fixed"
+    omega_delta: float = 20.0
+    omega_lr: float = 0.01
+    ensemble_omegas: list[float] = field(default_factory=lambda: [10.0, 30.0, 50.0])
+    cascade_alphas: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    cascade_iterations: list[int] = field(default_factory=list)
+    cycle_alpha: float = 100.0
+    fusion_sigma_mm: float = 2.0
+
+
+@dataclass
 class RegistrationSettings:
     name: str = "custom"
     description: str = ""
@@ -168,6 +201,7 @@ class RegistrationSettings:
     inverse_iterations: int = 20
     method: str = "siren"
     two_network: TwoNetworkSettings = field(default_factory=TwoNetworkSettings)
+    variants: VariantSettings = field(default_factory=VariantSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -252,7 +286,9 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
     need(l.regulariser in REGULARISERS, f"loss.regulariser must be one of {', '.join(REGULARISERS)}")
     need(l.alpha >= 0 and l.lncc_window >= 1, "loss.alpha must be >= 0 and lncc_window >= 1")
     need(settings.inverse_iterations >= 0, "inverse_iterations must be >= 0")
-    need(settings.method in METHODS, f"method must be one of {', '.join(METHODS)}")
+    need(settings.method in METHODS + VARIANT_METHODS,
+         f"method must be one of {', '.join(METHODS + VARIANT_METHODS)}")
+    _validate_variants(settings, need)
     if settings.method == "two-network":
         from .hash_encoding import BACKENDS
         from .two_network import MOTIONS
@@ -276,6 +312,31 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
         need(0 < t.coarse_to_fine_target <= 1, "two_network.coarse_to_fine_target must be in (0, 1]")
         need(t.domain_margin >= 0, "two_network.domain_margin must be >= 0")
     return settings
+
+
+def _validate_variants(settings: "RegistrationSettings", need) -> None:
+    """Checks of :class:`VariantSettings` (only where the method uses them)."""
+    from .networks import OMEGA_MODES, PERIODIC
+
+    v = settings.variants
+    need(v.omega_mode in OMEGA_MODES, f"variants.omega_mode must be one of {', '.join(OMEGA_MODES)}")
+    if settings.method == "two-network":
+        return
+    need(v.omega_mode == "fixed" or settings.network.activation in PERIODIC,
+         f"variants.omega_mode '{v.omega_mode}' needs a periodic activation, not '{settings.network.activation}'")
+    need(v.omega_delta >= 0 and v.omega_lr > 0, "variants.omega_delta must be >= 0 and omega_lr > 0")
+    need(v.omega_mode != "width" or v.omega_delta < settings.network.omega,
+         "variants.omega_delta must be below network.omega for omega_mode 'width' (omega stays > 0)")
+    if settings.method == "ensemble":
+        need(len(v.ensemble_omegas) >= 1 and all(w > 0 for w in v.ensemble_omegas),
+             "variants.ensemble_omegas must hold at least one omega > 0")
+    if settings.method == "cascade":
+        need(len(v.cascade_alphas) >= 1 and all(a >= 0 for a in v.cascade_alphas),
+             "variants.cascade_alphas must hold one weight >= 0 per stage")
+        need(not v.cascade_iterations or (len(v.cascade_iterations) == len(v.cascade_alphas)
+                                          and all(i >= 0 for i in v.cascade_iterations)),
+             "variants.cascade_iterations must be empty or hold one count >= 0 per stage")
+    need(v.cycle_alpha >= 0 and v.fusion_sigma_mm > 0, "variants.cycle_alpha must be >= 0 and fusion_sigma_mm > 0")
 
 
 def available_presets() -> list[str]:

@@ -11,6 +11,7 @@ as ANTs' smoothing sigmas do. The network and its optimiser state carry over bet
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -74,6 +75,35 @@ class PatchSampler:
         return points, values
 
 
+@dataclass
+class LossContext:
+    """What a deformation model's extra loss terms may use, for one iteration (see :func:`fit_deformation`).
+
+    ``points``: ``(N, d)`` fixed-space world points (mm) of the patches; ``u``: the model's
+    displacement there (mm, with its graph); ``mapped``: ``A(points + u)``, moving world points;
+    ``fixed_values``: ``(P, 1, *patch)`` fixed intensities; ``inside``: moving-mask weights at
+    ``mapped`` (same shape) or None; ``affine``: ``(d+1, d+1)`` fixed -> moving (torch);
+    ``moving``/``fixed``: the images, sampled at world points (mm) with ``.sample``;
+    ``moving_mask``: the moving mask as an image (or None);
+    ``similarity(fixed_values, warped)`` and ``regulariser(fn)`` (the configured regulariser of a
+    displacement function ``fn`` at this iteration's regulariser points, unweighted) are the
+    loop's own losses; ``alpha`` is the regulariser weight.
+    """
+
+    points: torch.Tensor
+    u: torch.Tensor
+    mapped: torch.Tensor
+    fixed_values: torch.Tensor
+    inside: torch.Tensor | None
+    affine: torch.Tensor
+    moving: DeviceImage
+    fixed: DeviceImage
+    moving_mask: DeviceImage | None
+    similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    regulariser: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+    alpha: float
+
+
 def make_optimiser(params, settings: OptimisationSettings) -> torch.optim.Optimizer:
     name = settings.optimizer.lower()
     if name == "adamw":
@@ -102,18 +132,28 @@ def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarra
                     optimisation: OptimisationSettings, loss: LossSettings, device: torch.device,
                     rng: np.random.Generator, sampling_mask: np.ndarray,
                     moving_mask: np.ndarray | None = None,
-                    progress: Callable[[int, float], None] | None = None
+                    progress: Callable[[int, float], None] | None = None,
+                    model: torch.nn.Module | None = None
                     ) -> tuple[DeformationINR, dict[str, list[float]]]:
     """Optimise a new :class:`DeformationINR` for the pair; returns it and the loss history.
+
+    ``model``: optimise this deformation model instead of a new network (the variants of
+    :mod:`.variants`). A deformation model maps world points ``(N, d)`` (mm) to displacements
+    (mm) and may define ``parameter_groups(lr) -> list[dict]`` (optimiser groups; frozen
+    parameters left out), ``similarity_weight: float`` (weight of the loop's similarity term,
+    default 1) and ``extra_losses(ctx: LossContext) -> dict[str, Tensor]`` (weighted terms added
+    to the loss and recorded in the history under their names).
 
     ``affine``: ``(d+1, d+1)`` RAS fixed -> moving from the affine stage (identity if none).
     ``sampling_mask``: fixed-grid voxels where patches are centred. ``moving_mask`` (moving grid),
     when given, multiplies both intensities at the mapped points so only its inside is compared.
     Torch's global RNG must be seeded by the caller (network initialisation).
     """
-    model = build_network(fixed, network).to(device)
-    optimiser = make_optimiser(model.parameters(), optimisation)
+    model = build_network(fixed, network).to(device) if model is None else model
+    groups = model.parameter_groups(optimisation.lr) if hasattr(model, "parameter_groups") else model.parameters()
+    optimiser = make_optimiser(groups, optimisation)
     schedule = make_schedule(optimiser, optimisation)
+    with_extras = hasattr(model, "extra_losses")
     sampler = PatchSampler(fixed, sampling_mask, optimisation.patch_size, device)
     mask_dev = DeviceImage(moving_mask.astype(np.float32), moving.affine, device) if moving_mask is not None else None
     a = torch.as_tensor(affine, dtype=torch.float32, device=device)
@@ -122,10 +162,13 @@ def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarra
     levels = optimisation.smoothing_mm
     steps = [(sigma, n) for sigma, n in zip(levels, level_iterations(optimisation.iterations, len(levels)))]
     for sigma, n_steps in steps:
-        sampler.set_values(smooth(fixed, sigma).data, device)
+        fixed_level = smooth(fixed, sigma)
+        sampler.set_values(fixed_level.data, device)
         moving_dev = DeviceImage.from_image(smooth(moving, sigma), device)
+        fixed_dev = DeviceImage.from_image(fixed_level, device) if with_extras else None
         for _ in range(n_steps):
-            _step(model, optimiser, sampler, moving_dev, mask_dev, a, optimisation, loss, use_reg, rng, history)
+            _step(model, optimiser, sampler, moving_dev, fixed_dev, mask_dev, a, optimisation, loss, use_reg, rng,
+                  history)
             if schedule is not None:
                 schedule.step()
             if progress is not None:
@@ -133,21 +176,28 @@ def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarra
     return model, history
 
 
-def _step(model: DeformationINR, optimiser: torch.optim.Optimizer, sampler: PatchSampler, moving_dev: DeviceImage,
-          mask_dev: DeviceImage | None, a: torch.Tensor, optimisation: OptimisationSettings, loss: LossSettings,
-          use_reg: bool, rng: np.random.Generator, history: dict[str, list[float]]) -> None:
-    """One optimisation step on freshly sampled patches; appends the losses to ``history``."""
+def _step(model: torch.nn.Module, optimiser: torch.optim.Optimizer, sampler: PatchSampler, moving_dev: DeviceImage,
+          fixed_dev: DeviceImage | None, mask_dev: DeviceImage | None, a: torch.Tensor,
+          optimisation: OptimisationSettings, loss: LossSettings, use_reg: bool, rng: np.random.Generator,
+          history: dict[str, list[float]]) -> None:
+    """One optimisation step on freshly sampled patches; appends the losses to ``history``.
+
+    ``fixed_dev`` is given for models with ``extra_losses`` (the variants), whose terms are added.
+    """
     d = sampler.d
+    device = a.device
     points, fixed_values = sampler.sample(optimisation.patches, rng)
     reg_on_patches = use_reg and optimisation.regulariser_points == 0
     points.requires_grad_(reg_on_patches)
     u = model(points)
     mapped = (points + u) @ a[:d, :d].T + a[:d, d]
     warped = moving_dev.sample(mapped).reshape(fixed_values.shape)
+    inside = None
     if mask_dev is not None:
         inside = mask_dev.sample(mapped).reshape(fixed_values.shape)
         warped, fixed_values = warped * inside, fixed_values * inside
     sim = similarity_loss(loss.similarity, fixed_values, warped, loss.lncc_window)
+    reg_points = None
     if use_reg:
         if reg_on_patches:
             reg_points, reg_u = points, u
@@ -160,6 +210,21 @@ def _step(model: DeformationINR, optimiser: torch.optim.Optimizer, sampler: Patc
     else:
         reg = torch.zeros(())
         total = sim
+    if fixed_dev is not None:  # a variant's extra loss terms (LossContext)
+        total = total + (getattr(model, "similarity_weight", 1.0) - 1.0) * sim
+
+        def regularise(fn, pts=reg_points):
+            pts = pts.detach().requires_grad_(True)
+            return regulariser_loss(loss.regulariser, displacement_jacobian(fn(pts), pts), pts)
+
+        extra = model.extra_losses(LossContext(
+            points, u, mapped, fixed_values, inside, a, moving_dev, fixed_dev, mask_dev,
+            lambda f, w: similarity_loss(loss.similarity, f, w, loss.lncc_window),
+            regularise if use_reg else (lambda fn: torch.zeros((), device=device)),
+            loss.alpha if use_reg else 0.0))
+        for name, term in extra.items():
+            total = total + term
+            history.setdefault(name, []).append(float(term.detach()))
     optimiser.zero_grad(set_to_none=True)
     total.backward()
     optimiser.step()

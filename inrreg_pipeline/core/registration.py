@@ -20,6 +20,7 @@ from .fields import (evaluate_displacement, evaluate_jacobian_determinant, inver
                      jacobian_summary)
 from .optimisation import fit_deformation
 from .space import SpatialImage, apply_affine, foreground_mask, rescale_intensity, sample_array, voxel_grid_to_world
+from .variants import deformable_iterations, fit_variant, uses_variants, variant_outputs
 
 ProgressFactory = Callable[[str, int], Callable[[int, float], None]]
 
@@ -43,6 +44,9 @@ class RegistrationResult:
     jacobian: np.ndarray
     summary: dict = field(default_factory=dict)
     model: torch.nn.Module | None = None
+    #: Variant outputs (:func:`inrreg_pipeline.core.variants.variant_outputs`): ``fusion_weights``
+    #: ``(*moving.shape, 3)`` on the moving grid.
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -112,9 +116,13 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
 
     # 2. deformation INR
     t0 = time.perf_counter()
-    model, history = fit_deformation(f_norm, m_norm, affine, settings.network, settings.optimisation,
-                                     settings.loss, device, rng, sampling_mask, moving_mask,
-                                     callback("deformable", settings.optimisation.iterations))
+    if uses_variants(settings):  # methods.md section 1 extensions (core/variants.py)
+        model, history = fit_variant(f_norm, m_norm, affine, settings, device, rng, sampling_mask, moving_mask,
+                                     callback("deformable", deformable_iterations(settings)))
+    else:
+        model, history = fit_deformation(f_norm, m_norm, affine, settings.network, settings.optimisation,
+                                         settings.loss, device, rng, sampling_mask, moving_mask,
+                                         callback("deformable", settings.optimisation.iterations))
     inr_seconds = time.perf_counter() - t0
 
     # 3. dense outputs on the fixed grid
@@ -122,7 +130,9 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
     model.eval()
     u = evaluate_displacement(model, fixed.shape, fixed.affine, device)
     jac = evaluate_jacobian_determinant(model, fixed.shape, fixed.affine, device)
-    v = invert_displacement(u, fixed.affine, device, settings.inverse_iterations)
+    v, extras, variant_summary = variant_outputs(model, f_norm, m_norm, device)
+    if v is None:
+        v = invert_displacement(u, fixed.affine, device, settings.inverse_iterations)
     consistency = inverse_consistency(u, v, fixed.affine, device, sampling_mask)
     grid = voxel_grid_to_world(fixed.shape, fixed.affine)
     warped = sample_array(moving.data, moving.affine, apply_affine(affine, grid + u), device)
@@ -147,4 +157,12 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
         "memory": _peak_memory_mb(device),
         "dimension": d,
     }
-    return RegistrationResult(affine, u, v, warped, inverse_warped, jac, summary, model)
+    if uses_variants(settings):
+        summary["variant"] = {"method": settings.method, "omega_mode": settings.variants.omega_mode,
+                              "inverse": "backward network" if settings.method == "cycle" else "fixed-point",
+                              **{k: [float(x) for x in vals] for k, vals in history.items()
+                                 if k == "stage_start_gap_mm"},
+                              **{f"{k}_final": float(np.mean(vals[-20:])) for k, vals in history.items()
+                                 if k not in ("similarity", "regulariser", "total", "stage_start_gap_mm") and vals},
+                              **variant_summary}
+    return RegistrationResult(affine, u, v, warped, inverse_warped, jac, summary, model, extras)

@@ -27,8 +27,15 @@ from nipype.interfaces.base import (
 from .base import fail, one_line, optional, output_path, registration_outputs, resolve_device_for_node, single_file
 
 #: ``method`` values of :class:`INRRegistration`: ``auto`` (what the preset says), ``siren``
-#: (sine activation), the other activations of the deformation MLP, and ``two-network``.
-INR_METHODS = ("auto", "siren", "two-network", "relu", "snake", "sine+", "chirp", "morlet")
+#: (sine activation), the other activations of the deformation MLP, ``two-network``, the omega
+#: controls of the INR (:data:`OMEGA_METHODS`) and the INR variants (:data:`VARIANT_METHODS`).
+INR_METHODS = ("auto", "siren", "two-network", "relu", "snake", "sine+", "chirp", "morlet",
+               "trainable-omega", "width-omega", "attention-omega",
+               "joint-affine", "ensemble", "cascade", "cycle", "fusion")
+#: Interface method -> ``variants.omega_mode`` of the preset.
+OMEGA_METHODS = {"trainable-omega": "trainable", "width-omega": "width", "attention-omega": "attention"}
+#: The INR variants (``inrreg_pipeline.core.config.VARIANT_METHODS``), values of the preset's ``method``.
+VARIANT_METHODS = ("joint-affine", "ensemble", "cascade", "cycle", "fusion")
 #: The ANTs presets of the benchmark (``inrreg_pipeline.baselines.ANTS_PRESETS``).
 ANTS_PRESETS = ("ants-syn", "ants-syn-cc", "ants-precise")
 
@@ -66,6 +73,9 @@ class RegistrationOutputSpec(TraitedSpec):
     elapsed_time = traits.Float(desc="registration wall time in seconds")
     metric_value = traits.Float(desc="final similarity loss (lower is better), when reported")
     device = traits.Str(desc="device the registration ran on")
+    fusion_weights = File(exists=True, desc="fusion variant only: its weight map (RGB NIfTI, moving grid; "
+                                            "red moving, green Laplacian, blue Gaussian)")
+    fusion_weights_figure = File(exists=True, desc="fusion variant only: PNG of the weight map's mid slices")
 
 
 def _read_json(path) -> dict:
@@ -80,7 +90,10 @@ def resolve_inr_preset(method: str = "auto", preset: str | None = None):
 
     ``preset`` defaults to ``default`` (``two-network-deformable`` for ``method='two-network'``);
     an activation method (``siren`` = sine, ``relu``, ...) overrides the preset's network
-    activation. A method that does not match the preset's ``"method"`` is an
+    activation, an omega method (``trainable-omega``, ...) its ``variants.omega_mode`` and a
+    variant method (``ensemble``, ...) its ``method`` (with the preset's ``variants`` options);
+    these apply to single-network INR presets (``siren`` or a variant). A method that does not
+    match the preset's ``"method"`` is an
     :class:`~inrreg_pipeline.interfaces.base.InterfaceInputError` naming ``method``.
     """
     from ..core.config import load_preset
@@ -102,13 +115,27 @@ def resolve_inr_preset(method: str = "auto", preset: str | None = None):
                                  f"(two-network-rigid, two-network-deformable); preset '{preset}' is a "
                                  f"'{preset_method}' preset")
         return preset, settings
-    if preset_method != "siren":
-        raise fail("method", f"'{method}' is an activation of the single-network INR but preset "
+    if preset_method not in ("siren",) + VARIANT_METHODS:
+        raise fail("method", f"'{method}' is an option of the single-network INR but preset "
                              f"'{preset}' is a '{preset_method}' preset (use method='auto' or '{preset_method}')")
-    activation = "sine" if method == "siren" else method
-    if settings.network.activation == activation:
+    if method in VARIANT_METHODS:
+        changed = settings.method != method
+        settings.method = method
+    elif method in OMEGA_METHODS:
+        changed = settings.variants.omega_mode != OMEGA_METHODS[method]
+        settings.variants.omega_mode = OMEGA_METHODS[method]
+    else:
+        activation = "sine" if method == "siren" else method
+        changed = settings.network.activation != activation
+        settings.network.activation = activation
+    if not changed:
         return preset, settings
-    settings.network.activation = activation
+    from ..core.config import validate
+
+    try:
+        validate(settings)
+    except ValueError as err:
+        raise fail("method", str(err)) from None
     return settings, settings
 
 
@@ -158,7 +185,9 @@ class INRRegistrationInputSpec(_RegistrationInputSpecBase):
         *INR_METHODS, usedefault=True,
         desc="'auto': as the preset says; 'siren' (sine activation) or another activation "
              "(relu, snake, sine+, chirp, morlet) of the deformation MLP; 'two-network' (presets "
-             "two-network-rigid / two-network-deformable)")
+             "two-network-rigid / two-network-deformable); the omega controls 'trainable-omega', "
+             "'width-omega', 'attention-omega'; the INR variants 'joint-affine', 'ensemble', 'cascade', "
+             "'cycle', 'fusion' (options from the preset's \"variants\"; presets fast-*)")
     preset = traits.Str(
         desc="shipped preset name (see inrreg_pipeline.core.config.available_presets()) or a JSON file; "
              "default: 'default', or 'two-network-deformable' for method='two-network'")
@@ -212,6 +241,9 @@ class INRRegistration(SimpleInterface):
             runtime.stderr = (getattr(runtime, "stderr", "") or "") + note + "\n"
         self._results.update(registration_outputs(paths, metadata))
         self._results["device"] = str(metadata.get("device", device))
+        if "fusion_weights" in paths:
+            self._results["fusion_weights"] = str(paths["fusion_weights"])
+            self._results["fusion_weights_figure"] = str(paths["fusion_weights_png"])
         return runtime
 
 
