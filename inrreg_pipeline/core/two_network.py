@@ -28,7 +28,12 @@ Both networks map a world point to ``[0, 1]^d`` over the encoding domain (the fi
 normalised box enlarged by ``domain_margin``), encode it with a hash grid and feed a ReLU MLP:
 
 * image network ``g``: ``image_hash`` levels, plus the normalised coordinate itself when
-  ``include_input``; ``hidden_layers`` x ``hidden_features``; 1 or 2 linear output channels.
+  ``include_input``; ``hidden_layers`` x ``hidden_features``; 1 or 2 linear output channels, or, for
+  multi-modal pairs with ``shared_latent = k > 0``, ``k`` shared latent values followed by one small
+  ReLU MLP per channel (``k -> latent_head_features -> 1``). With free linear channels a
+  two-channel ``g`` can store both images without aligning them (on OASIS slices with a T2-like
+  remap it moved away from a 0.2 degree motion); with the shared latent both images must be
+  intensity functions of one field, which they only are once aligned.
 * motion network ``m``: ``motion_hash`` levels (plus the normalised coordinate when
   ``motion_include_input``); ``motion_hidden_layers`` x ``motion_hidden_features``; ``d`` outputs,
   plus a linear term ``W x_norm`` when ``motion_linear``; output layer and ``W`` start at zero, so
@@ -53,7 +58,9 @@ Adam (betas 0.9/0.99, eps 1e-15, as instant-NGP), ``lr`` for the image network a
 the motion model, ramped linearly from 0 over the first ``motion_warmup * iterations`` iterations
 (the image network first fits blurred versions of the images, so the first motion gradients are
 not random). Each iteration draws ``points`` voxels of each image (with replacement; inside the
-masks when given). No regulariser.
+masks when given). No regulariser. With ``centre_of_mass_init`` the motion starts as the constant
+translation between the centres of the two foreground masks (moving minus fixed; a buffer added to
+``m``, or the explicit affine's translation), independent of the contrast.
 
 Coarse-to-fine
 --------------
