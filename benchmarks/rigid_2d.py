@@ -10,8 +10,9 @@ For every slice of ``--data`` (``*.nii.gz``, 2-D, any affine) in a seeded subset
   points) is this motion; the moving image is ``M(y) = F'(T^-1 y)`` on the fixed grid (linear
   interpolation, 0 outside), so the true fixed -> moving map of a registration is ``T``;
 * ``single``: ``F' = F``; ``multi``: ``F' = remap(F)``, a fixed non-monotonic intensity mapping
-  (:func:`t2_like`: background dark, CSF bright, grey matter brighter than white matter) applied
-  to the fixed slice before the motion, a synthetic second contrast;
+  (``--remap``: :func:`t2_like` -- background dark, CSF bright, grey matter brighter than white
+  matter -- by default, or :func:`sin_remap`) applied to the fixed slice before the motion, a
+  synthetic second contrast (the TSV's ``remap`` column names it);
 * each method of ``--methods`` estimates the fixed -> moving rigid map; the error is the corner
   relative distance of methods.md section 2 (:func:`inrreg_pipeline.metrics.corner_relative_distance`,
   the 4 corners mapped by the estimate and the truth, mean distance / image side) and success
@@ -32,8 +33,8 @@ Methods
                   for ``single``, ``"mattes"`` (Mattes MI, 32 bins) for ``multi``; one ITK thread;
                   estimate = its ``0GenericAffine.mat`` read as a RAS map.
 
-Output in ``--out``: ``rigid-2d.tsv`` (one row per slice, level, modality and method; written
-after every pair), ``levels.md`` (success rate and mean / median relative distance per level,
+Output in ``--out``: ``rigid-2d.tsv`` (one row per slice, level, modality and method, written
+after every pair; ``pair`` is ``<slice>/seed<seed>``, so runs with other seeds can be concatenated), ``levels.md`` (success rate and mean / median relative distance per level,
 modality and method), and :mod:`report` 's ``summary.md`` + box plots (paired comparisons of
 ``two-network`` against the others within each level and modality).
 
@@ -87,6 +88,16 @@ def t2_like(data: np.ndarray) -> np.ndarray:
     return np.interp(v, [0, 0.15, 0.35, 0.7, 0.9, 1], [0, 0.2, 1.0, 0.6, 0.35, 0.3]).astype(np.float32)
 
 
+def sin_remap(data: np.ndarray) -> np.ndarray:
+    """A harder non-monotonic mapping: ``(sin(3 pi v) + 1) / 2`` of the [0, 1]-rescaled image, with
+    the background (v < 0.05) kept at 0."""
+    v = rescale_intensity(data)
+    return np.where(v < 0.05, 0.0, (np.sin(3 * np.pi * v) + 1) / 2).astype(np.float32)
+
+
+REMAPS = {"t2-like": t2_like, "sin3pi": sin_remap}
+
+
 def image_side_mm(image: SpatialImage) -> float:
     """The side length of the protocol: mean of the field-of-view extents (n_i * spacing_i)."""
     return float(np.mean(np.asarray(image.shape) * image.spacing))
@@ -115,9 +126,9 @@ def draw_motion(image: SpatialImage, level: int, seed: int, index: int) -> tuple
     return t, float(angle), translation
 
 
-def make_moving(fixed: SpatialImage, motion: np.ndarray, modality: str) -> SpatialImage:
-    """``M(y) = F'(T^-1 y)`` on the fixed grid (``F'`` remapped for ``multi``)."""
-    source = fixed.with_data(t2_like(fixed.data)) if modality == "multi" else fixed
+def make_moving(fixed: SpatialImage, motion: np.ndarray, modality: str, remap: str = "t2-like") -> SpatialImage:
+    """``M(y) = F'(T^-1 y)`` on the fixed grid (``F'`` remapped by ``REMAPS[remap]`` for ``multi``)."""
+    source = fixed.with_data(REMAPS[remap](fixed.data)) if modality == "multi" else fixed
     psi = KnownDeformation(np.linalg.inv(motion), np.zeros((0, 2)), np.zeros((0, 2)), 1.0)
     return deform(source, psi)
 
@@ -209,6 +220,8 @@ def main(argv=None) -> None:
     ap.add_argument("--levels", type=int, nargs="+", default=sorted(LEVELS), choices=sorted(LEVELS))
     ap.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--remap", default="t2-like", choices=sorted(REMAPS),
+                    help="intensity mapping that makes the multi-modal moving image (default: t2-like)")
     ap.add_argument("--two-network-preset", default="two-network-rigid", metavar="NAME|FILE")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (ANTs: 1)")
@@ -230,7 +243,7 @@ def main(argv=None) -> None:
             motion, angle, translation = draw_motion(fixed, level, args.seed, index)
             identity = relative_distance(np.eye(3), motion, fixed)
             for modality in args.modalities:
-                moving = make_moving(fixed, motion, modality)
+                moving = make_moving(fixed, motion, modality, args.remap)
                 for method in args.methods:
                     t0 = time.perf_counter()
                     error = ""
@@ -239,8 +252,9 @@ def main(argv=None) -> None:
                         distance = relative_distance(estimate, motion, fixed)
                     except Exception as err:  # a failed registration is a failure, not a crash
                         distance, error = float("nan"), f"{type(err).__name__}: {err}".replace("\t", " ")[:200]
-                    rows.append({"suite": SUITE, "pair": name, "method": method, "level": level,
-                                 "modality": modality, "rotation_deg": angle,
+                    rows.append({"suite": SUITE, "pair": f"{name}/seed{args.seed}", "method": method, "level": level,
+                                 "modality": modality,
+                                 "remap": "none" if modality == "single" else args.remap, "rotation_deg": angle,
                                  "translation_mm": float(np.linalg.norm(translation)),
                                  "initial_distance": identity, "relative_distance": distance,
                                  "success": float(distance < SUCCESS),
@@ -251,7 +265,8 @@ def main(argv=None) -> None:
                     write_rows_tsv(rows, tsv)
     total = time.perf_counter() - t_start
     table = levels_table(rows)
-    header = (f"# {SUITE}\n\n{len(slices)} slices of {args.data}, seed {args.seed}, levels {args.levels}; "
+    header = (f"# {SUITE}\n\n{len(slices)} slices of {args.data}, seed {args.seed}, levels {args.levels}, "
+              f"multi-modal remap {args.remap}; "
               f"{platform.node() or 'host'}, {args.device}, {args.threads} thread(s); total {total / 60:.1f} min.\n\n"
               "Levels (|rotation| deg, |translation| fraction of side): "
               + "; ".join(f"{k}: {r[0]:g}-{r[1]:g} deg, {100 * t[0]:g}-{100 * t[1]:g}%"
