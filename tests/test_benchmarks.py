@@ -138,6 +138,8 @@ def test_rigid_2d_motions_and_truth():
     # the remap is non-monotonic: grey levels 0.5 and 0.9 swap order
     v = rigid_2d.t2_like(np.array([0.0, 0.5, 0.9, 1.0], np.float32))
     assert v[0] == 0 and not np.all(np.diff(v) >= 0)
+    w = rigid_2d.sin_remap(np.linspace(0, 1, 101).astype(np.float32))
+    assert w[0] == 0 and np.sum(np.diff(np.sign(np.diff(w[5:]))) != 0) >= 2  # at least two turning points
     assert moving.shape == fixed.shape
 
 
