@@ -306,6 +306,9 @@ def test_centre_of_mass_start_and_shared_latent_channels():
     from inrreg_pipeline.core.config import TwoNetworkSettings
 
     assert not TwoNetworkSettings().centre_of_mass_init and TwoNetworkSettings().shared_latent == 0
+    s.two_network.shared_latent = -1
+    with pytest.raises(ValueError, match="shared_latent"):
+        build_networks(fixed, s.two_network, CPU)
 
 
 # --- result fields, presets ---------------------------------------------------------------------

@@ -306,6 +306,8 @@ def build_networks(fixed: SpatialImage, settings: TwoNetworkSettings, device: to
     Torch's global RNG must be seeded by the caller (initialisation)."""
     if settings.motion not in MOTIONS:
         raise ValueError(f"unknown two_network.motion '{settings.motion}' (choose from {', '.join(MOTIONS)})")
+    if settings.shared_latent < 0 or settings.latent_head_features < 1:
+        raise ValueError("two_network.shared_latent must be >= 0 and two_network.latent_head_features >= 1")
     d = fixed.ndim
     lower, upper = world_bounding_box(fixed.shape, fixed.affine)
     domain = EncodingDomain(NormalisedBox(lower, upper), settings.domain_margin)
@@ -475,6 +477,8 @@ def register_two_network(fixed: SpatialImage, moving: SpatialImage, settings: Re
             "motion": t_set.motion,
             "multimodal": t_set.multimodal,
             "coarse_to_fine": t_set.coarse_to_fine,
+            "centre_of_mass_init": t_set.centre_of_mass_init,
+            "shared_latent": t_set.shared_latent if t_set.multimodal else 0,
             "hash_backend": image.encoding.backend,
             "image_levels": image.n_levels,
             "motion_levels": motion.n_levels if isinstance(motion, HashMLP) else 0,
