@@ -9,7 +9,10 @@ Dice over the labels of ``--label-set`` against the fixed subject's labels.
     python benchmarks/oasis_pairs.py --data ../shared/data/oasis-trt-20 --out benchmarks/results/oasis \\
         --fixed 01 --moving 02 03 04 05 --spacing 2 --preset fast
 
-Writes ``pairs.tsv`` (one row per pair and stage) and prints a Markdown summary.
+Writes ``pairs.tsv`` (one row per pair, preset and stage, in :mod:`report`'s shape: ``suite``,
+``pair``, ``method`` = preset, ``stage`` as the stratum, then the metrics), prints a Markdown
+summary, and writes :mod:`report`'s ``summary.md`` and box plots into ``--out`` (paired comparison
+of the first ``--preset`` against each other one, per stage).
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_to_output
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
 
 from inrreg_pipeline.apply import apply_transforms
 from inrreg_pipeline.metrics import label_overlap, summarise_overlap, write_rows_tsv
@@ -98,7 +104,8 @@ def main() -> None:
                 warped = Path(f"{prefix}labels_{stage.replace('+', '_')}.nii.gz")
                 apply_transforms(str(moving_labels), str(fixed), chain, str(warped), interpolation="label")
                 s = dice_summary(fixed_labels, warped)
-                rows.append({"fixed": f"sub-{args.fixed}", "moving": f"sub-{sub}", "preset": preset, "stage": stage,
+                rows.append({"suite": "oasis-trt-20", "pair": f"sub-{sub}_to_sub-{args.fixed}", "method": preset,
+                             "stage": stage, "fixed": f"sub-{args.fixed}", "moving": f"sub-{sub}",
                              "spacing_mm": args.spacing, "dice_mean": s["mean_dice"], "dice_min": s["min_dice"],
                              "hd95_mean_mm": s["mean_hd95_mm"], "n_labels": s["n_labels"],
                              "pct_detj_nonpos": meta["jacobian"]["percent_nonpositive_in_mask"] if stage != "affine" else 0.0,
@@ -106,18 +113,22 @@ def main() -> None:
                              "peak_rss_mb": meta["memory"]["peak_rss_mb"],
                              "peak_gpu_mb": meta["memory"].get("peak_gpu_mb"), "device": meta["device"],
                              "threads": meta["threads"]})
-                print({k: rows[-1][k] for k in ("moving", "preset", "stage", "dice_mean", "dice_min", "runtime_s")},
+                print({k: rows[-1][k] for k in ("moving", "method", "stage", "dice_mean", "dice_min", "runtime_s")},
                       flush=True)
     write_rows_tsv(rows, args.out / "pairs.tsv")
     print("\n| preset | stage | Dice mean | Dice min | % det J <= 0 | runtime s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for preset in args.preset:
         for stage in ("affine", "affine+inr"):
-            sel = [r for r in rows if r["preset"] == preset and r["stage"] == stage]
+            sel = [r for r in rows if r["method"] == preset and r["stage"] == stage]
             m = lambda k: np.mean([r[k] for r in sel])  # noqa: E731
             s = lambda k: np.std([r[k] for r in sel])  # noqa: E731
             print(f"| {preset} | {stage} | {m('dice_mean'):.3f} +- {s('dice_mean'):.3f} | {m('dice_min'):.3f} | "
                   f"{m('pct_detj_nonpos'):.3f} | {m('runtime_s'):.0f} | {m('peak_rss_mb'):.0f} |")
+
+    report.write_report(args.out / "pairs.tsv", args.out, reference=args.preset[0], strata=["stage"],
+                        metrics=["dice_mean", "dice_min", "hd95_mean_mm", "pct_detj_nonpos", "runtime_s",
+                                 "peak_rss_mb"], title=f"oasis-trt-20, sub-{args.fixed} fixed, {args.spacing} mm")
 
 
 if __name__ == "__main__":

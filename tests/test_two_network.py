@@ -240,8 +240,11 @@ def test_rigid_recovery_2d_multi_modal_needs_coarse_to_fine():
     assert distance < 0.02, distance
 
     # Without the schedule the image network stores both images as they are and the motion does not
-    # align them: the rigid fit stays near the identity, far from the truth.
-    plain = register(fixed, moving, rigid_settings(True, coarse_to_fine=False), CPU, seed=0)
+    # align them: the rigid fit stays near the identity, far from the truth. (The motion starts at
+    # zero here, not at the centre-of-mass translation, so "does not move" is measured from zero.)
+    plain_settings = rigid_settings(True, coarse_to_fine=False)
+    plain_settings.two_network.centre_of_mass_init = False
+    plain = register(fixed, moving, plain_settings, CPU, seed=0)
     plain_distance = corner_distance(plain, psi, fixed)
     identity = corner_relative_distance(np.eye(3), image_frame(np.linalg.inv(psi.matrix), fixed), fixed.shape,
                                         fixed.spacing)
@@ -268,6 +271,44 @@ def test_deformable_recovery_3d_multi_modal():
     assert before > 4.0
     assert after < 0.75 * before, (before, after)
     assert result.summary["jacobian"]["percent_nonpositive_in_mask"] < 1.0
+
+
+def test_centre_of_mass_start_and_shared_latent_channels():
+    """``centre_of_mass_init``: the motion starts as the translation between the foreground centres
+    (the contrast does not matter); ``shared_latent``: the image channels are MLPs of shared latents."""
+    from inrreg_pipeline.core.two_network import build_networks, fit_two_networks, foreground_centre_of_mass
+
+    fixed = mni_slice()
+    shift = np.array([6.0, -4.0])
+    fixed_n = fixed.with_data(rescale_intensity(fixed.data))
+    moving = SpatialImage(t2_like(fixed.data), fixed.affine.copy())
+    moving.affine[:2, 2] += shift  # the same anatomy 6, -4 mm away, other contrast
+    everywhere = np.ones(fixed.shape, bool)
+    np.testing.assert_allclose(foreground_centre_of_mass(moving, everywhere)
+                               - foreground_centre_of_mass(fixed_n, everywhere), shift, atol=0.5)
+    s = copy.deepcopy(load_preset("two-network-rigid"))
+    assert s.two_network.centre_of_mass_init and s.two_network.shared_latent == 2
+    s.two_network.multimodal = True
+    s.two_network.iterations, s.two_network.points = 1, 64  # motion lr is 0 at iteration 0 (warm-up)
+    torch.manual_seed(0)
+    motion, image, _ = fit_two_networks(fixed_n, moving, s.two_network, CPU, np.random.default_rng(0))
+    points = torch.as_tensor(fixed.world_grid().reshape(-1, 2)[::50], dtype=torch.float32)
+    with torch.no_grad():
+        m = motion(points).numpy()
+    np.testing.assert_allclose(m, np.broadcast_to(m[0], m.shape), atol=1e-5)
+    np.testing.assert_allclose(m[0], shift, atol=0.5)
+    assert image.heads is not None and len(image.heads) == 2 and image.out.out_features == 2
+    assert image(points).shape == (len(points), 2)
+    # off by default, and single-modal images have one linear channel whatever shared_latent says
+    s.two_network.multimodal = False
+    _, single, _ = build_networks(fixed, s.two_network, CPU)
+    assert single.heads is None and single(points).shape == (len(points), 1)
+    from inrreg_pipeline.core.config import TwoNetworkSettings
+
+    assert not TwoNetworkSettings().centre_of_mass_init and TwoNetworkSettings().shared_latent == 0
+    s.two_network.shared_latent = -1
+    with pytest.raises(ValueError, match="shared_latent"):
+        build_networks(fixed, s.two_network, CPU)
 
 
 # --- result fields, presets ---------------------------------------------------------------------

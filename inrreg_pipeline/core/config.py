@@ -135,6 +135,12 @@ class TwoNetworkSettings:
       * iterations)``; all levels fully on from then.
     * ``backend``: hash encoding backend (``auto``, ``torch`` or ``tcnn``); ``domain_margin``: the
       encoding domain is the fixed image's normalised box enlarged by this fraction on each side.
+    * ``centre_of_mass_init``: the motion starts as the translation between the centres of mass of
+      the two foreground masks (not of the intensities, so it does not depend on the contrast)
+      instead of zero.
+    * ``shared_latent`` (multi-modal only): 0 -- ``g``'s channels are linear outputs of its last
+      hidden layer; ``k > 0`` -- ``g`` outputs ``k`` latent values shared by the channels and each
+      channel is a small MLP (``latent_head_features`` hidden units) of the latent alone.
     """
 
     motion: str = "deformable"
@@ -158,6 +164,9 @@ class TwoNetworkSettings:
     affine_param_rigid: bool = False
     backend: str = "auto"
     domain_margin: float = 0.25
+    centre_of_mass_init: bool = False
+    shared_latent: int = 0
+    latent_head_features: int = 16
 
 
 @dataclass

@@ -28,7 +28,12 @@ Both networks map a world point to ``[0, 1]^d`` over the encoding domain (the fi
 normalised box enlarged by ``domain_margin``), encode it with a hash grid and feed a ReLU MLP:
 
 * image network ``g``: ``image_hash`` levels, plus the normalised coordinate itself when
-  ``include_input``; ``hidden_layers`` x ``hidden_features``; 1 or 2 linear output channels.
+  ``include_input``; ``hidden_layers`` x ``hidden_features``; 1 or 2 linear output channels, or, for
+  multi-modal pairs with ``shared_latent = k > 0``, ``k`` shared latent values followed by one small
+  ReLU MLP per channel (``k -> latent_head_features -> 1``). With free linear channels a
+  two-channel ``g`` can store both images without aligning them (on OASIS slices with a T2-like
+  remap it moved away from a 0.2 degree motion); with the shared latent both images must be
+  intensity functions of one field, which they only are once aligned.
 * motion network ``m``: ``motion_hash`` levels (plus the normalised coordinate when
   ``motion_include_input``); ``motion_hidden_layers`` x ``motion_hidden_features``; ``d`` outputs,
   plus a linear term ``W x_norm`` when ``motion_linear``; output layer and ``W`` start at zero, so
@@ -53,7 +58,9 @@ Adam (betas 0.9/0.99, eps 1e-15, as instant-NGP), ``lr`` for the image network a
 the motion model, ramped linearly from 0 over the first ``motion_warmup * iterations`` iterations
 (the image network first fits blurred versions of the images, so the first motion gradients are
 not random). Each iteration draws ``points`` voxels of each image (with replacement; inside the
-masks when given). No regulariser.
+masks when given). No regulariser. With ``centre_of_mass_init`` the motion starts as the constant
+translation between the centres of the two foreground masks (moving minus fixed; a buffer added to
+``m``, or the explicit affine's translation), independent of the contrast.
 
 Coarse-to-fine
 --------------
@@ -82,7 +89,7 @@ from .fields import (evaluate_displacement, evaluate_jacobian_determinant, inver
                      jacobian_summary)
 from .hash_encoding import HashEncoding, coarse_to_fine_weights
 from .registration import RegistrationResult, _peak_memory_mb, prepare_pair
-from .space import (SpatialImage, apply_affine, sample_array,
+from .space import (SpatialImage, apply_affine, foreground_mask, sample_array,
                     voxel_grid_to_world, world_bounding_box)
 
 MOTIONS = ("rigid", "deformable", "affine-param")
@@ -153,15 +160,40 @@ class HashMLP(nn.Module):
 
 
 class ImageNetwork(HashMLP):
-    """``g(y)``: intensities (``channels`` of them) at world points (mm)."""
+    """``g(y)``: intensities (``channels`` of them) at world points (mm).
+
+    ``shared_latent = k > 0`` (multi-modal): the MLP ends in ``k`` latent values ``s(y)`` shared by
+    the channels, and channel ``c`` is ``h_c(s(y))``, a small ReLU MLP of the latent alone
+    (``k -> latent_head_features -> 1``): both images must be (possibly non-monotonic) intensity
+    functions of one anatomical field, so they can only be stored cheaply once aligned.
+    ``shared_latent = 0``: one linear output layer with a row per channel (the method as published).
+    """
+
+    def __init__(self, *args, shared_latent: int = 0, latent_head_features: int = 16, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.heads = None
+        if shared_latent > 0:
+            channels = self.out.out_features
+            self.out = nn.Linear(self.out.in_features, shared_latent)
+            self.heads = nn.ModuleList([nn.Sequential(nn.Linear(shared_latent, latent_head_features), nn.ReLU(),
+                                                      nn.Linear(latent_head_features, 1))
+                                        for _ in range(channels)])
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        out = super().forward(points_mm)
+        if self.heads is None:
+            return out
+        return torch.cat([head(out) for head in self.heads], -1)
 
 
 class MotionNetwork(HashMLP):
-    """``m(x)``: displacement (mm) at fixed world points (mm); output layer zero so ``m`` starts at 0."""
+    """``m(x)``: displacement (mm) at fixed world points (mm); output layer zero so ``m`` starts at
+    the constant ``offset`` (mm, a buffer: 0, or the centre-of-mass translation)."""
 
     def __init__(self, *args, linear: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         d = self.out.out_features
+        self.register_buffer("offset", torch.zeros(d))
         self.linear = nn.Linear(d, d, bias=False) if linear else None
         with torch.no_grad():
             self.out.weight.zero_()
@@ -173,7 +205,11 @@ class MotionNetwork(HashMLP):
         out = super().forward(points_mm)
         if self.linear is not None:
             out = out + self.linear(self.domain.normalised(points_mm))
-        return out * self.domain.box.scale
+        return out * self.domain.box.scale + self.offset
+
+    def set_offset(self, translation_mm: np.ndarray) -> None:
+        with torch.no_grad():
+            self.offset.copy_(torch.as_tensor(translation_mm, dtype=torch.float32))
 
 
 class AffineMotion(nn.Module):
@@ -188,6 +224,10 @@ class AffineMotion(nn.Module):
 
     def set_alpha(self, alpha: float | None) -> None:  # no levels to re-weight
         pass
+
+    def set_offset(self, translation_mm: np.ndarray) -> None:
+        with torch.no_grad():
+            self.affine.translation.copy_(torch.as_tensor(translation_mm / self.affine.scale, dtype=torch.float32))
 
     def matrix(self) -> np.ndarray:
         return self.affine.matrix().detach().cpu().double().numpy()
@@ -249,6 +289,16 @@ class VoxelSampler:
         return self.points[pick], self.values[pick]
 
 
+def foreground_centre_of_mass(image: SpatialImage, candidates: np.ndarray) -> np.ndarray:
+    """Centre (world mm) of the foreground voxels (:func:`~inrreg_pipeline.core.space.foreground_mask`
+    of the [0, 1] intensities, within ``candidates``), unweighted: the same for any contrast of
+    the same anatomy. All candidates when the foreground is empty."""
+    mask = foreground_mask(image.data) & candidates
+    if not mask.any():
+        mask = candidates
+    return apply_affine(image.affine, np.argwhere(mask).astype(np.float64)).mean(0)
+
+
 def build_networks(fixed: SpatialImage, settings: TwoNetworkSettings, device: torch.device
                    ) -> tuple[nn.Module, ImageNetwork, EncodingDomain]:
     """Fresh motion model and image network over the fixed image's world bounding box.
@@ -256,12 +306,16 @@ def build_networks(fixed: SpatialImage, settings: TwoNetworkSettings, device: to
     Torch's global RNG must be seeded by the caller (initialisation)."""
     if settings.motion not in MOTIONS:
         raise ValueError(f"unknown two_network.motion '{settings.motion}' (choose from {', '.join(MOTIONS)})")
+    if settings.shared_latent < 0 or settings.latent_head_features < 1:
+        raise ValueError("two_network.shared_latent must be >= 0 and two_network.latent_head_features >= 1")
     d = fixed.ndim
     lower, upper = world_bounding_box(fixed.shape, fixed.affine)
     domain = EncodingDomain(NormalisedBox(lower, upper), settings.domain_margin)
     channels = 2 if settings.multimodal else 1
     image = ImageNetwork(domain, d, settings.image_hash, settings.image_hash.levels, settings.hidden_features,
-                         settings.hidden_layers, channels, settings.include_input, settings.backend, device)
+                         settings.hidden_layers, channels, settings.include_input, settings.backend, device,
+                         shared_latent=settings.shared_latent if settings.multimodal else 0,
+                         latent_head_features=settings.latent_head_features)
     if settings.motion == "affine-param":
         centre = (np.asarray(lower) + np.asarray(upper)) / 2.0
         motion: nn.Module = AffineMotion(d, centre, domain.box.scale, settings.affine_param_rigid)
@@ -291,6 +345,9 @@ def fit_two_networks(fixed: SpatialImage, moving: SpatialImage, settings: TwoNet
     if moving_candidates is None:
         moving_candidates = np.ones(moving.shape, bool)
     moving_candidates = moving_candidates & domain.contains(moving.world_grid())
+    if settings.centre_of_mass_init:
+        motion.set_offset(foreground_centre_of_mass(moving, moving_candidates)
+                          - foreground_centre_of_mass(fixed, fixed_candidates))
     fixed_sampler = VoxelSampler(fixed, fixed_candidates, device)
     moving_sampler = VoxelSampler(moving, moving_candidates, device)
     groups = [{"params": list(image.parameters()), "lr": settings.lr}]
@@ -420,6 +477,8 @@ def register_two_network(fixed: SpatialImage, moving: SpatialImage, settings: Re
             "motion": t_set.motion,
             "multimodal": t_set.multimodal,
             "coarse_to_fine": t_set.coarse_to_fine,
+            "centre_of_mass_init": t_set.centre_of_mass_init,
+            "shared_latent": t_set.shared_latent if t_set.multimodal else 0,
             "hash_backend": image.encoding.backend,
             "image_levels": image.n_levels,
             "motion_levels": motion.n_levels if isinstance(motion, HashMLP) else 0,

@@ -1,0 +1,240 @@
+"""Benchmark harness: report.py (summaries and paired tests on known numbers) and smoke runs of the
+suites on small synthetic data made in a temporary folder (the shared datasets are not needed)."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import report  # noqa: E402
+
+from inrreg_pipeline.metrics import write_rows_tsv  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+# --- report.py ----------------------------------------------------------------------------------
+
+def rows_from(values: dict[str, list[float]], metric: str = "score", **extra) -> list[dict]:
+    return [{"suite": "s", "pair": f"p{i}", "method": m, **extra, metric: v}
+            for m, vs in values.items() for i, v in enumerate(vs)]
+
+
+def test_summary_mean_std_and_missing_values():
+    rows = rows_from({"a": [1.0, 2.0, 3.0, math.nan], "b": [10.0, 10.0, 10.0, 10.0]})
+    s = {x["method"]: x for x in report.summarise(rows, ["score"])}
+    assert s["a"]["n"] == 3 and s["a"]["mean"] == pytest.approx(2.0) and s["a"]["std"] == pytest.approx(np.std([1, 2, 3]))
+    assert s["b"]["n"] == 4 and s["b"]["mean"] == 10.0 and s["b"]["std"] == 0.0
+
+
+def test_paired_comparison_matches_scipy_and_pairs_by_name():
+    ref = [0.61, 0.72, 0.55, 0.80, 0.67, 0.70, 0.59, 0.74]
+    other = [0.58, 0.70, 0.57, 0.71, 0.60, 0.69, 0.50, 0.70]
+    rows = rows_from({"ref": ref, "other": other})
+    rows = rows[::-1]  # row order must not matter: pairs are matched by name
+    (c,) = report.paired_comparison(rows, "ref", "score")
+    d = np.array(ref) - np.array(other)
+    assert c["n"] == 8 and c["mean_difference"] == pytest.approx(d.mean())
+    assert c["p_value"] == pytest.approx(wilcoxon(d).pvalue)
+    assert c["p_value"] < 0.05 and c["note"] == ""
+
+
+def test_paired_comparison_edge_cases():
+    # only one common pair
+    rows = rows_from({"ref": [1.0, 2.0], "other": [0.5]})
+    (c,) = report.paired_comparison(rows, "ref", "score")
+    assert c["n"] == 1 and math.isnan(c["p_value"]) and c["note"] == "n<2"
+    # all differences zero
+    rows = rows_from({"ref": [1.0, 0.0, 1.0], "other": [1.0, 0.0, 1.0]})
+    (c,) = report.paired_comparison(rows, "ref", "score")
+    assert c["p_value"] == 1.0 and c["note"] == "all differences zero" and c["mean_difference"] == 0.0
+    # some zero differences are dropped (binary success rates)
+    rows = rows_from({"ref": [1, 1, 1, 1, 1, 1, 0], "other": [0, 0, 0, 0, 0, 1, 0]})
+    (c,) = report.paired_comparison(rows, "ref", "score")
+    assert c["n"] == 7 and c["note"] == "2 zero differences dropped"
+    assert c["p_value"] == pytest.approx(wilcoxon([1, 1, 1, 1, 1]).pvalue)
+    # NaN values leave the pair out
+    rows = rows_from({"ref": [1.0, 2.0, math.nan, 4.0], "other": [0.0, 1.0, 2.0, math.nan]})
+    (c,) = report.paired_comparison(rows, "ref", "score")
+    assert c["n"] == 2 and c["mean_difference"] == 1.0
+    # a duplicated pair is an error, not a silent overwrite
+    with pytest.raises(ValueError, match="twice"):
+        report.paired_comparison(rows + rows, "ref", "score")
+
+
+def test_write_report_tsv_markdown_and_plots(tmp_path):
+    rows = (rows_from({"ref": [0.1, 0.2, 0.3], "other": [0.2, 0.2, 0.5]}, level=1)
+            + rows_from({"ref": [0.4, 0.5, 0.6], "other": [0.9, 0.8, 0.7]}, level=2))
+    for r in rows:
+        r["device"] = "cpu"  # text column: not a metric
+    write_rows_tsv(rows, tmp_path / "rows.tsv")
+    read = report.read_rows(tmp_path / "rows.tsv")
+    assert report.metric_columns(read, exclude=["level"]) == ["score"]
+    path = report.write_report(tmp_path / "rows.tsv", tmp_path / "out", reference="ref", strata=["level"])
+    text = path.read_text()
+    assert "## level = 1" in text and "## level = 2" in text
+    assert "| ref | 0.200 ± 0.082 (3) |" in text
+    assert "| other | 0.800 ± 0.082 (3) |" in text
+    assert "| score | other | 3 | -0.300 | 0.2500 |" in text  # level 2: ref - other = -0.5, -0.3, -0.1 (exact p)
+    png = tmp_path / "out" / "box_score.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="stratum"):
+        report.write_report(tmp_path / "rows.tsv", tmp_path / "out", strata=["nope"])
+
+
+# --- suites on synthetic data -------------------------------------------------------------------
+
+def brain_slice(shape=(48, 48)) -> np.ndarray:
+    """A small synthetic 'brain' slice: an ellipse with an inner ring and a dark ventricle, asymmetric."""
+    i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    c0, c1 = shape[0] / 2, shape[1] / 2
+    r = np.sqrt(((i - c0) / (0.38 * shape[0])) ** 2 + ((j - c1) / (0.3 * shape[1])) ** 2)
+    img = np.where(r < 1, 0.5, 0.0) + np.where(r < 0.7, 0.4, 0.0)
+    img[(np.abs(i - c0 - 4) < 3) & (np.abs(j - c1 + 2) < 6)] = 0.15  # off-centre ventricle: no symmetry
+    img[(np.abs(i - c0 + 8) < 2) & (np.abs(j - c1 - 5) < 2)] = 1.0
+    return img.astype(np.float32)
+
+
+def save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+
+
+def test_rigid_2d_motions_and_truth():
+    import rigid_2d
+    from inrreg_pipeline.core.space import SpatialImage
+
+    fixed = SpatialImage(brain_slice((40, 50)), np.array([[1.5, 0, -10], [0, 1.5, 5], [0, 0, 1]]))
+    side = rigid_2d.image_side_mm(fixed)
+    assert side == pytest.approx(45 * 1.5)
+    for level, ((r_lo, r_hi), (t_lo, t_hi)) in rigid_2d.LEVELS.items():
+        t, angle, trans = rigid_2d.draw_motion(fixed, level, 0, 3)
+        assert r_lo <= abs(angle) <= r_hi and t_lo * side <= np.linalg.norm(trans) <= t_hi * side
+        # the same seed gives the same motion; another slice index another one
+        np.testing.assert_array_equal(t, rigid_2d.draw_motion(fixed, level, 0, 3)[0])
+        assert not np.allclose(t, rigid_2d.draw_motion(fixed, level, 0, 4)[0])
+        # rotation about the field-of-view centre: the centre moves by the translation only
+        c = rigid_2d.fov_centre(fixed)
+        np.testing.assert_allclose(t[:2, :2] @ c + t[:2, 2], c + trans, atol=1e-9)
+    # the moving image is the fixed image pulled through T^-1: M(T x) = F(x) at the centre
+    t, _, _ = rigid_2d.draw_motion(fixed, 2, 0, 0)
+    moving = rigid_2d.make_moving(fixed, t, "single")
+    assert rigid_2d.relative_distance(t, t, fixed) == 0.0
+    assert rigid_2d.relative_distance(np.eye(3), t, fixed) > 0.05
+    # the remap is non-monotonic: grey levels 0.5 and 0.9 swap order
+    v = rigid_2d.t2_like(np.array([0.0, 0.5, 0.9, 1.0], np.float32))
+    assert v[0] == 0 and not np.all(np.diff(v) >= 0)
+    w = rigid_2d.sin_remap(np.linspace(0, 1, 101).astype(np.float32))
+    assert w[0] == 0 and np.sum(np.diff(np.sign(np.diff(w[5:]))) != 0) >= 2  # at least two turning points
+    assert moving.shape == fixed.shape
+
+
+@pytest.mark.slow
+def test_rigid_2d_suite_smoke(tmp_path):
+    data = tmp_path / "slices"
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        save(brain_slice() + 0.02 * rng.random((48, 48), dtype=np.float32), np.eye(4), data / f"s{k}.nii.gz")
+    preset = json.loads((ROOT / "inrreg_pipeline/core/presets/two-network-rigid.json").read_text())
+    preset["two_network"]["iterations"] = 30
+    preset["two_network"]["points"] = 256
+    (tmp_path / "tiny.json").write_text(json.dumps(preset))
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/rigid_2d.py"), "--data", str(data), "--out", str(out),
+                    "--slices", "1", "--levels", "1", "--two-network-preset", str(tmp_path / "tiny.json")],
+                   check=True, cwd=ROOT)
+    rows = report.read_rows(out / "rigid-2d.tsv")
+    assert len(rows) == 1 * 1 * 2 * 3
+    assert {r["method"] for r in rows} == {"two-network", "inr-affine", "ants-rigid"}
+    for r in rows:
+        assert not isinstance(r["error"], str), r["error"]  # an empty cell reads as NaN: no method raised
+        assert np.isfinite(r["relative_distance"]) and r["success"] in (0.0, 1.0)
+    # ANTs rigid recovers a level-1 motion of this simple image
+    assert all(r["success"] == 1.0 for r in rows if r["method"] == "ants-rigid" and r["modality"] == "single")
+    assert "| single | 1 | ants-rigid | 1 |" in (out / "levels.md").read_text()
+    assert (out / "summary.md").exists() and (out / "box_success.png").exists()
+
+
+def test_brats_landmark_mapping(tmp_path):
+    """phi(p) = A(p + u(p)) with ANTs files: a known affine and a constant warp."""
+    import brats_longitudinal as bl
+
+    from inrreg_pipeline.io.itk import write_ants_displacement_field, write_itk_affine
+
+    a = np.eye(4)
+    a[:3, 3] = [1.0, -2.0, 3.0]
+    write_itk_affine(tmp_path / "a.mat", a)
+    grid = np.diag([2.0, 2.0, 2.0, 1.0])
+    grid[:3, 3] = -20
+    field = np.zeros((21, 21, 21, 3))
+    field[..., 0] = 0.5
+    write_ants_displacement_field(tmp_path / "w.nii.gz", field, grid)
+    p = np.array([[0.0, 0.0, 0.0], [5.0, -3.0, 1.0]])
+    np.testing.assert_allclose(bl.map_points(p, tmp_path / "a.mat", tmp_path / "w.nii.gz"),
+                               p + [1.5, -2.0, 3.0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_brats_suite_smoke(tmp_path):
+    """The suite on a synthetic two-session dataset: follow-up = baseline shifted by 4 mm, landmarks
+    shifted with it; the two-network method (few iterations) must run end to end and the identity's
+    TRE must equal the shift."""
+    data = tmp_path / "brats"
+    sub, shift = "001", np.array([4.0, 0.0, 0.0])
+    vol = np.repeat(brain_slice((32, 32))[:, :, None], 20, axis=2) * np.hanning(22)[1:21][None, None, :]
+    base_aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    base_aff[:3, 3] = [-32, -32, -20]
+    follow_aff = base_aff.copy()
+    follow_aff[:3, 3] += shift  # same content 4 mm further along +x (RAS)
+    for ses, aff in (("baseline", base_aff), ("followup", follow_aff)):
+        for c in ("T1w", "T2w"):
+            save(vol if c == "T1w" else 1.0 - vol * (vol > 0), aff, data / f"sub-{sub}/ses-{ses}/anat/sub-{sub}_ses-{ses}_{c}.nii.gz")
+    lm_ras = np.array([[0.0, 0.0, 0.0], [6.0, -4.0, 2.0], [-8.0, 5.0, -4.0]])
+    for ses, pts in (("baseline", lm_ras), ("followup", lm_ras + shift)):
+        path = data / f"derivatives/landmarks/sub-{sub}/ses-{ses}/anat/sub-{sub}_ses-{ses}_landmarks.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("Landmark,X,Y,Z\n" + "".join(f"{k + 1},{-x},{-y},{z}\n" for k, (x, y, z) in enumerate(pts)))
+    preset = json.loads((ROOT / "inrreg_pipeline/core/presets/two-network-deformable.json").read_text())
+    preset["two_network"]["iterations"] = 20
+    preset["two_network"]["points"] = 256
+    (tmp_path / "tiny.json").write_text(json.dumps(preset))
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/brats_longitudinal.py"), "--data", str(data),
+                    "--out", str(out), "--spacing", "0", "--contrasts", "T1w", "--methods", "two-network",
+                    "--preset-override", f"two-network={tmp_path / 'tiny.json'}"], check=True, cwd=ROOT)
+    rows = report.read_rows(out / "brats-longitudinal.tsv")
+    assert [r["method"] for r in rows] == ["none", "two-network"]
+    assert rows[0]["tre_mean_mm"] == pytest.approx(4.0) and rows[0]["tre_max_mm"] == pytest.approx(4.0)
+    assert np.isfinite(rows[1]["tre_mean_mm"]) and rows[1]["runtime_s"] > 0
+    assert len(report.read_rows(out / "landmarks.tsv")) == 6
+    assert "two-network" in (out / "summary.md").read_text()
+
+
+@pytest.mark.skipif(not (SHARED / "oasis-2d").is_dir(), reason="shared oasis-2d data not present")
+def test_rigid_2d_real_slice_ants_level1(tmp_path):
+    """On one real OASIS slice, level 1 single-modal: ANTs rigid succeeds (checks the truth convention
+    on real data: a wrong direction would fail)."""
+    import rigid_2d
+    from inrreg_pipeline.io.images import load_image
+
+    fixed = load_image(sorted((SHARED / "oasis-2d").glob("*.nii.gz"))[0], ndim=2)
+    t, _, _ = rigid_2d.draw_motion(fixed, 2, 0, 0)
+    moving = rigid_2d.make_moving(fixed, t, "single")
+    args = copy.copy(type("A", (), {"seed": 0})())
+    est = rigid_2d.run_ants_rigid(fixed, moving, "single", args, None)
+    assert rigid_2d.relative_distance(est, t, fixed) < 0.02
+    assert rigid_2d.relative_distance(np.linalg.inv(est), t, fixed) > 0.02
