@@ -4,7 +4,14 @@
 For each moving subject: resample fixed and moving T1w (linear) and labels (nearest) to
 ``--spacing`` mm, run ``inrreg register`` as a separate process (so peak memory is per pair), warp
 the moving labels label-aware through the affine alone and through affine + INR, and compute
-Dice over the labels of ``--label-set`` against the fixed subject's labels.
+Dice over the labels of ``--label-set`` (the 62 DKT31 cortical labels) and of ``--full-label-set``
+(cortical + non-cortical, when present) against the fixed subject's labels. Transform quality
+(% det J <= 0, SD log det J) is measured from the written Jacobian inside the fixed subject's
+labelled brain, the same region for every method.
+
+``pairs.tsv`` is rewritten after every pair, so a stopped run keeps what it finished, and
+``--reuse`` takes an existing ``registration.json`` instead of registering again (to resume a run
+or re-score outputs).
 
     python benchmarks/oasis_pairs.py --data ../shared/data/oasis-trt-20 --out benchmarks/results/oasis \\
         --fixed 01 --moving 02 03 04 05 --spacing 2 --preset fast
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -31,16 +39,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 
 from inrreg_pipeline.apply import apply_transforms
-from inrreg_pipeline.metrics import label_overlap, summarise_overlap, write_rows_tsv
+from inrreg_pipeline.metrics import (folding_fraction, label_overlap, log_jacobian_std, summarise_overlap,
+                                     write_rows_tsv)
+
+
+def labels_path(data: Path, sub: str, label_set: str) -> Path:
+    return data / "derivatives" / "manual-labels" / f"sub-{sub}" / "anat" / f"sub-{sub}_desc-{label_set}_dseg.nii.gz"
 
 
 def find(data: Path, sub: str, label_set: str) -> tuple[Path, Path]:
     t1w = data / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz"
-    labels = data / "derivatives" / "manual-labels" / f"sub-{sub}" / "anat" / f"sub-{sub}_desc-{label_set}_dseg.nii.gz"
+    labels = labels_path(data, sub, label_set)
     for p in (t1w, labels):
         if not p.exists():
             sys.exit(f"oasis_pairs: missing {p}")
     return t1w, labels
+
+
+def jacobian_quality(jacobian: Path, brain: np.ndarray) -> dict:
+    """% det J <= 0 and SD log det J inside ``brain`` (fixed grid)."""
+    det = np.asarray(nib.load(str(jacobian)).dataobj, dtype=np.float64).reshape(brain.shape)
+    return {"pct_detj_nonpos": folding_fraction(det, brain), "sd_log_j": log_jacobian_std(det, brain)}
 
 
 def resample(src: Path, dst: Path, spacing: float | None, order: int) -> Path:
@@ -74,6 +93,8 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=2.0)
     ap.add_argument("--preset", nargs="+", default=["fast"])
     ap.add_argument("--label-set", default="DKT31")
+    ap.add_argument("--full-label-set", default="DKT31full", help="second label set (skipped when absent)")
+    ap.add_argument("--reuse", action="store_true", help="reuse finished registrations (registration.json present)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -83,11 +104,17 @@ def main() -> None:
     f_t1, f_lab = find(args.data, args.fixed, args.label_set)
     fixed = resample(f_t1, work / f"sub-{args.fixed}_T1w.nii.gz", args.spacing, 1)
     fixed_labels = resample(f_lab, work / f"sub-{args.fixed}_dseg.nii.gz", args.spacing, 0)
+    full = labels_path(args.data, args.fixed, args.full_label_set)
+    fixed_full = resample(full, work / f"sub-{args.fixed}_full_dseg.nii.gz", args.spacing, 0) if full.exists() else None
+    brain = np.asarray(nib.load(str(fixed_full or fixed_labels)).dataobj) > 0
     rows = []
     for sub in args.moving:
         m_t1, m_lab = find(args.data, sub, args.label_set)
         moving = resample(m_t1, work / f"sub-{sub}_T1w.nii.gz", args.spacing, 1)
         moving_labels = resample(m_lab, work / f"sub-{sub}_dseg.nii.gz", args.spacing, 0)
+        m_full = labels_path(args.data, sub, args.full_label_set)
+        moving_full = (resample(m_full, work / f"sub-{sub}_full_dseg.nii.gz", args.spacing, 0)
+                       if fixed_full is not None and m_full.exists() else None)
         for preset in args.preset:
             prefix = args.out / Path(preset).stem / f"sub-{sub}_to_sub-{args.fixed}_"
             prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -96,26 +123,36 @@ def main() -> None:
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             t0 = time.perf_counter()
-            subprocess.run(cmd, check=True)
-            wall = time.perf_counter() - t0
+            reused = args.reuse and Path(f"{prefix}registration.json").exists()
+            if not reused:
+                subprocess.run(cmd, check=True)
+            wall = math.nan if reused else time.perf_counter() - t0
             meta = json.loads(Path(f"{prefix}registration.json").read_text())
+            quality = jacobian_quality(Path(f"{prefix}jacobian.nii.gz"), brain)
             for stage, chain in (("affine", [f"{prefix}0GenericAffine.mat"]),
                                  ("affine+inr", [f"{prefix}1Warp.nii.gz", f"{prefix}0GenericAffine.mat"])):
                 warped = Path(f"{prefix}labels_{stage.replace('+', '_')}.nii.gz")
                 apply_transforms(str(moving_labels), str(fixed), chain, str(warped), interpolation="label")
                 s = dice_summary(fixed_labels, warped)
+                s_full = {"mean_dice": math.nan}
+                if moving_full is not None:
+                    warped_full = Path(f"{prefix}labelsfull_{stage.replace('+', '_')}.nii.gz")
+                    apply_transforms(str(moving_full), str(fixed), chain, str(warped_full), interpolation="label")
+                    s_full = dice_summary(fixed_full, warped_full)
                 rows.append({"suite": "oasis-trt-20", "pair": f"sub-{sub}_to_sub-{args.fixed}", "method": preset,
                              "stage": stage, "fixed": f"sub-{args.fixed}", "moving": f"sub-{sub}",
                              "spacing_mm": args.spacing, "dice_mean": s["mean_dice"], "dice_min": s["min_dice"],
+                             "dice_mean_full": s_full["mean_dice"],
                              "hd95_mean_mm": s["mean_hd95_mm"], "n_labels": s["n_labels"],
-                             "pct_detj_nonpos": meta["jacobian"]["percent_nonpositive_in_mask"] if stage != "affine" else 0.0,
+                             "pct_detj_nonpos": quality["pct_detj_nonpos"] if stage != "affine" else 0.0,
+                             "sd_log_j": quality["sd_log_j"] if stage != "affine" else 0.0,
                              "runtime_s": meta["runtime_s"]["total"], "wall_s": wall,
                              "peak_rss_mb": meta["memory"]["peak_rss_mb"],
                              "peak_gpu_mb": meta["memory"].get("peak_gpu_mb"), "device": meta["device"],
                              "threads": meta["threads"]})
                 print({k: rows[-1][k] for k in ("moving", "method", "stage", "dice_mean", "dice_min", "runtime_s")},
                       flush=True)
-    write_rows_tsv(rows, args.out / "pairs.tsv")
+            write_rows_tsv(rows, args.out / "pairs.tsv")
     print("\n| preset | stage | Dice mean | Dice min | % det J <= 0 | runtime s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for preset in args.preset:
@@ -127,8 +164,9 @@ def main() -> None:
                   f"{m('pct_detj_nonpos'):.3f} | {m('runtime_s'):.0f} | {m('peak_rss_mb'):.0f} |")
 
     report.write_report(args.out / "pairs.tsv", args.out, reference=args.preset[0], strata=["stage"],
-                        metrics=["dice_mean", "dice_min", "hd95_mean_mm", "pct_detj_nonpos", "runtime_s",
-                                 "peak_rss_mb"], title=f"oasis-trt-20, sub-{args.fixed} fixed, {args.spacing} mm")
+                        metrics=["dice_mean", "dice_min", "dice_mean_full", "hd95_mean_mm", "pct_detj_nonpos",
+                                 "sd_log_j", "runtime_s", "peak_rss_mb"],
+                        title=f"oasis-trt-20, sub-{args.fixed} fixed, {args.spacing} mm")
 
 
 if __name__ == "__main__":

@@ -238,3 +238,42 @@ def test_rigid_2d_real_slice_ants_level1(tmp_path):
     est = rigid_2d.run_ants_rigid(fixed, moving, "single", args, None)
     assert rigid_2d.relative_distance(est, t, fixed) < 0.02
     assert rigid_2d.relative_distance(np.linalg.inv(est), t, fixed) > 0.02
+
+
+def test_oasis_pairs_on_another_dataset_of_the_same_shape_and_resume(tmp_path):
+    """The OASIS harness runs unchanged on any BIDS folder shaped like OASIS-TRT-20 (T1w + manual
+    labels in two label sets), writes every metric per pair and stage, and ``--reuse`` re-scores
+    finished registrations without registering again."""
+    data = tmp_path / "oasis-like"
+    base = np.repeat(brain_slice((32, 32))[:, :, None], 16, axis=2) * np.hanning(18)[1:17][None, None, :]
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = [-32, -32, -16]
+    for k, sub in enumerate(("01", "02")):
+        vol = np.roll(base, k, axis=0)
+        labels = (vol > 0.3).astype(np.int16) + (vol > 0.7).astype(np.int16)  # 1 outer ring, 2 inner core
+        save(vol.astype(np.float32), aff, data / f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz")
+        for label_set, lab in (("DKT31", labels), ("DKT31full", labels + (vol > 0.1) * (labels == 0) * 3)):
+            save(lab.astype(np.int16), aff,
+                 data / f"derivatives/manual-labels/sub-{sub}/anat/sub-{sub}_desc-{label_set}_dseg.nii.gz")
+    preset = json.loads((ROOT / "inrreg_pipeline/core/presets/fast.json").read_text())
+    preset["optimisation"].update(iterations=15, patches=2, patch_size=8, regulariser_points=256)
+    preset["affine"].update(iterations=[10], shrink_factors=[1], rigid_iterations=10, samples=2000)
+    (tmp_path / "tiny.json").write_text(json.dumps(preset))
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "benchmarks/oasis_pairs.py"), "--data", str(data), "--out", str(out),
+           "--fixed", "01", "--moving", "02", "--spacing", "0", "--preset", str(tmp_path / "tiny.json"),
+           "--threads", "1"]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    rows = report.read_rows(out / "pairs.tsv")
+    assert [(r["pair"], r["method"], r["stage"]) for r in rows] == [
+        ("sub-02_to_sub-01", str(tmp_path / "tiny.json"), s) for s in ("affine", "affine+inr")]
+    for r in rows:
+        assert 0 < r["dice_mean"] <= 1 and 0 < r["dice_mean_full"] <= 1 and r["n_labels"] == 2
+        assert 0 <= r["pct_detj_nonpos"] <= 100 and r["sd_log_j"] >= 0 and np.isfinite(r["hd95_mean_mm"])
+    meta = out / "tiny" / "sub-02_to_sub-01_registration.json"
+    stamp = meta.stat().st_mtime_ns
+    subprocess.run(cmd + ["--reuse"], check=True, cwd=ROOT)
+    assert meta.stat().st_mtime_ns == stamp, "--reuse must not register again"
+    again = report.read_rows(out / "pairs.tsv")
+    assert [r["dice_mean"] for r in again] == [r["dice_mean"] for r in rows]
+    assert (out / "summary.md").exists()
