@@ -5,6 +5,8 @@ import argparse
 import re
 from pathlib import Path
 
+from inrreg_pipeline.cli import positive_int
+
 #: BIDS App exit codes (BIDS execution spec; sysexits where the spec has none).
 EXIT_OK, EXIT_FAILURE = 0, 1
 EXIT_BIDS_INVALID = 16        # not a BIDS folder
@@ -60,16 +62,6 @@ def device(value: str) -> str:
     if not _DEVICE.fullmatch(str(value)):
         raise argparse.ArgumentTypeError(f"'{value}' is not a device (auto, cpu, cuda or cuda:N)")
     return str(value)
-
-
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"'{value}' must be >= 1")
-    return number
 
 
 def derivative(value: str) -> tuple[str, Path]:

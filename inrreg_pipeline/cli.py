@@ -52,7 +52,7 @@ def _register_parser(sub) -> None:
     p.add_argument("--fixed-mask", metavar="FILE", help="mask on FIXED's grid: where the similarity is sampled")
     p.add_argument("--moving-mask", metavar="FILE", help="mask on MOVING's grid: only its inside is compared")
     p.add_argument("--no-affine", action="store_true", help="skip the affine stage (inputs already aligned)")
-    p.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they are off when not a TTY)")
 
 
@@ -97,10 +97,11 @@ def _demo_parser(sub) -> None:
     p.add_argument("--preset", default="fast", metavar="NAME|FILE", help="settings preset (default: fast)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive_int, metavar="N")
+    p.add_argument("--threads", type=positive_int, metavar="N")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (the CLI's and the BIDS App's thread and process counts)."""
     try:
         value = int(text)
     except ValueError:

@@ -170,6 +170,7 @@ def test_exit_codes(dataset, tmp_path, capsys):
     _one_line_error(capsys, 64, [bids, out, "participant", "--no-such-option"], "unrecognized")
     _one_line_error(capsys, 64, [bids, out, "participant", "--participant-label", "../01"], "not a BIDS label")
     _one_line_error(capsys, 64, [bids, out, "participant", "--participant-label", "sub-0/1"], "not a BIDS label")
+    _one_line_error(capsys, 64, [bids, out, "participant", "--nprocs", "0"], "positive integer")
     _one_line_error(capsys, 64, [bids, out, "participant", "-w", bids / "work"], "inside the input dataset")
     _one_line_error(capsys, 64, [bids, out, "participant", *w, "--preset", "nope"], "--preset")
     empty = tmp_path / "not_bids"
