@@ -240,10 +240,8 @@ def test_rigid_2d_real_slice_ants_level1(tmp_path):
     assert rigid_2d.relative_distance(np.linalg.inv(est), t, fixed) > 0.02
 
 
-def test_oasis_pairs_on_another_dataset_of_the_same_shape_and_resume(tmp_path):
-    """The OASIS harness runs unchanged on any BIDS folder shaped like OASIS-TRT-20 (T1w + manual
-    labels in two label sets), writes every metric per pair and stage, and ``--reuse`` re-scores
-    finished registrations without registering again."""
+def _oasis_like_dataset(tmp_path):
+    """Two subjects shaped like OASIS-TRT-20 (T1w + DKT31 and DKT31full dseg) and a tiny preset file."""
     data = tmp_path / "oasis-like"
     base = np.repeat(brain_slice((32, 32))[:, :, None], 16, axis=2) * np.hanning(18)[1:17][None, None, :]
     aff = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -259,14 +257,22 @@ def test_oasis_pairs_on_another_dataset_of_the_same_shape_and_resume(tmp_path):
     preset["optimisation"].update(iterations=15, patches=2, patch_size=8, regulariser_points=256)
     preset["affine"].update(iterations=[10], shrink_factors=[1], rigid_iterations=10, samples=2000)
     (tmp_path / "tiny.json").write_text(json.dumps(preset))
+    return data, tmp_path / "tiny.json"
+
+
+def test_oasis_pairs_on_another_dataset_of_the_same_shape_and_resume(tmp_path):
+    """The OASIS harness runs unchanged on any BIDS folder shaped like OASIS-TRT-20 (T1w + manual
+    labels in two label sets), writes every metric per pair and stage, and ``--reuse`` re-scores
+    finished registrations without registering again."""
+    data, tiny = _oasis_like_dataset(tmp_path)
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "benchmarks/oasis_pairs.py"), "--data", str(data), "--out", str(out),
-           "--fixed", "01", "--moving", "02", "--spacing", "0", "--preset", str(tmp_path / "tiny.json"),
+           "--fixed", "01", "--moving", "02", "--spacing", "0", "--preset", str(tiny),
            "--threads", "1"]
     subprocess.run(cmd, check=True, cwd=ROOT)
     rows = report.read_rows(out / "pairs.tsv")
     assert [(r["pair"], r["method"], r["stage"]) for r in rows] == [
-        ("sub-02_to_sub-01", str(tmp_path / "tiny.json"), s) for s in ("affine", "affine+inr")]
+        ("sub-02_to_sub-01", str(tiny), s) for s in ("affine", "affine+inr")]
     for r in rows:
         assert 0 < r["dice_mean"] <= 1 and 0 < r["dice_mean_full"] <= 1 and r["n_labels"] == 2
         assert 0 <= r["pct_detj_nonpos"] <= 100 and r["sd_log_j"] >= 0 and np.isfinite(r["hd95_mean_mm"])
@@ -277,3 +283,22 @@ def test_oasis_pairs_on_another_dataset_of_the_same_shape_and_resume(tmp_path):
     again = report.read_rows(out / "pairs.tsv")
     assert [r["dice_mean"] for r in again] == [r["dice_mean"] for r in rows]
     assert (out / "summary.md").exists()
+
+
+def test_profile_pair_accounts_for_the_stages_of_a_registration(tmp_path):
+    """The profiling benchmark runs the real ``inrreg register`` path and attributes its wall time to
+    the stages (each measured once, none larger than the whole) and extrapolates the deformable stage."""
+    data, tiny = _oasis_like_dataset(tmp_path)
+    out = tmp_path / "profile"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/profile_pair.py"), "--data", str(data), "--out", str(out),
+                    "--spacing", "0", "--preset", str(tiny), "--iterations", "5", "--threads", "1"],
+                   check=True, cwd=ROOT)
+    result = json.loads((out / "profile.json").read_text())
+    parts = result["parts"]
+    assert parts["affine stage"]["calls"] == 1 and parts["deformable stage"]["calls"] == 1
+    assert parts["write ANTs/ITK outputs"]["calls"] == 1 and parts["dense: Jacobian determinant (autograd)"]["calls"] == 1
+    assert all(0 < p["seconds"] <= result["wall_s"] for p in parts.values())
+    assert result["iterations_profiled"] == 5 and result["preset_iterations"] == 15
+    assert result["full_preset_wall_s_extrapolated"] > result["wall_s"]
+    assert result["fixed_shape"] == [32, 32, 16]
+    assert (out / "pair_1Warp.nii.gz").exists() and "| deformable stage |" in (out / "profile.md").read_text()
