@@ -48,6 +48,22 @@ def _surface_metrics_brute(a, b, spacing):
     return hd95, assd
 
 
+def _random_blob_pair(ndim, seed):
+    """Two random label maps (labels 0..3, smooth blobs, some touching the array border) and an
+    anisotropic voxel spacing (mm)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (48, 40) if ndim == 2 else (30, 26, 22)
+    spacing = (0.8, 1.7) if ndim == 2 else (2.0, 1.0, 1.3)
+
+    def blobs():
+        noise = ndimage.gaussian_filter(rng.normal(size=shape), 3.0)
+        return np.digitize(noise, np.quantile(noise, [0.3, 0.55, 0.8]))
+
+    return blobs(), blobs(), spacing
+
+
 def _by_label(rows):
     return {r["label"]: r for r in rows}
 
@@ -126,17 +142,7 @@ def test_identical_labels_give_dice_one_and_zero_distance():
 def test_surface_distances_match_brute_force_including_array_edges(ndim):
     """Random smooth blobs, some touching the array border: the cropped computation must equal
     a full-array brute force (explicit neighbour test + KD-tree nearest neighbours in mm)."""
-    from scipy import ndimage
-
-    rng = np.random.default_rng(7 + ndim)
-    shape = (48, 40) if ndim == 2 else (30, 26, 22)
-    spacing = (0.8, 1.7) if ndim == 2 else (2.0, 1.0, 1.3)
-
-    def blobs():
-        noise = ndimage.gaussian_filter(rng.normal(size=shape), 3.0)
-        return np.digitize(noise, np.quantile(noise, [0.3, 0.55, 0.8]))  # labels 0..3
-
-    ref, tst = blobs(), blobs()
+    ref, tst, spacing = _random_blob_pair(ndim, seed=7 + ndim)
     rows = _by_label(M.label_overlap(ref, tst, spacing=spacing))
     assert set(rows) == {1, 2, 3}
     for lab, row in rows.items():
@@ -156,17 +162,8 @@ def test_hd95_and_assd_agree_with_monai(ndim):
     distances), in mm with anisotropic spacing, on blobs that touch the array border."""
     monai_metrics = pytest.importorskip("monai.metrics")
     import torch
-    from scipy import ndimage
 
-    rng = np.random.default_rng(11 + ndim)
-    shape = (48, 40) if ndim == 2 else (30, 26, 22)
-    spacing = (0.8, 1.7) if ndim == 2 else (2.0, 1.0, 1.3)
-
-    def blobs():
-        noise = ndimage.gaussian_filter(rng.normal(size=shape), 3.0)
-        return np.digitize(noise, np.quantile(noise, [0.3, 0.55, 0.8]))
-
-    ref, tst = blobs(), blobs()
+    ref, tst, spacing = _random_blob_pair(ndim, seed=11 + ndim)
     rows = _by_label(M.label_overlap(ref, tst, spacing=spacing))
     for lab in (1, 2, 3):
         pred = torch.as_tensor(tst == lab, dtype=torch.float32)[None, None]
