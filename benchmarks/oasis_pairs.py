@@ -84,6 +84,13 @@ def dice_summary(fixed_labels: Path, warped_labels: Path) -> dict:
     return summarise_overlap(rows)
 
 
+def warp_and_score(moving_labels: Path, fixed_labels: Path, fixed: Path, chain: list[str], warped: Path) -> dict:
+    """Warp ``moving_labels`` label-aware onto ``fixed``'s grid through ``chain`` (ANTs order), write it
+    to ``warped`` and summarise its overlap with ``fixed_labels``."""
+    apply_transforms(str(moving_labels), str(fixed), chain, str(warped), interpolation="label")
+    return dice_summary(fixed_labels, warped)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path)
@@ -131,14 +138,12 @@ def main() -> None:
             quality = jacobian_quality(Path(f"{prefix}jacobian.nii.gz"), brain)
             for stage, chain in (("affine", [f"{prefix}0GenericAffine.mat"]),
                                  ("affine+inr", [f"{prefix}1Warp.nii.gz", f"{prefix}0GenericAffine.mat"])):
-                warped = Path(f"{prefix}labels_{stage.replace('+', '_')}.nii.gz")
-                apply_transforms(str(moving_labels), str(fixed), chain, str(warped), interpolation="label")
-                s = dice_summary(fixed_labels, warped)
+                tag = stage.replace("+", "_")
+                s = warp_and_score(moving_labels, fixed_labels, fixed, chain, Path(f"{prefix}labels_{tag}.nii.gz"))
                 s_full = {"mean_dice": math.nan}
                 if moving_full is not None:
-                    warped_full = Path(f"{prefix}labelsfull_{stage.replace('+', '_')}.nii.gz")
-                    apply_transforms(str(moving_full), str(fixed), chain, str(warped_full), interpolation="label")
-                    s_full = dice_summary(fixed_full, warped_full)
+                    s_full = warp_and_score(moving_full, fixed_full, fixed, chain,
+                                            Path(f"{prefix}labelsfull_{tag}.nii.gz"))
                 rows.append({"suite": "oasis-trt-20", "pair": f"sub-{sub}_to_sub-{args.fixed}", "method": preset,
                              "stage": stage, "fixed": f"sub-{args.fixed}", "moving": f"sub-{sub}",
                              "spacing_mm": args.spacing, "dice_mean": s["mean_dice"], "dice_min": s["min_dice"],
