@@ -1,6 +1,8 @@
 """The registration core on real brain images (nilearn's MNI152) under known deformations."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from helpers import masked_ncc as ncc
 from helpers import mni_slice, mni_small, quick_settings
 
 from inrreg_pipeline.core import load_preset, register
+from inrreg_pipeline.core.config import PRESET_DIR
 from inrreg_pipeline.core.space import SpatialImage, apply_affine
 from inrreg_pipeline.demo import oblique_grid
 from inrreg_pipeline.synthetic import deform, random_deformation, registration_error, sample_image
@@ -206,3 +209,35 @@ def test_every_shipped_preset_loads_validates_and_describes_itself():
     # the reference study's architecture stays available under its own name
     ref = load_preset("reference").network
     assert (ref.hidden_layers, ref.hidden_features, ref.omega) == (5, 256, 30.0)
+
+
+def test_a_preset_inherits_from_its_base_and_changes_only_what_it_names(tmp_path):
+    """``{"base": ...}`` presets: a user states only what differs from a shipped (or own) preset."""
+    fast = load_preset("fast").to_dict()
+    (tmp_path / "strong.json").write_text(json.dumps({"base": "fast", "loss": {"alpha": 2.0}}))
+    (tmp_path / "strong-ensemble.json").write_text(json.dumps(
+        {"base": "strong.json", "description": "mine", "method": "ensemble"}))
+    child = load_preset(str(tmp_path / "strong-ensemble.json")).to_dict()
+    assert (child["name"], child["description"], child["method"]) == ("strong-ensemble", "mine", "ensemble")
+    assert child["loss"] == {**fast["loss"], "alpha": 2.0}  # a section is merged key by key
+    for key in set(fast) - {"name", "description", "method", "loss"}:
+        assert child[key] == fast[key], key
+    # every shipped variant preset is its base plus the variant, so retuning the base retunes it
+    for name in ("default-ensemble", "fast-cascade", "two-network-deformable-multimodal"):
+        raw = json.loads((PRESET_DIR / f"{name}.json").read_text())
+        base, settings = load_preset(raw["base"]).to_dict(), load_preset(name).to_dict()
+        differing = {key for key in base if base[key] != settings[key]} - {"name", "description"}
+        assert differing and differing <= raw.keys(), name
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.json": {"base": "b.json"}, "b.json": {"base": "a.json"}}, "inherits from itself"),
+    ({"a.json": {"base": "no-such-preset"}}, "unknown preset 'no-such-preset'"),
+    ({"a.json": {"base": 3}}, "must name a preset"),
+    ({"a.json": {"base": "fast", "loss": {"alpah": 1}}}, "unknown preset key"),
+])
+def test_a_bad_base_is_refused_with_a_message(tmp_path, files, message):
+    for name, values in files.items():
+        (tmp_path / name).write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=message):
+        load_preset(str(tmp_path / "a.json"))

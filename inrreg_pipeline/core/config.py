@@ -3,6 +3,11 @@
 A preset is a JSON object with the sections below; any key left out keeps its default. Presets
 ship in ``inrreg_pipeline/core/presets/*.json`` and are selected by name (``default``, ``fast``,
 ...) or by the path of a JSON file of the same shape.
+
+A preset may name another as its ``"base"`` (a shipped name, or a JSON path relative to the
+preset's own folder): the base is loaded first and the preset's keys replace its keys, section by
+section, so ``{"base": "default", "method": "ensemble"}`` is the ``default`` preset with the
+ensemble and nothing else changed. A base may have a base of its own; a loop is an error.
 """
 from __future__ import annotations
 
@@ -354,9 +359,27 @@ def available_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str) -> RegistrationSettings:
-    """Settings from a shipped preset name or a JSON file path (``ValueError`` on any problem)."""
+    """Settings from a shipped preset name or a JSON file path (``ValueError`` on any problem).
+
+    A ``"base"`` key is resolved first (see the module docstring); the result records the preset's
+    own name, not its base's.
+    """
+    path = _preset_path(name_or_path)
+    values = _preset_values(path, chain=())
+    values.setdefault("name", path.stem)
+    return validate(_fill(RegistrationSettings, values, path.stem))
+
+
+def _preset_path(name_or_path: str, relative_to: Path | None = None) -> Path:
+    """The JSON file of a preset: a path, or a shipped name.
+
+    For a ``"base"`` (``relative_to`` = the inheriting preset's folder), a name ending in ``.json``
+    is a path relative to that folder and any other name is a shipped preset.
+    """
     path = Path(name_or_path)
-    if not (path.suffix == ".json" or path.exists()):
+    if relative_to is not None and path.suffix == ".json" and not path.is_absolute():
+        path = relative_to / path
+    if not (path.suffix == ".json" or (relative_to is None and path.exists())):
         path = PRESET_DIR / f"{name_or_path}.json"
         if not path.exists():
             raise ValueError(f"unknown preset '{name_or_path}' (shipped: {', '.join(available_presets())}; "
@@ -365,11 +388,38 @@ def load_preset(name_or_path: str) -> RegistrationSettings:
         raise ValueError(f"preset '{path}' is a directory, not a JSON file")
     if not path.is_file():
         raise ValueError(f"preset file '{path}' does not exist")
+    return path
+
+
+def _preset_values(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The JSON object of ``path`` laid over its ``"base"`` preset's (recursively), ``"base"`` removed."""
+    if path.resolve() in chain:
+        loop = " -> ".join(p.stem for p in (*chain, path.resolve()))
+        raise ValueError(f"preset '{path.stem}' inherits from itself ({loop})")
     try:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"preset file '{path}' is not valid JSON: {err}") from None
     if not isinstance(values, dict):
         raise ValueError(f"preset file '{path}' must hold a JSON object")
-    values.setdefault("name", path.stem)
-    return validate(_fill(RegistrationSettings, values, path.stem))
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"preset key '{path.stem}.base' must name a preset, got {base!r}")
+    base_path = _preset_path(base, relative_to=path.parent)
+    merged = _preset_values(base_path, (*chain, path.resolve()))
+    merged.pop("name", None)
+    merged.pop("description", None)
+    return _overlay(merged, values)
+
+
+def _overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s keys replacing its own; objects (preset sections) are merged key by key."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
