@@ -297,12 +297,3 @@ def test_nipype_interface_runs_a_variant(pair2d_files, tmp_path):
     meta = json.loads(Path(out.metadata).read_text())
     assert meta["method"] == "fusion" and Path(out.fusion_weights).is_file()
     assert Path(out.fusion_weights_figure).suffix == ".png"
-
-
-def test_default_ensemble_is_the_default_plus_the_ensemble():
-    """``default-ensemble`` claims to be ``default`` with only the ensemble switched on: the two must
-    not drift apart when the default is retuned."""
-    base, ens = load_preset("default").to_dict(), load_preset("default-ensemble").to_dict()
-    assert ens["method"] == "ensemble" and ens["variants"]["ensemble_omegas"] == [30.0, 60.0, 90.0]
-    for key in set(base) - {"method", "variants", "description", "name"}:
-        assert ens[key] == base[key], key
