@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SLURM/SLURMGraph plugins: sbatch options of the INR registration (GPU) nodes instead of "
                         "plugin_args.sbatch_args, e.g. --gpu-sbatch-args='--gres=gpu:1 -c 4 -p gpu' (write it "
                         "with '='); overrides the plugin file's gpu_sbatch_args; other nodes keep theirs")
-    g.add_argument("--low-mem", action="store_true", help="accepted for compatibility (no effect yet)")
+    g.add_argument("--low-mem", action="store_true",
+                   help="MultiProc: run one registration at a time (lower peak memory, longer run)")
     g.add_argument("--sloppy", action="store_true", help="tiny iteration counts: tests only, inaccurate")
     g.add_argument("-w", "--work-dir", type=Path, default=Path("work"))
     g.add_argument("--clean-workdir", action="store_true", help="empty the work dir before running")

@@ -404,6 +404,21 @@ def resolve_presets(opts, work_dir: Path):
 # ------------------------------------------------------------------------------------------------
 # levels
 # ------------------------------------------------------------------------------------------------
+def registration_mem_gb(opts, plugin) -> float:
+    """Memory (GB) each registration node (INR, ANTs, co-registration) asks the plugin for.
+
+    4 GB (or ``--mem`` when smaller). With ``--low-mem`` under MultiProc, a registration asks for the
+    whole memory budget: MultiProc then starts nothing beside it, so at most one registration is in
+    memory at a time (Linear runs one node at a time anyway; batch plugins give every node its own job).
+    """
+    mem_gb = min(4.0, opts.mem_gb) if opts.mem_gb else 4.0
+    if opts.low_mem and plugin.plugin == "MultiProc":
+        from nipype.utils.profiler import get_system_total_memory_gb
+
+        mem_gb = float(plugin.plugin_args.get("memory_gb") or opts.mem_gb or 0.9 * get_system_total_memory_gb())
+    return mem_gb
+
+
 def run(opts) -> int:
     bids_dir, output_dir, work_dir = check_paths(opts)
     if opts.analysis_level == "group":
@@ -466,7 +481,7 @@ def run_participant(opts, bids_dir: Path, output_dir: Path, work_dir: Path) -> i
     else:
         nprocs = int(plugin.plugin_args.get("n_procs", opts.nprocs or os.cpu_count() or 1))
         omp = min(opts.omp_nthreads or min(nprocs, 8), nprocs)
-    mem_node = min(4.0, opts.mem_gb) if opts.mem_gb else 4.0
+    mem_node = registration_mem_gb(opts, plugin)
     settings = Settings(method=opts.method, preset=preset, multimodal_preset=mm_preset, device=opts.device,
                         compare_ants=opts.compare_ants, ants_scale=SLOPPY_ANTS_SCALE if opts.sloppy else 1.0,
                         seed=opts.random_seed, omp_nthreads=omp, mem_gb=mem_node,

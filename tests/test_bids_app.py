@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,24 @@ def test_sessions_and_contrasts_boilerplate(dataset, tmp_path, capsys):
         assert f"The {contrast} image was co-registered to the T1w image" in text, contrast
     assert not list(out.glob("sub-*"))
     _one_line_error(capsys, 66, [bids, out, "participant", *w, "--session-label", "B"], "session(s) B not found")
+
+
+def test_low_mem_runs_one_registration_at_a_time(dataset, tmp_path):
+    """``--low-mem`` under MultiProc: the INR, ANTs and T2w co-registrations never overlap in time,
+    although two processes with one thread each let them run side by side without it."""
+    from nipype.utils.filemanip import loadpkl
+
+    work = tmp_path / "work"
+    assert main([str(a) for a in [dataset["bids"], tmp_path / "out", "participant", "-w", work, "--sloppy",
+                                  "--participant-label", "01", "--template-resolution", "6", "--compare-ants",
+                                  "--device", "cpu", "--nprocs", "2", "--omp-nthreads", "1", "--low-mem"]]) == 0
+    spans = []
+    for name in ("inr_registration", "ants_registration"):  # the T2w co-registration is an INR one too
+        for result in work.rglob(f"{name}/result_*.pklz"):
+            runtime = loadpkl(result).runtime
+            spans.append((datetime.fromisoformat(runtime.startTime), datetime.fromisoformat(runtime.endTime),
+                          result.parent.parent.name))
+    assert len(spans) >= 3, spans
+    spans.sort()
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        assert start >= end, f"{second} started before {first} ended"
