@@ -302,3 +302,20 @@ def test_profile_pair_accounts_for_the_stages_of_a_registration(tmp_path):
     assert result["full_preset_wall_s_extrapolated"] > result["wall_s"]
     assert result["fixed_shape"] == [32, 32, 16]
     assert (out / "pair_1Warp.nii.gz").exists() and "| deformable stage |" in (out / "profile.md").read_text()
+
+
+def test_benchmark_variant_presets_are_the_default_plus_one_variant():
+    """``benchmarks/presets/default-*.json`` load, validate and differ from ``default`` only in the
+    variant they name, so the variants table compares like with like."""
+    from inrreg_pipeline.core import load_preset
+
+    base = load_preset("default").to_dict()
+    files = sorted((Path(__file__).parents[1] / "benchmarks" / "presets").glob("default-*.json"))
+    assert len(files) == 8
+    variants = set()
+    for path in files:
+        settings = load_preset(str(path)).to_dict()
+        differing = {key for key in base if base[key] != settings[key]} - {"name", "description"}
+        assert differing and differing <= {"method", "variants"}, path.name
+        variants.add((settings["method"], json.dumps(settings["variants"], sort_keys=True)))
+    assert len(variants) == len(files)  # no two files run the same variant
