@@ -86,12 +86,12 @@ def read_tsv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
-_ENT = re.compile(r"(sub|ses)-([A-Za-z0-9]+)")
+_ENT = re.compile(r"(sub|ses|acq|rec|run)-([A-Za-z0-9]+)")
 
 
 def collect_group(output_dir: Path) -> list[dict]:
-    """Long table: participant_id, session_id, method, metric, value (numeric columns of each
-    participant's evaluation TSV)."""
+    """Long table: participant_id, session_id, t1w (the T1w's ``acq``/``rec``/``run`` entities, n/a
+    for a session's only T1w), method, metric, value (numeric columns of each evaluation TSV)."""
     rows = []
     for tsv in sorted(Path(output_dir).glob("sub-*/**/*_desc-evaluation_metrics.tsv")):
         ents = dict(_ENT.findall(tsv.name))
@@ -105,6 +105,7 @@ def collect_group(output_dir: Path) -> list[dict]:
                     continue
                 rows.append({"participant_id": f"sub-{ents.get('sub', '')}",
                              "session_id": f"ses-{ents['ses']}" if "ses" in ents else "n/a",
+                             "t1w": "_".join(f"{k}-{ents[k]}" for k in ("acq", "rec", "run") if k in ents) or "n/a",
                              "method": r.get("method", "n/a"), "metric": metric,
                              "value": "n/a" if math.isnan(number) else repr(number)})
     return rows
@@ -139,15 +140,15 @@ def _figure(rows: list[dict], metric: str, title: str) -> str | None:
 
 def write_group(output_dir: Path) -> tuple[Path, Path, int]:
     """``group_registration.tsv`` and ``group_registration.html``; returns them and the number of
-    participant tables found."""
+    T1w images they cover."""
     output_dir = Path(output_dir)
     rows = collect_group(output_dir)
-    n = len({(r["participant_id"], r["session_id"]) for r in rows})
+    n = len({(r["participant_id"], r["session_id"], r["t1w"]) for r in rows})
     tsv = output_dir / "group_registration.tsv"
-    cols = ["participant_id", "session_id", "method", "metric", "value"]
+    cols = ["participant_id", "session_id", "t1w", "method", "metric", "value"]
     atomic_write_text(tsv, "\t".join(cols) + "\n" + "".join("\t".join(r[c] for c in cols) + "\n" for r in rows))
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>inrreg group report</title>{_STYLE}"
-             f"</head><body><h1>inrreg group report</h1><p>{n} participant(s)/session(s); methods: "
+             f"</head><body><h1>inrreg group report</h1><p>{n} T1w image(s); methods: "
              f"{html.escape(', '.join(sorted({r['method'] for r in rows})))}. Data: group_registration.tsv.</p>"]
     for metric, title in GROUP_METRICS:
         png = _figure(rows, metric, title)

@@ -253,20 +253,24 @@ def load_filters(path: Path | None) -> dict:
     return filters
 
 
-def find_labels(labels_root: Path, subject: str, session: str | None) -> Path | None:
+def find_labels(labels_root: Path, subject: str, session: str | None, entities: str = "",
+                first: bool = True) -> Path | None:
+    """The ``*_dseg`` of one T1w in the labels derivative: the one named with the T1w's ``entities``
+    (``_run-2``, ...), else, for the session's first T1w only (``first``), the subject's first."""
     base = labels_root / f"sub-{subject}"
     candidates = []
     if session:
         candidates += sorted((base / f"ses-{session}" / "anat").glob(f"sub-{subject}_ses-{session}*_dseg.nii*"))
     candidates += sorted((base / "anat").glob(f"sub-{subject}*_dseg.nii*"))
     candidates = [c for c in candidates if "_space-" not in c.name]
-    return candidates[0] if candidates else None
+    named = [c for c in candidates if entities and f"{entities}_" in c.name]
+    return named[0] if named else candidates[0] if candidates and first else None
 
 
 def collect_participants(layout, opts, filters: dict, labels_root: Path | None):
     from bids.layout import Query
 
-    from .workflow import Contrast, Participant
+    from .workflow import Contrast, Participant, name_entities
 
     subjects = sorted(layout.get_subjects())
     if opts.participant_label:
@@ -289,24 +293,29 @@ def collect_participants(layout, opts, filters: dict, labels_root: Path | None):
             if ses is not None:
                 base["session"] = ses
             t1 = layout.get(**{**base, "suffix": "T1w", "ceagent": Query.NONE, **filters.get("t1w", {})})
-            t1 = sorted(f.path for f in t1)
+            t1 = sorted(t1, key=lambda f: f.path)
             n_selected += len(t1)
             if not t1:
                 no_t1w.append(f"sub-{sub}" + (f"_ses-{ses}" if ses else ""))
                 continue
-            if len(t1) > 1:
-                LOG.warning("sub-%s%s: %d T1w images, using %s", sub, f" ses-{ses}" if ses else "", len(t1),
-                            Path(t1[0]).name)
             others = []
             for suffix in _QUERY_SUFFIXES:
                 for f in layout.get(**{**base, "suffix": suffix, **filters.get(suffix.lower(), {})}):
                     others.append(Contrast(Path(f.path), suffix, f.get_entities()))
             for f in layout.get(**{**base, "suffix": "T1w", "ceagent": Query.ANY, **filters.get("cet1w", {})}):
                 others.append(Contrast(Path(f.path), "T1w", f.get_entities()))
-            dseg = find_labels(labels_root, sub, ses) if labels_root else None
-            if labels_root and dseg is None:
-                LOG.warning("sub-%s: no *_dseg.nii.gz in the labels derivative: no label evaluation", sub)
-            out.append(Participant(sub, ses, Path(t1[0]), sorted(others, key=lambda c: str(c.path)), dseg))
+            others = sorted(others, key=lambda c: str(c.path))
+            if len(t1) > 1:
+                LOG.info("sub-%s%s: %d T1w images, each registered; other contrasts co-registered to %s", sub,
+                         f" ses-{ses}" if ses else "", len(t1), Path(t1[0].path).name)
+            for i, image in enumerate(t1):
+                entities = image.get_entities()
+                dseg = (find_labels(labels_root, sub, ses, name_entities(entities), first=i == 0)
+                        if labels_root else None)
+                if labels_root and dseg is None:
+                    LOG.warning("sub-%s: no *_dseg.nii.gz for %s in the labels derivative: no label evaluation",
+                                sub, Path(image.path).name)
+                out.append(Participant(sub, ses, Path(image.path), others if i == 0 else [], dseg, entities))
     if filters and n_selected == 0:
         raise AppError(f"--bids-filter-file '{opts.bids_filter_file}' selected no T1w images", EXIT_NO_FILES)
     if opts.session_label and not out and not no_t1w:
@@ -436,7 +445,7 @@ def run_group(output_dir: Path) -> int:
     except OSError as err:
         raise AppError(f"cannot write the group outputs in '{output_dir}' ({err.strerror or err})", EXIT_CANTCREAT) \
             from None
-    print(f"group report ({n} participant(s)/session(s)): {html}")
+    print(f"group report ({n} T1w image(s)): {html}")
     print(f"group table: {tsv}")
     return EXIT_OK
 

@@ -44,25 +44,42 @@ class Contrast:
 
     @property
     def name_entities(self) -> str:
-        return "".join(f"_{key}-{self.entities[ent]}" for ent, key in _NAME_ENTITIES
-                       if self.entities.get(ent) not in (None, ""))
+        return name_entities(self.entities)
+
+
+def name_entities(entities: dict) -> str:
+    """``_acq-X_ce-Y_rec-Z_run-N`` from pybids entities: what tells images of one session apart."""
+    return "".join(f"_{key}-{entities[ent]}" for ent, key in _NAME_ENTITIES if entities.get(ent) not in (None, ""))
 
 
 @dataclass
 class Participant:
+    """One T1w image of a participant (and session) with what is processed alongside it.
+
+    ``t1w_entities`` (pybids) name the image among several T1w of the session (``acq``, ``rec``,
+    ``run``); its outputs carry them, e.g. ``sub-01_run-2_space-..._desc-preproc_T1w``.
+    """
+
     subject: str
     session: str | None
     t1w: Path
     others: list[Contrast] = field(default_factory=list)
     dseg: Path | None = None
+    t1w_entities: dict = field(default_factory=dict)
 
     @property
-    def prefix(self) -> str:
+    def session_prefix(self) -> str:
         return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
 
     @property
+    def prefix(self) -> str:
+        return self.session_prefix + name_entities(self.t1w_entities)
+
+    @property
     def wf_name(self) -> str:
-        return f"sub_{self.subject}" + (f"_ses_{self.session}" if self.session else "") + "_wf"
+        return (f"sub_{self.subject}" + (f"_ses_{self.session}" if self.session else "")
+                + "".join(f"_{part}" for part in name_entities(self.t1w_entities).replace("-", "").split("_") if part)
+                + "_wf")
 
 
 @dataclass
@@ -219,7 +236,9 @@ def init_participant_wf(*, participant: Participant, template: Template, output_
                            "through the inverse of the estimated transform, and applied to it (the registration itself used "
                            "the whole image). ")
 
-    # other anatomical contrasts onto the T1w
+    # other anatomical contrasts onto the T1w (the session's first T1w when it has several: named by
+    # the contrast's own entities; the JSON's Sources say which T1w)
+    pre = p.session_prefix
     for c in p.others:
         contrast = c.suffix if not c.entities.get("ceagent") else f"ce{c.entities['ceagent']}{c.suffix}"
         contrast = "".join(ch for ch in contrast if ch.isalnum())

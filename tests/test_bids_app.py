@@ -112,9 +112,9 @@ def test_participant_outputs(participant_run):
     assert "[@idir]" in citation and "Wolterink" in citation and "antsRegistration" in citation
     # group level
     table = (out / "group_registration.tsv").read_text().splitlines()
-    assert table[0].split("\t") == ["participant_id", "session_id", "method", "metric", "value"]
-    assert {tuple(r.split("\t")[:3]) for r in table[1:] if "\tmean_dice\t" in r} == {
-        ("sub-01", "n/a", "inr"), ("sub-01", "n/a", "ants"), ("sub-02", "n/a", "inr"), ("sub-02", "n/a", "ants")}
+    assert table[0].split("\t") == ["participant_id", "session_id", "t1w", "method", "metric", "value"]
+    assert {tuple(r.split("\t")[:4]) for r in table[1:] if "\tmean_dice\t" in r} == {
+        (sub, "n/a", "n/a", method) for sub in ("sub-01", "sub-02") for method in ("inr", "ants")}
     group_html = (out / "group_registration.html").read_text()
     assert group_html.count("data:image/png;base64,") >= 4
     assert "group_registration.html" in participant_run["stdout"]
@@ -332,3 +332,33 @@ def test_low_mem_runs_one_registration_at_a_time(dataset, tmp_path):
     spans.sort()
     for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
         assert start >= end, f"{second} started before {first} ended"
+
+
+def test_every_t1w_run_is_registered(dataset, tmp_path):
+    """Two T1w runs of one session: both are registered and evaluated, with ``run-`` in every name;
+    the T2w is co-registered once, to the first run; the group table tells the runs apart."""
+    bids = tmp_path / "bids"
+    shutil.copytree(dataset["bids"], bids, ignore=shutil.ignore_patterns("derivatives", "sub-02"))
+    anat = bids / "sub-01" / "anat"
+    (anat / "sub-01_T1w.nii.gz").rename(anat / "sub-01_run-1_T1w.nii.gz")
+    shutil.copy(anat / "sub-01_run-1_T1w.nii.gz", anat / "sub-01_run-2_T1w.nii.gz")
+    labels = tmp_path / "labels" / "sub-01" / "anat"
+    shutil.copytree(dataset["labels"] / "sub-01" / "anat", labels)
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main([str(a) for a in [bids, out, "participant", "-w", work, "--sloppy", "--nprocs", "1",
+                                  "--template-resolution", "6", "--device", "cpu",
+                                  "-d", f"labels={labels.parents[1]}"]]) == 0
+    names = sorted(p.name for p in (out / "sub-01" / "anat").iterdir())
+    for run in ("run-1", "run-2"):
+        for kind in ("mode-image_xfm.h5", "desc-evaluation_metrics.tsv"):
+            assert f"sub-01_{run}_from-T1w_to-{TPL}_{kind}" in names, (run, kind, names)
+    # labels named without a run belong to the first run only
+    assert f"sub-01_run-1_from-T1w_to-{TPL}_desc-labels_metrics.tsv" in names
+    assert f"sub-01_run-2_from-T1w_to-{TPL}_desc-labels_metrics.tsv" not in names
+    assert [n for n in names if "T2w" in n and n.endswith(".nii.gz")] == ["sub-01_space-T1w_desc-preproc_T2w.nii.gz"]
+    sources = json.loads((out / "sub-01" / "anat" / "sub-01_space-T1w_desc-preproc_T2w.json").read_text())["Sources"]
+    assert any(s.endswith("sub-01_run-1_T1w.nii.gz") for s in sources), sources
+    assert main([str(bids), str(out), "group", "-w", str(work)]) == 0
+    group = (out / "group_registration.tsv").read_text().splitlines()
+    assert group[0].split("\t")[:3] == ["participant_id", "session_id", "t1w"]
+    assert {line.split("\t")[2] for line in group[1:]} >= {"run-1", "run-2"}
