@@ -304,13 +304,16 @@ def test_profile_pair_accounts_for_the_stages_of_a_registration(tmp_path):
     assert (out / "pair_1Warp.nii.gz").exists() and "| deformable stage |" in (out / "profile.md").read_text()
 
 
-def test_benchmark_variant_presets_are_the_default_plus_one_variant():
-    """``benchmarks/presets/default-*.json`` load, validate and differ from ``default`` only in the
-    variant they name, so the variants table compares like with like."""
+def test_benchmark_variant_presets_are_their_base_plus_one_variant():
+    """``benchmarks/presets/default-*.json`` differ from ``default`` only in the variant they name,
+    ``fast-<activation>.json`` from ``fast`` only in the activation, so the variants tables compare
+    like with like."""
     from inrreg_pipeline.core import load_preset
+    from inrreg_pipeline.core.networks import ACTIVATIONS
 
+    folder = Path(__file__).parents[1] / "benchmarks" / "presets"
     base = load_preset("default").to_dict()
-    files = sorted((Path(__file__).parents[1] / "benchmarks" / "presets").glob("default-*.json"))
+    files = sorted(folder.glob("default-*.json"))
     assert len(files) == 8
     variants = set()
     for path in files:
@@ -319,3 +322,11 @@ def test_benchmark_variant_presets_are_the_default_plus_one_variant():
         assert differing and differing <= {"method", "variants"}, path.name
         variants.add((settings["method"], json.dumps(settings["variants"], sort_keys=True)))
     assert len(variants) == len(files)  # no two files run the same variant
+    fast = load_preset("fast").to_dict()
+    activations = set()
+    for path in sorted(folder.glob("fast-*.json")):
+        settings = load_preset(str(path)).to_dict()
+        assert {key for key in fast if fast[key] != settings[key]} == {"name", "description", "network"}, path.name
+        assert {k for k in fast["network"] if fast["network"][k] != settings["network"][k]} == {"activation"}
+        activations.add(settings["network"]["activation"])
+    assert activations | {fast["network"]["activation"]} == set(ACTIVATIONS)  # every activation on OASIS
