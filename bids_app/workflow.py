@@ -77,9 +77,9 @@ class Participant:
 
     @property
     def wf_name(self) -> str:
+        entities = _slug(name_entities(self.t1w_entities))
         return (f"sub_{self.subject}" + (f"_ses_{self.session}" if self.session else "")
-                + "".join(f"_{part}" for part in name_entities(self.t1w_entities).replace("-", "").split("_") if part)
-                + "_wf")
+                + (f"_{entities}" if entities else "") + "_wf")
 
 
 @dataclass
