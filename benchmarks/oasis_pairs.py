@@ -91,6 +91,11 @@ def warp_and_score(moving_labels: Path, fixed_labels: Path, fixed: Path, chain: 
     return dice_summary(fixed_labels, warped)
 
 
+def method_name(preset: str) -> str:
+    """A preset's name in the tables and folders: the shipped name, or a preset file's stem."""
+    return Path(preset).stem
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path)
@@ -123,7 +128,7 @@ def main() -> None:
         moving_full = (resample(m_full, work / f"sub-{sub}_full_dseg.nii.gz", args.spacing, 0)
                        if fixed_full is not None and m_full.exists() else None)
         for preset in args.preset:
-            prefix = args.out / Path(preset).stem / f"sub-{sub}_to_sub-{args.fixed}_"
+            prefix = args.out / method_name(preset) / f"sub-{sub}_to_sub-{args.fixed}_"
             prefix.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "inrreg_pipeline.cli", "register", str(fixed), str(moving), "-o", str(prefix),
                    "--preset", preset, "--device", args.device, "--no-progress"]
@@ -144,8 +149,8 @@ def main() -> None:
                 if moving_full is not None:
                     s_full = warp_and_score(moving_full, fixed_full, fixed, chain,
                                             Path(f"{prefix}labelsfull_{tag}.nii.gz"))
-                rows.append({"suite": "oasis-trt-20", "pair": f"sub-{sub}_to_sub-{args.fixed}", "method": preset,
-                             "stage": stage, "fixed": f"sub-{args.fixed}", "moving": f"sub-{sub}",
+                rows.append({"suite": "oasis-trt-20", "pair": f"sub-{sub}_to_sub-{args.fixed}",
+                             "method": method_name(preset), "stage": stage, "fixed": f"sub-{args.fixed}", "moving": f"sub-{sub}",
                              "spacing_mm": args.spacing, "dice_mean": s["mean_dice"], "dice_min": s["min_dice"],
                              "dice_mean_full": s_full["mean_dice"],
                              "hd95_mean_mm": s["mean_hd95_mm"], "n_labels": s["n_labels"],
@@ -160,7 +165,7 @@ def main() -> None:
             write_rows_tsv(rows, args.out / "pairs.tsv")
     print("\n| preset | stage | Dice mean | Dice min | % det J <= 0 | runtime s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
-    for preset in args.preset:
+    for preset in map(method_name, args.preset):
         for stage in ("affine", "affine+inr"):
             sel = [r for r in rows if r["method"] == preset and r["stage"] == stage]
             m = lambda k: np.mean([r[k] for r in sel])  # noqa: E731
@@ -168,7 +173,7 @@ def main() -> None:
             print(f"| {preset} | {stage} | {m('dice_mean'):.3f} +- {s('dice_mean'):.3f} | {m('dice_min'):.3f} | "
                   f"{m('pct_detj_nonpos'):.3f} | {m('runtime_s'):.0f} | {m('peak_rss_mb'):.0f} |")
 
-    report.write_report(args.out / "pairs.tsv", args.out, reference=args.preset[0], strata=["stage"],
+    report.write_report(args.out / "pairs.tsv", args.out, reference=method_name(args.preset[0]), strata=["stage"],
                         metrics=["dice_mean", "dice_min", "dice_mean_full", "hd95_mean_mm", "pct_detj_nonpos",
                                  "sd_log_j", "runtime_s", "peak_rss_mb"],
                         title=f"oasis-trt-20, sub-{args.fixed} fixed, {args.spacing} mm")
