@@ -424,7 +424,8 @@ def registration_mem_gb(opts, plugin) -> float:
     if opts.low_mem and plugin.plugin == "MultiProc":
         from nipype.utils.profiler import get_system_total_memory_gb
 
-        mem_gb = float(plugin.plugin_args.get("memory_gb") or opts.mem_gb or 0.9 * get_system_total_memory_gb())
+        # plugin_settings has put --mem there; else MultiProc's own default budget
+        mem_gb = float(plugin.plugin_args.get("memory_gb") or 0.9 * get_system_total_memory_gb())
     return mem_gb
 
 
