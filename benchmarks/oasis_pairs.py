@@ -128,7 +128,8 @@ def main() -> None:
         moving_full = (resample(m_full, work / f"sub-{sub}_full_dseg.nii.gz", args.spacing, 0)
                        if fixed_full is not None and m_full.exists() else None)
         for preset in args.preset:
-            prefix = args.out / method_name(preset) / f"sub-{sub}_to_sub-{args.fixed}_"
+            name = method_name(preset)
+            prefix = args.out / name / f"sub-{sub}_to_sub-{args.fixed}_"
             prefix.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "inrreg_pipeline.cli", "register", str(fixed), str(moving), "-o", str(prefix),
                    "--preset", preset, "--device", args.device, "--no-progress"]
@@ -150,7 +151,7 @@ def main() -> None:
                     s_full = warp_and_score(moving_full, fixed_full, fixed, chain,
                                             Path(f"{prefix}labelsfull_{tag}.nii.gz"))
                 rows.append({"suite": "oasis-trt-20", "pair": f"sub-{sub}_to_sub-{args.fixed}",
-                             "method": method_name(preset), "stage": stage, "fixed": f"sub-{args.fixed}", "moving": f"sub-{sub}",
+                             "method": name, "stage": stage, "fixed": f"sub-{args.fixed}", "moving": f"sub-{sub}",
                              "spacing_mm": args.spacing, "dice_mean": s["mean_dice"], "dice_min": s["min_dice"],
                              "dice_mean_full": s_full["mean_dice"],
                              "hd95_mean_mm": s["mean_hd95_mm"], "n_labels": s["n_labels"],

@@ -238,7 +238,7 @@ def init_participant_wf(*, participant: Participant, template: Template, output_
 
     # other anatomical contrasts onto the T1w (the session's first T1w when it has several: named by
     # the contrast's own entities; the JSON's Sources say which T1w)
-    pre = p.session_prefix
+    session = p.session_prefix  # not p.prefix: the contrast is named by its own entities
     for c in p.others:
         contrast = c.suffix if not c.entities.get("ceagent") else f"ce{c.entities['ceagent']}{c.suffix}"
         contrast = "".join(ch for ch in contrast if ch.isalnum())
@@ -252,15 +252,15 @@ def init_participant_wf(*, participant: Participant, template: Template, output_
         key = f"{contrast.lower()}{_slug(ents)}"
         meta = {"Sources": [source_uri(c.path), source_uri(p.t1w)]}
         sink(f"ds_{key}_t1w", co, "outputnode.source_in_t1w",
-             anat / f"{pre}{ents}_space-T1w_desc-preproc_{c.suffix}.nii.gz",
+             anat / f"{session}{ents}_space-T1w_desc-preproc_{c.suffix}.nii.gz",
              {**meta, "Description": f"{c.suffix} co-registered and resampled onto the T1w grid"},
              (co, "outputnode.metadata"))
         sink(f"ds_{key}_xfm", co, "outputnode.composite_transform",
-             anat / f"{pre}{ents}_from-{c.suffix}_to-T1w_mode-image_xfm.h5", meta, (co, "outputnode.metadata"))
+             anat / f"{session}{ents}_from-{c.suffix}_to-T1w_mode-image_xfm.h5", meta, (co, "outputnode.metadata"))
         sink(f"ds_{key}_inv_xfm", co, "outputnode.inverse_composite_transform",
-             anat / f"{pre}{ents}_from-T1w_to-{c.suffix}_mode-image_xfm.h5", meta, (co, "outputnode.metadata"))
+             anat / f"{session}{ents}_from-T1w_to-{c.suffix}_mode-image_xfm.h5", meta, (co, "outputnode.metadata"))
         sink(f"ds_{key}_flicker", co, "outputnode.out_report",
-             figs / f"{pre}{ents}_space-T1w_desc-coreg_{c.suffix}.svg")
+             figs / f"{session}{ents}_space-T1w_desc-coreg_{c.suffix}.svg")
     return wf
 
 
