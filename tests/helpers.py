@@ -48,3 +48,9 @@ def masked_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     """Normalised cross-correlation of two images inside ``mask``."""
     a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def differing_sections(base: dict, settings: dict) -> set[str]:
+    """Top-level keys of two ``RegistrationSettings.to_dict()`` whose values differ, apart from the
+    preset's ``name`` and ``description``."""
+    return {key for key in base if base[key] != settings[key]} - {"name", "description"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import masked_ncc as ncc
-from helpers import mni_slice, mni_small, quick_settings
+from helpers import differing_sections, mni_slice, mni_small, quick_settings
 
 from inrreg_pipeline.core import load_preset, register
 from inrreg_pipeline.core.config import PRESET_DIR
@@ -226,7 +226,7 @@ def test_a_preset_inherits_from_its_base_and_changes_only_what_it_names(tmp_path
     for name in ("default-ensemble", "fast-cascade", "two-network-deformable-multimodal"):
         raw = json.loads((PRESET_DIR / f"{name}.json").read_text())
         base, settings = load_preset(raw["base"]).to_dict(), load_preset(name).to_dict()
-        differing = {key for key in base if base[key] != settings[key]} - {"name", "description"}
+        differing = differing_sections(base, settings)
         assert differing and differing <= raw.keys(), name
 
 
