@@ -405,7 +405,7 @@ def resolve_presets(opts, work_dir: Path):
         except (ValueError, OSError) as err:
             raise AppError(f"{name}/--method: {err}", EXIT_USAGE) from None
     if opts.compare_ants and opts.compare_ants not in ANTS_PRESETS:
-        raise AppError(f"--compare-ants: unknown ANTs preset '{opts.compare_ants}' "
+        raise AppError(f"--compare-ants: unknown baseline preset '{opts.compare_ants}' "
                        f"(choose from {', '.join(ANTS_PRESETS)})", EXIT_USAGE)
     return preset, mm_preset
 

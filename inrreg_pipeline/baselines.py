@@ -46,7 +46,6 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import re
@@ -61,14 +60,14 @@ from typing import Any
 
 import numpy as np
 
-from .core.space import foreground_mask
-from .io.images import InputError, StagedOutputs, load_image, load_pair, save_image
-from .io.itk import (read_ants_displacement_field, read_itk_affine, write_itk_affine, write_itk_composite_h5,
-                     write_itk_inverse_composite_h5)
-from .metrics import jacobian_determinant_from_displacement
+from .baseline_outputs import check_baseline_arguments, substitute_paths, write_baseline_outputs
+from .greedy import GREEDY_PRESETS, is_greedy_preset, run_greedy
+from .io.images import InputError, StagedOutputs, load_pair, save_image
+from .io.itk import read_itk_affine, write_itk_affine
 from .register import OUTPUT_SUFFIXES, library_versions
 
-__all__ = ["ANTS_PRESETS", "is_ants_preset", "antsregistration_arguments", "scaled_iterations", "run_ants"]
+__all__ = ["ANTS_PRESETS", "BASELINE_PRESETS", "is_ants_preset", "is_baseline_preset", "antsregistration_arguments",
+           "scaled_iterations", "run_ants", "run_baseline"]
 
 
 def _linear_stage(transform: str, step: float, metric: str, bins: int, strategy: str, percentage: float,
@@ -171,6 +170,49 @@ ANTS_PRESETS: dict[str, dict[str, Any]] = {
         ],
     },
 }
+
+def _antspyx_syn_preset(quick: bool) -> dict[str, Any]:
+    """antspyx 0.6.3's ``type_of_transform='antsRegistrationSyN[s]'`` (``quick``: ``...SyNQuick[s]``)."""
+    name = "antsRegistrationSyNQuick[s]" if quick else "antsRegistrationSyN[s]"
+    linear_iterations = [1000, 500, 250, 0] if quick else [1000, 500, 250, 100]
+    syn_metric = ("MI", 32) if quick else ("CC", 2)
+    return {
+        "description": f"antspyx ants.registration(fixed, moving, type_of_transform='{name}') with its defaults: "
+                       f"Rigid + Affine (MI, 32 bins, 25 % regular sampling) + SyN[0.2,3,0] with "
+                       f"{syn_metric[0]} {'32 bins' if quick else 'radius 2'}, shrink 8x4x2x1, sigmas 3x2x1x0 vox",
+        "source": "antspyx 0.6.3, ants/registration/registration.py, branch 'antsRegistrationSyN' in "
+                  f"type_of_transform (do_quick={quick}, subtype 's'), argument for argument",
+        "antspyx_arguments": {"type_of_transform": name, "mask_all_stages": False, "singleprecision": True,
+                              "write_composite_transform": False},
+        "notes": "This is what antspyx users get from that one call; it differs from ANTs' shell script "
+                 "antsRegistrationSyN" + ("Quick" if quick else "") + ".sh (see ants-syn-cc). antspyx passes one "
+                 "--masks after the last stage, which antsRegistration applies to every stage; no "
+                 "--collapse-output-transforms, whose default (1) is written here explicitly.",
+        "float": True,
+        "collapse_output_transforms": True,
+        "write_composite_transform": False,
+        "initialize_transforms_per_stage": None,
+        "initial_moving_transform": "center_of_mass",
+        "interpolation": None,
+        "winsorize_image_intensities": None,
+        "use_histogram_matching": False,
+        "masks": "all_stages",
+        "stages": [
+            _linear_stage("Rigid", 0.1, "MI", 32, "Regular", 0.25, linear_iterations, 1e-6, 10,
+                          [8, 4, 2, 1], [3, 2, 1, 0], "vox"),
+            _linear_stage("Affine", 0.1, "MI", 32, "Regular", 0.25, linear_iterations, 1e-6, 10,
+                          [8, 4, 2, 1], [3, 2, 1, 0], "vox"),
+            {"transform": "SyN", "transform_parameters": [0.2, 3, 0], "metric": syn_metric[0], "metric_weight": 1,
+             "radius_or_number_of_bins": syn_metric[1], "sampling_strategy": None, "sampling_percentage": None,
+             "iterations": [100, 70, 50, 0] if quick else [100, 70, 50, 20], "convergence_threshold": 1e-6,
+             "convergence_window_size": 10, "shrink_factors": [8, 4, 2, 1], "smoothing_sigmas": [3, 2, 1, 0],
+             "sigma_units": "vox"},
+        ],
+    }
+
+
+ANTS_PRESETS["antspyx-syn-s"] = _antspyx_syn_preset(quick=False)
+ANTS_PRESETS["antspyx-synquick-s"] = _antspyx_syn_preset(quick=True)
 
 #: ANTs reads ``--random-seed`` as a C int and treats 0 as "no seed": ``seed + 1`` must fit.
 _MAX_SEED = 2 ** 31 - 2
@@ -396,17 +438,7 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
     """
     start = time.perf_counter()
     params = _preset(preset)
-    n_threads = 1 if threads is None else threads
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
-        raise InputError(f"threads must be an integer >= 1, got {threads!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= _MAX_SEED:
-        raise InputError(f"seed must be an integer in [0, {_MAX_SEED}], got {seed!r}")
-    try:
-        scale = float(scale_iterations)
-    except (TypeError, ValueError):
-        raise InputError(f"scale_iterations must be a positive number, got {scale_iterations!r}") from None
-    if not math.isfinite(scale) or scale <= 0:
-        raise InputError(f"scale_iterations must be a positive number, got {scale_iterations!r}")
+    n_threads, scale = check_baseline_arguments(threads, seed, scale_iterations, _MAX_SEED)
     antspyx_version = _antspyx_version()
 
     fixed_img, moving_img, f_mask, m_mask = load_pair(fixed, moving, fixed_mask, moving_mask)
@@ -443,21 +475,8 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
             shutil.copyfile(linear[0], stage.path(s["affine"]))
         else:
             write_itk_affine(stage.path(s["affine"]), affine)
-        shutil.copyfile(warp_path, stage.path(s["warp"]))
-        shutil.copyfile(inverse_path, stage.path(s["inverse_warp"]))
-        field, grid = read_ants_displacement_field(warp_path)
-        inverse_field, inverse_grid = read_ants_displacement_field(inverse_path)
-        write_itk_composite_h5(stage.path(s["composite"]), affine, field, grid)
-        write_itk_inverse_composite_h5(stage.path(s["inverse_composite"]), affine, inverse_field, inverse_grid)
-        warped = load_image(names["warped"], "ANTs warped image")
-        inverse_warped = load_image(names["inverse_warped"], "ANTs inverse warped image")
-        save_image(warped.data, warped.affine, stage.path(s["warped"]))
-        save_image(inverse_warped.data, inverse_warped.affine, stage.path(s["inverse_warped"]))
-        jac = jacobian_determinant_from_displacement(field, affine=grid)
-        if jac.shape != fixed_img.shape:
-            raise RuntimeError(f"ANTs warp grid {jac.shape} differs from the fixed image grid {fixed_img.shape}")
-        save_image(jac, fixed_img.affine, stage.path(s["jacobian"]))
-        inside = f_mask if f_mask is not None else foreground_mask(fixed_img.data, 0.1)
+        jacobian = write_baseline_outputs(stage, fixed_img, f_mask, warp_path, inverse_path, Path(names["warped"]),
+                                          Path(names["inverse_warped"]), affine)
         output_seconds = time.perf_counter() - t0
 
         version = re.search(r"ANTs Version:\s*(\S+)", log)
@@ -472,7 +491,7 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
             "parameters": copy.deepcopy(params),
             "scale_iterations": scale,
             "iterations_used": [scaled_iterations(st["iterations"], scale) for st in params["stages"]],
-            "antsRegistration_arguments": [_substitute(a, placeholders) for a in args],
+            "antsRegistration_arguments": [substitute_paths(a, placeholders) for a in args],
             "antsRegistration_placeholders": {
                 "fixed": "inputs.fixed as float32 NIfTI (qform = sform)", "moving": "inputs.moving, likewise",
                 "fixed_mask": "inputs.fixed_mask as uint8 0/1", "moving_mask": "inputs.moving_mask as uint8 0/1",
@@ -487,11 +506,7 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
             "transform_convention": "ANTs: apply [1Warp, 0GenericAffine] to map fixed points to moving points",
             "outputs": {key: stage.final(suffix).name for key, suffix in OUTPUT_SUFFIXES.items()},
             "affine_matrix_ras": affine.tolist(),
-            "jacobian": {
-                "percent_nonpositive_in_mask": float(100.0 * np.mean(jac[inside] <= 0)),
-                "percent_nonpositive_fov": float(100.0 * np.mean(jac <= 0)),
-                "min": float(jac.min()), "max": float(jac.max()),
-            },
+            "jacobian": jacobian,
             "runtime_s": {"registration": reg_seconds, "outputs": output_seconds,
                           "total": time.perf_counter() - start},
             "memory": {"peak_rss_mb": child_peak_mb,
@@ -504,8 +519,20 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
     return {key: stage.final(suffix) for key, suffix in OUTPUT_SUFFIXES.items()}
 
 
-def _substitute(arg: str, placeholders: dict[str, str]) -> str:
-    # longest first: the output prefix is a prefix of the warped-image paths
-    for path in sorted(placeholders, key=len, reverse=True):
-        arg = arg.replace(path, placeholders[path])
-    return arg
+
+#: Every classical baseline preset: ANTs (antsRegistration through antspyx) and greedy.
+BASELINE_PRESETS: tuple[str, ...] = (*ANTS_PRESETS, *GREEDY_PRESETS)
+
+
+def is_baseline_preset(name: str) -> bool:
+    """Whether ``name`` names a classical baseline (ANTs or greedy) rather than an INR preset."""
+    return is_ants_preset(name) or is_greedy_preset(name)
+
+
+def run_baseline(fixed: str, moving: str, prefix: str, preset: str, threads: int | None = None, seed: int = 0,
+                 fixed_mask: str | None = None, moving_mask: str | None = None,
+                 scale_iterations: float = 1.0) -> dict[str, Path]:
+    """Run the baseline ``preset`` (a key of :data:`BASELINE_PRESETS`) with :func:`run_ants`'s arguments."""
+    runner = run_greedy if is_greedy_preset(preset) else run_ants
+    return runner(fixed, moving, prefix, preset=preset, threads=threads, seed=seed, fixed_mask=fixed_mask,
+                  moving_mask=moving_mask, scale_iterations=scale_iterations)

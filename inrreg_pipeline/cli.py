@@ -33,11 +33,13 @@ def _register_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="PREFIX", help="output prefix, e.g. out/sub-01_")
     p.add_argument("--preset", default="default", metavar="NAME|FILE",
                    help=f"settings preset: one of {', '.join(available_presets())}, or a JSON file (default: default); "
-                        "the ANTs baselines ants-syn, ants-syn-cc and ants-precise run antsRegistration instead and "
-                        "write the same files")
-    p.add_argument("--method", choices=("siren", "two-network") + VARIANT_METHODS,
+                        "the baselines ants-syn, ants-syn-cc, ants-precise, antspyx-syn-s and antspyx-synquick-s "
+                        "(antsRegistration through antspyx) and greedy and greedy-permissive (picsl-greedy) run those "
+                        "tools instead and write the same files")
+    p.add_argument("--method", choices=("siren", "two-network", "svf") + VARIANT_METHODS,
                    help="siren: deformation INR after an affine stage; two-network: motion + image networks with "
-                        "hash encodings; joint-affine, ensemble, cascade, cycle, fusion: the INR variants "
+                        "hash encodings; svf: diffeomorphic velocity INR (scaling and squaring; preset svf); "
+                        "joint-affine, ensemble, cascade, cycle, fusion: the INR variants "
                         "(settings under the preset's \"variants\"; presets fast-*) (default: what the preset says)")
     p.add_argument("--omega", choices=OMEGA_MODES,
                    help="frequency control of the periodic INR layers: fixed, trainable (init 30), width (10..50 "
@@ -130,12 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "register":
-        from .baselines import is_ants_preset, run_ants
+        from .baselines import is_baseline_preset, run_baseline
         from .register import register_files
 
-        if is_ants_preset(args.preset):
-            outputs = run_ants(args.fixed, args.moving, args.output, preset=args.preset, threads=args.threads,
-                               seed=args.seed, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask)
+        if is_baseline_preset(args.preset):
+            outputs = run_baseline(args.fixed, args.moving, args.output, preset=args.preset, threads=args.threads,
+                                   seed=args.seed, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask)
         else:
             outputs = register_files(args.fixed, args.moving, args.output, preset=args.preset, device=args.device,
                                      seed=args.seed, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,

@@ -27,9 +27,11 @@ from inrreg_pipeline.synthetic import deform, random_deformation, sample_image
 ants = pytest.importorskip("ants")
 
 #: iteration scaling per preset: enough for SyN to move, a few seconds each on one core
-SCALE = {"ants-syn": 0.1, "ants-syn-cc": 0.05, "ants-precise": 0.05}
+SCALE = {"ants-syn": 0.1, "ants-syn-cc": 0.05, "ants-precise": 0.05, "antspyx-syn-s": 0.05,
+         "antspyx-synquick-s": 0.05}
 #: ANTs' own interpolator for PWarped (antspyx spelling)
-INTERPOLATOR = {"ants-syn": "linear", "ants-syn-cc": "linear", "ants-precise": "lanczosWindowedSinc"}
+INTERPOLATOR = {"ants-syn": "linear", "ants-syn-cc": "linear", "ants-precise": "lanczosWindowedSinc",
+                "antspyx-syn-s": "linear", "antspyx-synquick-s": "linear"}
 
 
 def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -59,7 +61,7 @@ def run(request, pair):
 
 # ---------------------------------------------------------------------------------------------
 def test_presets_are_named_and_explicit():
-    assert set(ANTS_PRESETS) == {"ants-syn", "ants-syn-cc", "ants-precise"}
+    assert set(ANTS_PRESETS) == {"ants-syn", "ants-syn-cc", "ants-precise", "antspyx-syn-s", "antspyx-synquick-s"}
     assert is_ants_preset("ants-syn-cc") and not is_ants_preset("default") and not is_ants_preset(None)
     cc = ANTS_PRESETS["ants-syn-cc"]
     assert [s["transform"] for s in cc["stages"]] == ["Rigid", "Affine", "SyN"]
@@ -100,23 +102,42 @@ def _canonical(args: list[str], roles: dict[str, str]) -> dict[str, list[str]]:
     return out
 
 
-def test_ants_syn_is_antspyx_syn_argument_for_argument(pair, monkeypatch):
-    """ants.registration(type_of_transform='SyN') builds the same antsRegistration call."""
+#: inrreg preset -> the antspyx call it replicates, and the options ours states that antspyx leaves at
+#: antsRegistration's default (collapse-output-transforms 1, use-histogram-matching 0).
+ANTSPYX_CALLS = {"ants-syn": ("SyN", {}),
+                 "antspyx-syn-s": ("antsRegistrationSyN[s]",
+                                   {"--collapse-output-transforms": ["1.0"], "--use-histogram-matching": ["0.0"]}),
+                 "antspyx-synquick-s": ("antsRegistrationSyNQuick[s]",
+                                        {"--collapse-output-transforms": ["1.0"], "--use-histogram-matching": ["0.0"]})}
+
+
+@pytest.mark.parametrize("preset", sorted(ANTSPYX_CALLS))
+def test_antspyx_presets_are_antspyx_argument_for_argument(pair, monkeypatch, preset):
+    """ants.registration(type_of_transform=...) builds the same antsRegistration call as our preset."""
     tmp, _, _ = pair
+    type_of_transform, defaults_we_state = ANTSPYX_CALLS[preset]
     captured = {}
     reg_module = sys.modules["ants.registration.registration"]
     monkeypatch.setattr(reg_module, "get_lib_fn", lambda name: (lambda a: captured.setdefault("args", list(a)) and 0))
     f, m = ants.image_read(str(tmp / "fixed.nii.gz")), ants.image_read(str(tmp / "moving.nii.gz"))
-    ants.registration(f, m, type_of_transform="SyN", mask=ants.get_mask(f), outprefix=str(tmp / "capture_"))
+    try:
+        ants.registration(f, m, type_of_transform=type_of_transform, mask=ants.get_mask(f),
+                          outprefix=str(tmp / "capture_"))
+    except Exception:  # nothing ran, so reading the outputs back may fail after the call was captured
+        pass
     theirs = captured["args"]
     fptr, mptr = re.fullmatch(r"\[(\w+),(\w+),1\]", theirs[theirs.index("-r") + 1]).groups()
     out = re.fullmatch(r"\[(.+),(\w+),(\w+)\]", theirs[theirs.index("--output") + 1]).groups()
     mask_ptr = re.fullmatch(r"\[(\w+),NA\]", theirs[len(theirs) - 1 - theirs[::-1].index("-x") + 1]).group(1)
     theirs = _canonical(theirs, {fptr: "FIXED", mptr: "MOVING", mask_ptr: "FMASK", out[0]: "PREFIX",
                                  out[1]: "WARPED", out[2]: "INVWARPED"})
-    ours = _canonical(antsregistration_arguments("ants-syn", 3, "FIXED", "MOVING", "PREFIX", "WARPED", "INVWARPED",
+    ours = _canonical(antsregistration_arguments(preset, 3, "FIXED", "MOVING", "PREFIX", "WARPED", "INVWARPED",
                                                  fixed_mask="FMASK"), {})
     assert ours.pop("--random-seed") == ["1.0"]  # ours always seeds; antspyx only when set globally
+    for option, value in defaults_we_state.items():
+        assert ours.pop(option) == value
+    if preset != "ants-syn":  # one mask for all stages: antspyx [FMASK,NA], ours [FMASK,NULL] (the same to ANTs)
+        assert theirs.pop("--masks") == ["[FMASK,NA]"] and ours.pop("--masks") == ["[FMASK,NULL]"]
     assert ours == theirs
 
 

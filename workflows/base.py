@@ -23,6 +23,11 @@ CITATIONS = {
              "NeurIPS 33:7462-7473",
     "idir": "Wolterink J.M., Zwienenberg J.C., Brune C. (2022) Implicit neural representations for deformable "
             "image registration. MIDL, PMLR 172:1349-1359",
+    "arsigny": "Arsigny V. et al. (2006) A log-Euclidean framework for statistics on diffeomorphisms. "
+               "MICCAI 2006, LNCS 4190:924-931. doi:10.1007/11866565_113",
+    "greedy": "Yushkevich P.A. et al. (2016) Fast automatic segmentation of hippocampal subfields and medial "
+              "temporal lobe subregions in 3 Tesla and 7 Tesla T2-weighted MRI. Alzheimer's & Dementia "
+              "12(7):P126-P127 (greedy registration). doi:10.1016/j.jalz.2016.06.205",
     "nilearn": "Abraham A. et al. (2014) Machine learning for neuroimaging with scikit-learn. Front. "
                "Neuroinform. 8:14. doi:10.3389/fninf.2014.00014",
 }

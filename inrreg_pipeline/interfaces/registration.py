@@ -29,15 +29,17 @@ from .base import fail, one_line, optional, output_path, registration_outputs, r
 #: ``method`` values of :class:`INRRegistration`: ``auto`` (what the preset says), ``siren``
 #: (sine activation), the other activations of the deformation MLP, ``two-network``, the omega
 #: controls of the INR (:data:`OMEGA_METHODS`) and the INR variants (:data:`VARIANT_METHODS`).
-INR_METHODS = ("auto", "siren", "two-network", "relu", "snake", "sine+", "chirp", "morlet",
+INR_METHODS = ("auto", "siren", "two-network", "svf", "relu", "snake", "sine+", "chirp", "morlet",
                "trainable-omega", "width-omega", "attention-omega",
                "joint-affine", "ensemble", "cascade", "cycle", "fusion")
 #: Interface method -> ``variants.omega_mode`` of the preset.
 OMEGA_METHODS = {"trainable-omega": "trainable", "width-omega": "width", "attention-omega": "attention"}
 #: The INR variants (``inrreg_pipeline.core.config.VARIANT_METHODS``), values of the preset's ``method``.
 VARIANT_METHODS = ("joint-affine", "ensemble", "cascade", "cycle", "fusion")
-#: The ANTs presets of the benchmark (``inrreg_pipeline.baselines.ANTS_PRESETS``).
-ANTS_PRESETS = ("ants-syn", "ants-syn-cc", "ants-precise")
+#: The classical baseline presets (``inrreg_pipeline.baselines.BASELINE_PRESETS``: antsRegistration through
+#: antspyx, then greedy), named here without importing torch.
+ANTS_PRESETS = ("ants-syn", "ants-syn-cc", "ants-precise", "antspyx-syn-s", "antspyx-synquick-s", "greedy",
+                "greedy-permissive")
 
 
 class _RegistrationInputSpecBase(BaseInterfaceInputSpec):
@@ -101,7 +103,7 @@ def resolve_inr_preset(method: str = "auto", preset: str | None = None):
     if method not in INR_METHODS:
         raise fail("method", f"unknown method '{method}' (choose from {', '.join(INR_METHODS)})")
     if preset is None:
-        preset = "two-network-deformable" if method == "two-network" else "default"
+        preset = {"two-network": "two-network-deformable", "svf": "svf"}.get(method, "default")
     try:
         settings = load_preset(preset)
     except ValueError as err:
@@ -109,11 +111,11 @@ def resolve_inr_preset(method: str = "auto", preset: str | None = None):
     preset_method = getattr(settings, "method", "siren") or "siren"
     if method == "auto":
         return preset, settings
-    if method == "two-network":
-        if preset_method != "two-network":
-            raise fail("method", f"'two-network' needs a preset that sets \"method\": \"two-network\" "
-                                 f"(two-network-rigid, two-network-deformable); preset '{preset}' is a "
-                                 f"'{preset_method}' preset")
+    if method in ("two-network", "svf"):
+        if preset_method != method:
+            shipped = "two-network-rigid, two-network-deformable" if method == "two-network" else "svf"
+            raise fail("method", f"'{method}' needs a preset that sets \"method\": \"{method}\" "
+                                 f"({shipped}); preset '{preset}' is a '{preset_method}' preset")
         return preset, settings
     if preset_method not in ("siren",) + VARIANT_METHODS:
         raise fail("method", f"'{method}' is an option of the single-network INR but preset "
@@ -170,6 +172,9 @@ def describe_inr(method: str = "auto", preset: str | None = None) -> dict:
             "affine_similarity": "affine.similarity", "affine_iterations": "affine.iterations",
             "shrink_factors": "affine.shrink_factors", "inverse_iterations": "inverse_iterations"}
     out = {"preset": s.name, "method": getattr(s, "method", "siren") or "siren"}
+    if out["method"] == "svf":
+        keys.update({"control_spacing_mm": "svf.control_spacing_mm", "squaring_steps": "svf.squaring_steps",
+                     "svf_shrink_factors": "svf.shrink_factors", "svf_iterations": "svf.iterations"})
     if out["method"] == "two-network":
         keys = {"motion": "two_network.motion", "hidden_layers": "two_network.hidden_layers",
                 "hidden_features": "two_network.hidden_features", "iterations": "two_network.iterations",
@@ -262,22 +267,23 @@ def _role_to_input(message: str) -> str:
 
 
 class ANTsRegistrationInputSpec(_RegistrationInputSpecBase):
-    preset = traits.Enum(*ANTS_PRESETS, usedefault=True, desc="named ANTs preset of the benchmark")
+    preset = traits.Enum(*ANTS_PRESETS, usedefault=True,
+                         desc="named baseline preset (antsRegistration through antspyx, or greedy)")
     scale_iterations = traits.Range(
         low=0.0, value=1.0, exclude_low=True, usedefault=True,
         desc="multiply every stage's iteration count (1.0: the preset; small values for sloppy/test runs)")
 
 
 class ANTsRegistration(SimpleInterface):
-    """The ANTs baseline (antspyx, :func:`inrreg_pipeline.baselines.run_ants`), same outputs as
-    :class:`INRRegistration`."""
+    """A classical baseline (ANTs through antspyx, or greedy; :func:`inrreg_pipeline.baselines.run_baseline`),
+    same outputs as :class:`INRRegistration`."""
 
     input_spec = ANTsRegistrationInputSpec
     output_spec = RegistrationOutputSpec
 
     def _run_interface(self, runtime):
         try:
-            from ..baselines import run_ants
+            from ..baselines import run_baseline
         except ImportError as err:
             raise RuntimeError(f"ANTsRegistration needs inrreg_pipeline.baselines and antspyx "
                                f"(pip install 'inrreg[ants]'): {one_line(str(err))}") from None
@@ -291,10 +297,10 @@ class ANTsRegistration(SimpleInterface):
         previous_tempdir = tempfile.tempdir
         tempfile.tempdir = runtime.cwd  # run_ants' scratch folder inside the node directory (removed after)
         try:
-            paths = run_ants(fixed, moving, prefix, preset=self.inputs.preset, threads=self.inputs.num_threads,
-                             seed=self.inputs.random_seed, fixed_mask=optional(self.inputs.fixed_image_mask),
-                             moving_mask=optional(self.inputs.moving_image_mask),
-                             scale_iterations=float(self.inputs.scale_iterations))
+            paths = run_baseline(fixed, moving, prefix, preset=self.inputs.preset, threads=self.inputs.num_threads,
+                                 seed=self.inputs.random_seed, fixed_mask=optional(self.inputs.fixed_image_mask),
+                                 moving_mask=optional(self.inputs.moving_image_mask),
+                                 scale_iterations=float(self.inputs.scale_iterations))
         except InputError as err:
             raise fail(_role_to_input(str(err)), str(err)) from None
         finally:
@@ -302,7 +308,7 @@ class ANTsRegistration(SimpleInterface):
         missing = [k for k in ("affine", "warp", "inverse_warp", "composite", "inverse_composite", "warped",
                                "inverse_warped", "jacobian", "metadata") if k not in paths]
         if missing:
-            raise RuntimeError(f"run_ants returned no {', '.join(missing)}")
+            raise RuntimeError(f"run_baseline returned no {', '.join(missing)}")
         metadata = _read_json(paths["metadata"])
         self._results.update(registration_outputs(paths, metadata))
         self._results["device"] = "cpu"
