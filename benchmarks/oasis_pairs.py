@@ -6,8 +6,8 @@ For each moving subject: resample fixed and moving T1w (linear) and labels (near
 the moving labels label-aware through the affine alone and through affine + INR, and compute
 Dice over the labels of ``--label-set`` (the 62 DKT31 cortical labels) and of ``--full-label-set``
 (cortical + non-cortical, when present) against the fixed subject's labels. Transform quality
-(% det J <= 0, SD log det J) is measured from the written Jacobian inside the fixed subject's
-labelled brain, the same region for every method.
+(% det J <= 0, SD log det J) is computed from each method's written ``1Warp`` by the same finite
+differences inside the fixed subject's labelled brain, the same region and code for every method.
 
 ``pairs.tsv`` is rewritten after every pair, so a stopped run keeps what it finished, and
 ``--reuse`` takes an existing ``registration.json`` instead of registering again (to resume a run
@@ -15,6 +15,12 @@ or re-score outputs).
 
     python benchmarks/oasis_pairs.py --data ../shared/data/oasis-trt-20 --out benchmarks/results/oasis \\
         --fixed 01 --moving 02 03 04 05 --spacing 2 --preset fast
+    python benchmarks/oasis_pairs.py --data ../shared/data/oasis-trt-20 --out OUT --split validation \\
+        --preset default antspyx-syn-s greedy
+
+``--split dev`` (sub-01 fixed, sub-02..05 moving) is the only data tuning may look at;
+``--split validation`` (sub-06 fixed with sub-07..10, sub-07 fixed with sub-06, 08..10) is what is
+reported (see :data:`SPLITS`).
 
 Writes ``pairs.tsv`` (one row per pair, preset and stage, in :mod:`report`'s shape: ``suite``,
 ``pair``, ``method`` = preset, ``stage`` as the stratum, then the metrics), prints a Markdown
@@ -39,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 
 from inrreg_pipeline.apply import apply_transforms
-from inrreg_pipeline.metrics import (folding_fraction, label_overlap, log_jacobian_std, summarise_overlap,
-                                     write_rows_tsv)
+from inrreg_pipeline.io.itk import read_ants_displacement_field
+from inrreg_pipeline.metrics import (folding_fraction, jacobian_determinant_from_displacement, label_overlap,
+                                     log_jacobian_std, summarise_overlap, write_rows_tsv)
 
 
 def labels_path(data: Path, sub: str, label_set: str) -> Path:
@@ -56,9 +63,12 @@ def find(data: Path, sub: str, label_set: str) -> tuple[Path, Path]:
     return t1w, labels
 
 
-def jacobian_quality(jacobian: Path, brain: np.ndarray) -> dict:
-    """% det J <= 0 and SD log det J inside ``brain`` (fixed grid)."""
-    det = np.asarray(nib.load(str(jacobian)).dataobj, dtype=np.float64).reshape(brain.shape)
+def jacobian_quality(warp: Path, brain: np.ndarray) -> dict:
+    """% det J <= 0 and SD log det J inside ``brain`` (fixed grid), from the method's own written
+    ``1Warp`` by the same central differences for every method (direction cosines honoured, as
+    ANTs' CreateJacobianDeterminantImage), not from the Jacobian a method reports itself."""
+    field, grid = read_ants_displacement_field(warp)
+    det = jacobian_determinant_from_displacement(field, affine=grid).reshape(brain.shape)
     return {"pct_detj_nonpos": folding_fraction(det, brain), "sd_log_j": log_jacobian_std(det, brain)}
 
 
@@ -96,10 +106,36 @@ def method_name(preset: str) -> str:
     return Path(preset).stem
 
 
+#: The fixed protocol of issue 14: tune on ``dev`` only; report ``validation``, whose subjects no
+#: tuning decision saw (each a list of ``(fixed, moving)`` subject labels).
+SPLITS: dict[str, list[tuple[str, str]]] = {
+    "dev": [("01", m) for m in ("02", "03", "04", "05")],
+    "validation": [("06", m) for m in ("07", "08", "09", "10")] + [("07", m) for m in ("06", "08", "09", "10")],
+}
+
+
+class Subject:
+    """One subject's T1w and label sets resampled to the benchmark spacing (cached under ``work``)."""
+
+    def __init__(self, data: Path, work: Path, sub: str, spacing: float | None, label_set: str, full_label_set: str):
+        t1w, labels = find(data, sub, label_set)
+        self.t1w = resample(t1w, work / f"sub-{sub}_T1w.nii.gz", spacing, 1)
+        self.labels = resample(labels, work / f"sub-{sub}_dseg.nii.gz", spacing, 0)
+        full = labels_path(data, sub, full_label_set)
+        self.full = resample(full, work / f"sub-{sub}_full_dseg.nii.gz", spacing, 0) if full.exists() else None
+
+    def brain(self) -> np.ndarray:
+        """The labelled brain (full label set when present): where every method's regularity is measured."""
+        return np.asarray(nib.load(str(self.full or self.labels)).dataobj) > 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--split", choices=sorted(SPLITS), default=None,
+                    help="a fixed set of pairs (dev: sub-01 <- sub-02..05; validation: sub-06 <- 07..10 and "
+                         "sub-07 <- 06, 08..10); replaces --fixed/--moving")
     ap.add_argument("--fixed", default="01")
     ap.add_argument("--moving", nargs="+", default=["02", "03", "04", "05"])
     ap.add_argument("--spacing", type=float, default=2.0)
@@ -111,74 +147,73 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
 
+    pairs = SPLITS[args.split] if args.split else [(args.fixed, m) for m in args.moving]
     work = args.out / "inputs"
     work.mkdir(parents=True, exist_ok=True)
-    f_t1, f_lab = find(args.data, args.fixed, args.label_set)
-    fixed = resample(f_t1, work / f"sub-{args.fixed}_T1w.nii.gz", args.spacing, 1)
-    fixed_labels = resample(f_lab, work / f"sub-{args.fixed}_dseg.nii.gz", args.spacing, 0)
-    full = labels_path(args.data, args.fixed, args.full_label_set)
-    fixed_full = resample(full, work / f"sub-{args.fixed}_full_dseg.nii.gz", args.spacing, 0) if full.exists() else None
-    brain = np.asarray(nib.load(str(fixed_full or fixed_labels)).dataobj) > 0
+    subjects: dict[str, Subject] = {}
+
+    def subject(sub: str) -> Subject:
+        if sub not in subjects:
+            subjects[sub] = Subject(args.data, work, sub, args.spacing, args.label_set, args.full_label_set)
+        return subjects[sub]
+
+    names = [method_name(p) for p in args.preset]
     rows = []
-    for sub in args.moving:
-        m_t1, m_lab = find(args.data, sub, args.label_set)
-        moving = resample(m_t1, work / f"sub-{sub}_T1w.nii.gz", args.spacing, 1)
-        moving_labels = resample(m_lab, work / f"sub-{sub}_dseg.nii.gz", args.spacing, 0)
-        m_full = labels_path(args.data, sub, args.full_label_set)
-        moving_full = (resample(m_full, work / f"sub-{sub}_full_dseg.nii.gz", args.spacing, 0)
-                       if fixed_full is not None and m_full.exists() else None)
-        for preset in args.preset:
-            name = method_name(preset)
-            prefix = args.out / name / f"sub-{sub}_to_sub-{args.fixed}_"
+    for fixed_sub, sub in pairs:
+        f, m = subject(fixed_sub), subject(sub)
+        brain = f.brain()
+        for preset, name in zip(args.preset, names):
+            prefix = args.out / name / f"sub-{sub}_to_sub-{fixed_sub}_"
             prefix.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "inrreg_pipeline.cli", "register", str(fixed), str(moving), "-o", str(prefix),
+            cmd = [sys.executable, "-m", "inrreg_pipeline.cli", "register", str(f.t1w), str(m.t1w), "-o", str(prefix),
                    "--preset", preset, "--device", args.device, "--no-progress"]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             t0 = time.perf_counter()
             reused = args.reuse and Path(f"{prefix}registration.json").exists()
             if not reused:
-                subprocess.run(cmd, check=True)
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             wall = math.nan if reused else time.perf_counter() - t0
             meta = json.loads(Path(f"{prefix}registration.json").read_text())
-            quality = jacobian_quality(Path(f"{prefix}jacobian.nii.gz"), brain)
+            quality = jacobian_quality(Path(f"{prefix}1Warp.nii.gz"), brain)
             for stage, chain in (("affine", [f"{prefix}0GenericAffine.mat"]),
                                  ("affine+inr", [f"{prefix}1Warp.nii.gz", f"{prefix}0GenericAffine.mat"])):
                 tag = stage.replace("+", "_")
-                s = warp_and_score(moving_labels, fixed_labels, fixed, chain, Path(f"{prefix}labels_{tag}.nii.gz"))
+                s = warp_and_score(m.labels, f.labels, f.t1w, chain, Path(f"{prefix}labels_{tag}.nii.gz"))
                 s_full = {"mean_dice": math.nan}
-                if moving_full is not None:
-                    s_full = warp_and_score(moving_full, fixed_full, fixed, chain,
-                                            Path(f"{prefix}labelsfull_{tag}.nii.gz"))
-                rows.append({"suite": "oasis-trt-20", "pair": f"sub-{sub}_to_sub-{args.fixed}",
-                             "method": name, "stage": stage, "fixed": f"sub-{args.fixed}", "moving": f"sub-{sub}",
+                if f.full is not None and m.full is not None:
+                    s_full = warp_and_score(m.full, f.full, f.t1w, chain, Path(f"{prefix}labelsfull_{tag}.nii.gz"))
+                rows.append({"suite": "oasis-trt-20", "split": args.split or "custom",
+                             "pair": f"sub-{sub}_to_sub-{fixed_sub}",
+                             "method": name, "stage": stage, "fixed": f"sub-{fixed_sub}", "moving": f"sub-{sub}",
                              "spacing_mm": args.spacing, "dice_mean": s["mean_dice"], "dice_min": s["min_dice"],
                              "dice_mean_full": s_full["mean_dice"],
                              "hd95_mean_mm": s["mean_hd95_mm"], "n_labels": s["n_labels"],
-                             "pct_detj_nonpos": quality["pct_detj_nonpos"] if stage != "affine" else 0.0,
-                             "sd_log_j": quality["sd_log_j"] if stage != "affine" else 0.0,
+                             **{k: (v if stage != "affine" else 0.0) for k, v in quality.items()},
                              "runtime_s": meta["runtime_s"]["total"], "wall_s": wall,
                              "peak_rss_mb": meta["memory"]["peak_rss_mb"],
                              "peak_gpu_mb": meta["memory"].get("peak_gpu_mb"), "device": meta["device"],
                              "threads": meta["threads"]})
-                print({k: rows[-1][k] for k in ("moving", "method", "stage", "dice_mean", "dice_min", "runtime_s")},
-                      flush=True)
+                print({k: rows[-1][k] for k in ("pair", "method", "stage", "dice_mean", "dice_min", "pct_detj_nonpos",
+                                                "sd_log_j", "runtime_s")}, flush=True)
             write_rows_tsv(rows, args.out / "pairs.tsv")
-    print("\n| preset | stage | Dice mean | Dice min | % det J <= 0 | runtime s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
-    for preset in map(method_name, args.preset):
+    print("\n| preset | stage | Dice mean | Dice min | HD95 mm | % det J <= 0 | SD log J | runtime s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for preset in names:
         for stage in ("affine", "affine+inr"):
             sel = [r for r in rows if r["method"] == preset and r["stage"] == stage]
             m = lambda k: np.mean([r[k] for r in sel])  # noqa: E731
             s = lambda k: np.std([r[k] for r in sel])  # noqa: E731
             print(f"| {preset} | {stage} | {m('dice_mean'):.3f} +- {s('dice_mean'):.3f} | {m('dice_min'):.3f} | "
-                  f"{m('pct_detj_nonpos'):.3f} | {m('runtime_s'):.0f} | {m('peak_rss_mb'):.0f} |")
+                  f"{m('hd95_mean_mm'):.2f} | {m('pct_detj_nonpos'):.4f} | {m('sd_log_j'):.3f} | "
+                  f"{m('runtime_s'):.0f} | {m('peak_rss_mb'):.0f} |")
 
-    report.write_report(args.out / "pairs.tsv", args.out, reference=method_name(args.preset[0]), strata=["stage"],
+    where = f"split {args.split}" if args.split else f"sub-{args.fixed} fixed"
+    report.write_report(args.out / "pairs.tsv", args.out, reference=names[0], strata=["stage"],
                         metrics=["dice_mean", "dice_min", "dice_mean_full", "hd95_mean_mm", "pct_detj_nonpos",
                                  "sd_log_j", "runtime_s", "peak_rss_mb"],
-                        title=f"oasis-trt-20, sub-{args.fixed} fixed, {args.spacing} mm")
-
+                        title=f"oasis-trt-20, {where}, {args.spacing} mm")
+    report.trade_off_plot(report.read_rows(args.out / "pairs.tsv"), args.out, where={"stage": "affine+inr"})
 
 if __name__ == "__main__":
     main()

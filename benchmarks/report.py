@@ -215,6 +215,34 @@ def box_plots(rows: Sequence[Mapping], metrics: Sequence[str], out_dir: str | Pa
     return written
 
 
+def trade_off_plot(rows: Sequence[Mapping], out_dir: str | Path, x: str = "sd_log_j", y: str = "dice_mean",
+                   where: Mapping[str, object] | None = None, name: str = "tradeoff_dice_vs_sd_log_j.png") -> Path:
+    """One point per method: mean ``y`` against mean ``x`` over its rows (matching ``where``), with
+    the standard error of ``y`` as a bar; the accuracy/regularity trade-off users choose on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if all(r.get(k) == v for k, v in (where or {}).items())]
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    for method in _methods(sel):
+        xs, ys = _values(sel, method, x), _values(sel, method, y)
+        if not xs.size or not ys.size:
+            continue
+        err = ys.std(ddof=1) / np.sqrt(ys.size) if ys.size > 1 else 0.0
+        ax.errorbar(xs.mean(), ys.mean(), yerr=err, fmt="o", capsize=3)
+        ax.annotate(method, (xs.mean(), ys.mean()), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xlabel(f"{x} (mean over pairs; lower = more regular)")
+    ax.set_ylabel(f"{y} (mean over pairs)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(out_dir) / name
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_report(tsv: str | Path, out_dir: str | Path, metrics: Sequence[str] | None = None,
                  reference: str | None = None, strata: Sequence[str] = (), title: str | None = None,
                  plots: bool = True) -> Path:
