@@ -170,6 +170,8 @@ def resolve_settings(preset: str | RegistrationSettings = "default", method: str
     omega/activation overrides applied and validated (``ValueError`` on any problem)."""
     if method == "two-network" and isinstance(preset, str) and preset == "default":
         preset = "two-network-rigid" if motion == "rigid" else "two-network-deformable"
+    if method == "svf" and isinstance(preset, str) and preset == "default":
+        preset = "svf"
     settings = copy.deepcopy(preset) if isinstance(preset, RegistrationSettings) else load_preset(preset)
     if method is not None:
         settings.method = method

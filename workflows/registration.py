@@ -94,11 +94,21 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
                        if "hidden_layers" in info else "")
                     + (f", with {info['iterations']} Adam steps on {info.get('points')} random voxels per image"
                        if "iterations" in info else "") + ".")
-    elif info.get("affine"):
+    if info.get("affine") and info["method"] != "two-network":
         desc.append(f"A centre-of-mass, rigid and affine initialisation was optimised by gradient descent on "
                     f"{str(info.get('affine_similarity', '')).upper()} at shrink factors "
                     f"{', '.join(str(f) for f in info.get('shrink_factors', []))}.")
-    if "hidden_layers" in info and info["method"] != "two-network":
+    if info["method"] == "svf":
+        desc.append(f"The transform was the group exponential of a stationary velocity field, diffeomorphic by "
+                    f"construction: a coordinate MLP with {info['hidden_layers']} hidden layers of "
+                    f"{info['hidden_features']} units and sine activations [@siren] gave the velocity, which was "
+                    f"integrated by {info['squaring_steps']} scalings and squarings [@arsigny] on a "
+                    f"{info['control_spacing_mm']:g} mm control grid and optimised with Adam on the whole image "
+                    f"at shrink factors {', '.join(str(f) for f in info['svf_shrink_factors'])} "
+                    f"({', '.join(str(n) for n in info['svf_iterations'])} steps) to minimise "
+                    f"{str(info.get('similarity', '')).upper()} dissimilarity plus {info.get('alpha', 0):g} times "
+                    f"the diffusion energy of the velocity.")
+    if "hidden_layers" in info and info["method"] not in ("two-network", "svf"):
         desc.append(f"The displacement field was a coordinate MLP with {info['hidden_layers']} hidden layers of "
                     f"{info['hidden_features']} units and {info['activation']} activations"
                     + (f" [@siren] (omega = {info['omega']:g})" if info.get("activation") == "sine" else "") + ",")

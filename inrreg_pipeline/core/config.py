@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 PRESET_DIR = Path(__file__).parent / "presets"
-#: Registration methods: the deformation INR (methods.md section 1) and the two-network method (section 2).
-METHODS = ("siren", "two-network")
+#: Registration methods: the deformation INR (methods.md section 1), the two-network method (section 2) and
+#: the diffeomorphic velocity INR (``svf``: a stationary velocity field integrated by scaling and squaring).
+METHODS = ("siren", "two-network", "svf")
 #: Learning-rate schedules of the INR optimisation.
 LR_SCHEDULES = ("constant", "cosine")
 #: The deformation-INR variants of methods.md section 1 (:mod:`inrreg_pipeline.core.variants`),
@@ -205,6 +206,38 @@ class VariantSettings:
 
 
 @dataclass
+class SVFSettings:
+    """The diffeomorphic velocity INR (``method: "svf"``; :mod:`inrreg_pipeline.core.svf`).
+
+    The network (``network`` section) gives a stationary velocity ``v`` (mm) at any world point. Each
+    step evaluates it on a control grid of about ``control_spacing_mm`` over the fixed mask's bounding
+    box enlarged by ``margin_mm`` (``v`` tapers to 0 over the margin, so the map is the identity
+    outside), integrates ``phi = exp(v)`` by ``squaring_steps`` scalings and squarings, and compares
+    the whole cropped fixed image with the moving image at ``A(phi(x))`` by ``loss.similarity``
+    (LNCC window ``lncc_window_mm`` in mm, converted to odd voxel counts per level) plus
+    ``loss.alpha`` times the diffusion ``mean |grad v|^2`` (mm/mm) on the control grid.
+
+    Coarse to fine: one level per ``shrink_factors`` entry (the fixed grid subsampled by that factor
+    after Gaussian smoothing, as ANTs' shrink factors) with ``iterations`` Adam steps each at ``lr``
+    (cosine decay to ``lr * lr_final_fraction`` within each level). ``symmetric``: both images are
+    deformed to the midpoint, ``F(exp(-v/2))`` against ``M(A exp(v/2))``, as SyN does.
+    ``velocity_smoothing_mm``: Gaussian sigma (mm) applied to the velocity on the control grid before
+    integration (SyN's flow smoothing; 0: none).
+    """
+
+    control_spacing_mm: float = 4.0
+    margin_mm: float = 12.0
+    squaring_steps: int = 7
+    shrink_factors: list[int] = field(default_factory=lambda: [2, 1])
+    iterations: list[int] = field(default_factory=lambda: [150, 150])
+    lr: float = 1e-3
+    lr_final_fraction: float = 0.1
+    lncc_window_mm: float = 10.0
+    symmetric: bool = False
+    velocity_smoothing_mm: float = 0.0
+
+
+@dataclass
 class RegistrationSettings:
     name: str = "custom"
     description: str = ""
@@ -216,6 +249,7 @@ class RegistrationSettings:
     method: str = "siren"
     two_network: TwoNetworkSettings = field(default_factory=TwoNetworkSettings)
     variants: VariantSettings = field(default_factory=VariantSettings)
+    svf: SVFSettings = field(default_factory=SVFSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -303,6 +337,17 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
     need(settings.method in METHODS + VARIANT_METHODS,
          f"method must be one of {', '.join(METHODS + VARIANT_METHODS)}")
     _validate_variants(settings, need)
+    if settings.method == "svf":
+        v = settings.svf
+        need(v.control_spacing_mm > 0 and v.margin_mm >= 0, "svf.control_spacing_mm must be > 0 and margin_mm >= 0")
+        need(0 <= v.squaring_steps <= 20, "svf.squaring_steps must be in 0..20")
+        need(len(v.shrink_factors) >= 1 and len(v.shrink_factors) == len(v.iterations),
+             "svf.shrink_factors and svf.iterations must be non-empty lists of the same length")
+        need(all(f >= 1 for f in v.shrink_factors) and all(i >= 0 for i in v.iterations),
+             "svf.shrink_factors must be >= 1 and svf.iterations >= 0")
+        need(v.lr > 0 and 0 < v.lr_final_fraction <= 1, "svf.lr must be > 0 and lr_final_fraction in (0, 1]")
+        need(v.lncc_window_mm > 0 and v.velocity_smoothing_mm >= 0,
+             "svf.lncc_window_mm must be > 0 and velocity_smoothing_mm >= 0")
     if settings.method == "two-network":
         from .hash_encoding import BACKENDS
         from .two_network import MOTIONS

@@ -32,14 +32,25 @@ def lncc_map(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9) -> torc
 
     ``fixed``, ``warped``: ``(P, 1, p, p[, p])`` patches. Returns the valid-region map.
     """
-    d = fixed.ndim - 2
-    pool = nnf.avg_pool3d if d == 3 else nnf.avg_pool2d
     w = min(window, *fixed.shape[2:])
-    mean_a, mean_b = pool(fixed, w, 1), pool(warped, w, 1)
-    var_a = pool(fixed * fixed, w, 1) - mean_a ** 2
-    var_b = pool(warped * warped, w, 1) - mean_b ** 2
-    cov = pool(fixed * warped, w, 1) - mean_a * mean_b
+    mean_a, mean_b = box_mean(fixed, w), box_mean(warped, w)
+    var_a = box_mean(fixed * fixed, w) - mean_a ** 2
+    var_b = box_mean(warped * warped, w) - mean_b ** 2
+    cov = box_mean(fixed * warped, w) - mean_a * mean_b
     return cov / torch.sqrt(var_a.clamp_min(0) * var_b.clamp_min(0) + EPS)
+
+
+def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean over ``window^d`` voxel windows (valid region, stride 1) of ``(N, C, *spatial)``, as one
+    1-D average per axis: the same values as ``avg_pool{d}d(x, window, 1)`` for ``d * window`` instead
+    of ``window^d`` operations per voxel."""
+    d = x.ndim - 2
+    pool = nnf.avg_pool3d if d == 3 else nnf.avg_pool2d
+    for axis in range(d):
+        kernel = [1] * d
+        kernel[axis] = window
+        x = pool(x, tuple(kernel), 1)
+    return x
 
 
 def ncc_lncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9) -> torch.Tensor:

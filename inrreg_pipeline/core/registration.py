@@ -20,6 +20,8 @@ from .fields import (evaluate_displacement, evaluate_jacobian_determinant, inver
                      jacobian_summary)
 from .optimisation import fit_deformation
 from .space import SpatialImage, apply_affine, foreground_mask, rescale_intensity, sample_array, voxel_grid_to_world
+from .svf import dense_fields, fit_svf, svf_iterations
+from ..metrics import jacobian_determinant_from_displacement  # TODO(merge issue-17): the core finite-difference Jacobian
 from .variants import deformable_iterations, fit_variant, uses_variants, variant_outputs
 
 ProgressFactory = Callable[[str, int], Callable[[int, float], None]]
@@ -116,7 +118,10 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
 
     # 2. deformation INR
     t0 = time.perf_counter()
-    if uses_variants(settings):  # methods.md section 1 extensions (core/variants.py)
+    if settings.method == "svf":  # the diffeomorphic velocity INR (core/svf.py)
+        model, history = fit_svf(f_norm, m_norm, affine, settings, device, sampling_mask, moving_mask,
+                                 callback("deformable", svf_iterations(settings)))
+    elif uses_variants(settings):  # methods.md section 1 extensions (core/variants.py)
         model, history = fit_variant(f_norm, m_norm, affine, settings, device, rng, sampling_mask, moving_mask,
                                      callback("deformable", deformable_iterations(settings)))
     else:
@@ -128,11 +133,16 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
     # 3. dense outputs on the fixed grid
     t0 = time.perf_counter()
     model.eval()
-    u = evaluate_displacement(model, fixed.shape, fixed.affine, device)
-    jac = evaluate_jacobian_determinant(model, fixed.shape, fixed.affine, device)
-    v, extras, variant_summary = variant_outputs(model, f_norm, m_norm, device)
-    if v is None:
-        v = invert_displacement(u, fixed.affine, device, settings.inverse_iterations)
+    extras: dict[str, np.ndarray] = {}
+    if settings.method == "svf":  # exp(v) and its exact inverse exp(-v); det J by finite differences
+        u, v = dense_fields(model, fixed, settings.svf.squaring_steps, device)
+        jac = jacobian_determinant_from_displacement(u, affine=fixed.affine).astype(np.float32)
+    else:
+        u = evaluate_displacement(model, fixed.shape, fixed.affine, device)
+        jac = evaluate_jacobian_determinant(model, fixed.shape, fixed.affine, device)
+        v, extras, variant_summary = variant_outputs(model, f_norm, m_norm, device)
+        if v is None:
+            v = invert_displacement(u, fixed.affine, device, settings.inverse_iterations)
     consistency = inverse_consistency(u, v, fixed.affine, device, sampling_mask)
     grid = voxel_grid_to_world(fixed.shape, fixed.affine)
     warped = sample_array(moving.data, moving.affine, apply_affine(affine, grid + u), device)

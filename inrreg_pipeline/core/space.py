@@ -119,6 +119,21 @@ def smooth(image: SpatialImage, sigma_mm: float) -> SpatialImage:
     return image.with_data(gaussian_filter(image.data.astype(np.float32), sigma=sigma_vox, mode="nearest"))
 
 
+def world_to_grid_map(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(linear, offset)`` with ``points @ linear + offset`` the ``grid_sample`` coordinates
+    (``align_corners=True``, last array axis first) of world points (mm) on the grid ``(shape, affine)``."""
+    d = len(shape)
+    world_to_voxel = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    # Fold voxel -> [-1, 1] normalisation (align_corners=True) into one affine map.
+    sizes = np.array(shape, dtype=np.float64)
+    norm = np.diag(list(2.0 / np.maximum(sizes - 1.0, 1.0)) + [1.0])
+    norm[:d, d] = -1.0
+    world_to_grid = norm @ world_to_voxel
+    # grid_sample wants the last array axis first (x = W).
+    world_to_grid = world_to_grid[list(range(d))[::-1] + [d]]
+    return world_to_grid[:d, :d].T.copy(), world_to_grid[:d, d].copy()
+
+
 class DeviceImage:
     """An image (or vector field) held on a torch device, sampled at world points with
     (multi)linear interpolation.
@@ -138,17 +153,9 @@ class DeviceImage:
         self.device = device
         vol = torch.as_tensor(np.ascontiguousarray(data), dtype=dtype, device=device)
         self.volume = vol.movedim(-1, 0)[None] if vector else vol[None, None]
-        world_to_voxel = np.linalg.inv(self.affine)
-        d = self.ndim
-        # Fold voxel -> [-1, 1] normalisation (align_corners=True) into one affine map.
-        sizes = np.array(self.shape, dtype=np.float64)
-        norm = np.diag(list(2.0 / np.maximum(sizes - 1.0, 1.0)) + [1.0])
-        norm[:d, d] = -1.0
-        world_to_grid = norm @ world_to_voxel
-        # grid_sample wants the last array axis first (x = W).
-        world_to_grid = world_to_grid[list(range(d))[::-1] + [d]]
-        self._linear = torch.as_tensor(world_to_grid[:d, :d].T.copy(), dtype=dtype, device=device)
-        self._offset = torch.as_tensor(world_to_grid[:d, d].copy(), dtype=dtype, device=device)
+        linear, offset = world_to_grid_map(self.shape, self.affine)
+        self._linear = torch.as_tensor(linear, dtype=dtype, device=device)
+        self._offset = torch.as_tensor(offset, dtype=dtype, device=device)
 
     @classmethod
     def from_image(cls, image: SpatialImage, device: torch.device, dtype: torch.dtype = torch.float32

@@ -1,0 +1,320 @@
+"""The diffeomorphic velocity INR: a SIREN gives a stationary velocity field, integrated by scaling and squaring.
+
+The deformation INR of :mod:`.optimisation` outputs a displacement ``u`` directly, so nothing keeps
+``x -> x + u(x)`` invertible. Here the network's output is a stationary velocity ``v`` (mm, world
+space, at any world point) and the transform is its group exponential ``phi = exp(v)``, computed
+on a control grid by scaling and squaring (Arsigny et al. 2006; as in SyN's and VoxelMorph's
+diffeomorphic variants):
+
+    u_0 = v / 2^N,    u_{k+1}(x) = u_k(x) + u_k(x + u_k(x)),    phi(x) = x + u_N(x).
+
+``exp(-v)`` is the exact inverse (up to discretisation), so ``1InverseWarp`` is integrated, not
+iterated. The full map is ``A(phi(x))`` with ``A`` the affine stage's matrix (fixed -> moving, RAS).
+
+Geometry (all in RAS millimetres):
+
+* The *control grid* is the fixed voxel grid subsampled by an integer stride per axis (about
+  ``control_spacing_mm``), restricted to the bounding box of the fixed mask enlarged by
+  ``margin_mm``. The velocity is the network's output times a window that is 1 on the mask's box
+  and falls to 0 (raised cosine) over the margin, so ``phi`` is exactly the identity outside the
+  box and there is no seam at its edge.
+* Each level of the pyramid subsamples the fixed grid by its shrink factor (after Gaussian
+  smoothing, :func:`~.space.downsample`) over the same box; the displacement is interpolated
+  (multilinearly) from the control grid at those voxels and the moving image is sampled at
+  ``A(x + u(x))`` through its own affine, so orientation, voxel size and obliquity are handled.
+* The loss is computed on the whole cropped image each step (no patches): ``loss.similarity``
+  (NCC + LNCC with a window in mm) inside the fixed mask, plus ``alpha`` times the diffusion energy
+  ``mean |dv/dx|^2`` of the velocity on the control grid (finite differences over the grid's axes
+  divided by their spacings, exact for orthogonal axes).
+* ``symmetric``: the fixed image is sampled at ``exp(-v/2)`` and the moving one at
+  ``A(exp(v/2))``, both on the fixed grid (the midpoint formulation of SyN); the output transform
+  is still ``A(exp(v))``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+
+from .config import RegistrationSettings
+from .losses import box_mean, lncc_map, ncc, similarity_loss
+from .networks import DeformationINR
+from .optimisation import build_network
+from .space import SpatialImage, downsample, voxel_grid_to_world, world_to_grid_map
+
+__all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations"]
+
+
+@dataclass
+class ControlGrid:
+    """A sub-grid of the fixed voxel grid: voxel ``i`` of the control grid is fixed voxel
+    ``start + stride * i`` (per axis). ``affine`` is its voxel -> RAS mm map."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    start: np.ndarray
+    stride: np.ndarray
+
+    @classmethod
+    def around_mask(cls, fixed: SpatialImage, mask: np.ndarray, spacing_mm: float, margin_mm: float
+                    ) -> "ControlGrid":
+        """The control grid over ``mask``'s bounding box enlarged by ``margin_mm`` (clipped to the image)."""
+        stride = np.maximum(1, np.round(spacing_mm / fixed.spacing)).astype(int)
+        idx = np.argwhere(mask > 0)
+        if len(idx) == 0:
+            raise ValueError("the sampling mask is empty")
+        margin_vox = np.ceil(margin_mm / fixed.spacing).astype(int)
+        lo = np.maximum(idx.min(0) - margin_vox, 0)
+        hi = np.minimum(idx.max(0) + margin_vox, np.array(fixed.shape) - 1)
+        shape = tuple(int(n) for n in (hi - lo) // stride + 1)
+        d = fixed.ndim
+        step = np.eye(d + 1)
+        step[:d, :d] = np.diag(stride)
+        step[:d, d] = lo
+        return cls(shape, fixed.affine @ step, lo, stride)
+
+    def subgrid(self, fixed: SpatialImage, factor: int) -> tuple[tuple[slice, ...], np.ndarray]:
+        """Slices of ``downsample(fixed, factor)`` covering this grid's box, and their voxel -> RAS affine."""
+        d = fixed.ndim
+        lo = np.ceil(self.start / factor).astype(int)
+        hi = (self.start + self.stride * (np.array(self.shape) - 1)) // factor
+        step = np.eye(d + 1)
+        step[:d, :d] = np.diag([float(factor)] * d)
+        step[:d, d] = lo * factor
+        return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi)), fixed.affine @ step
+
+
+class GridSampler:
+    """Multilinear sampling of fields on one grid at world points (mm), differentiable in both."""
+
+    def __init__(self, shape: tuple[int, ...], affine: np.ndarray, device: torch.device):
+        linear, offset = world_to_grid_map(shape, affine)
+        self.d = len(shape)
+        self.linear = torch.as_tensor(linear, dtype=torch.float32, device=device)
+        self.offset = torch.as_tensor(offset, dtype=torch.float32, device=device)
+
+    def __call__(self, volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """``volume`` ``(1, C, *shape)`` at world points ``(*lead, d)``: ``(C, *lead)``; 0 outside."""
+        lead = points.shape[:-1]
+        grid = points.reshape(-1, self.d) @ self.linear + self.offset
+        grid = grid.reshape((1, -1) + (1,) * (self.d - 1) + (self.d,))
+        out = nnf.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return out.reshape((volume.shape[1],) + tuple(lead))
+
+
+def integrate(velocity: torch.Tensor, points: torch.Tensor, sampler: GridSampler, steps: int) -> torch.Tensor:
+    """``exp(v) - id`` by scaling and squaring on the control grid.
+
+    ``velocity``: ``(*shape, d)`` mm at the control-grid ``points`` ``(*shape, d)`` (mm);
+    returns the displacement ``u`` ``(*shape, d)`` (mm) with ``exp(v)(x) = x + u(x)``.
+    """
+    u = velocity / (2 ** steps)
+    d = velocity.shape[-1]
+    for _ in range(steps):
+        volume = u.movedim(-1, 0)[None]
+        u = u + sampler(volume, points + u).movedim(0, -1)
+    return u.reshape(velocity.shape[:-1] + (d,))
+
+
+def _taper(grid: ControlGrid, fixed: SpatialImage, mask: np.ndarray, margin_mm: float) -> np.ndarray:
+    """1 on the mask's bounding box, a raised cosine to 0 over ``margin_mm`` outside it (control grid)."""
+    idx = np.argwhere(mask > 0)
+    lo, hi = idx.min(0), idx.max(0)
+    weight = np.ones(grid.shape, dtype=np.float32)
+    for axis in range(fixed.ndim):
+        vox = grid.start[axis] + grid.stride[axis] * np.arange(grid.shape[axis])
+        dist_mm = np.maximum(np.maximum(lo[axis] - vox, vox - hi[axis]), 0) * fixed.spacing[axis]
+        w = 0.5 * (1 + np.cos(np.pi * np.clip(dist_mm / max(margin_mm, 1e-6), 0, 1))) if margin_mm > 0 else \
+            (dist_mm == 0).astype(float)
+        shape = [1] * fixed.ndim
+        shape[axis] = -1
+        weight = weight * w.reshape(shape).astype(np.float32)
+    return weight
+
+
+class VelocityField(torch.nn.Module):
+    """The velocity INR on its control grid: ``velocity()`` is ``(*shape, d)`` mm, tapered to 0 at the margin."""
+
+    def __init__(self, network: DeformationINR, grid: ControlGrid, taper: np.ndarray, device: torch.device,
+                 smoothing_mm: float = 0.0):
+        super().__init__()
+        self.network = network
+        self.grid = grid
+        self.register_buffer("points", torch.as_tensor(voxel_grid_to_world(grid.shape, grid.affine),
+                                                       dtype=torch.float32, device=device))
+        self.register_buffer("taper", torch.as_tensor(taper, device=device)[..., None])
+        self.sampler = GridSampler(grid.shape, grid.affine, device)
+        self.spacing = np.linalg.norm(grid.affine[:-1, :-1], axis=0)
+        self.kernels = None if smoothing_mm <= 0 else [
+            torch.as_tensor(_gaussian_kernel(smoothing_mm / h), dtype=torch.float32, device=device)
+            for h in self.spacing]
+
+    def velocity(self) -> torch.Tensor:
+        """The network's velocity on the control grid (mm), tapered, Gaussian-smoothed when set."""
+        v = self.network(self.points) * self.taper
+        return v if self.kernels is None else _smooth_field(v, self.kernels)
+
+    def displacement(self, steps: int, sign: float = 1.0, velocity: torch.Tensor | None = None) -> torch.Tensor:
+        """``exp(sign * v) - id`` on the control grid, ``(*shape, d)`` mm."""
+        v = self.velocity() if velocity is None else velocity
+        return integrate(sign * v, self.points, self.sampler, steps)
+
+    def diffusion(self, velocity: torch.Tensor) -> torch.Tensor:
+        """``mean |dv/dx|^2`` over the control grid, finite differences in mm/mm."""
+        total = velocity.new_zeros(())
+        for axis, h in enumerate(self.spacing):
+            if velocity.shape[axis] > 1:
+                total = total + (torch.diff(velocity, dim=axis) / float(h)).pow(2).sum(-1).mean()
+        return total
+
+    def at(self, displacement: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """A control-grid displacement ``(*shape, d)`` interpolated at world points ``(*lead, d)``."""
+        return self.sampler(displacement.movedim(-1, 0)[None], points).movedim(0, -1)
+
+
+def _gaussian_kernel(sigma_vox: float) -> np.ndarray:
+    """A normalised 1-D Gaussian of ``sigma_vox`` voxels, truncated at 3 sigma (at least 3 taps)."""
+    radius = max(1, int(np.ceil(3 * sigma_vox)))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / max(sigma_vox, 1e-6)) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def _smooth_field(field: torch.Tensor, kernels: list[torch.Tensor]) -> torch.Tensor:
+    """A vector field ``(*shape, d)`` convolved with one 1-D kernel per axis (zero padding beyond the grid,
+    where the tapered velocity is 0 anyway)."""
+    d = field.shape[-1]
+    x = field.movedim(-1, 0)[:, None]  # (d, 1, *shape): components as a batch
+    conv = nnf.conv3d if d == 3 else nnf.conv2d
+    for axis, k in enumerate(kernels):
+        shape = [1, 1] + [1] * d
+        shape[2 + axis] = len(k)
+        pad = [0] * d
+        pad[axis] = len(k) // 2
+        x = conv(x, k.reshape(shape), padding=tuple(pad))
+    return x[:, 0].movedim(0, -1)
+
+
+def _odd_window(window_mm: float, spacing: np.ndarray) -> int:
+    n = max(3, int(round(window_mm / float(np.mean(spacing)))))
+    return n if n % 2 else n + 1
+
+
+def _masked_similarity(name: str, fixed: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
+                       window: int) -> torch.Tensor:
+    """``loss.similarity`` over a whole cropped image, restricted to ``mask`` (same shape, 0/1).
+
+    ``ncc+lncc`` and ``lncc``: the LNCC map is averaged over the voxels whose window lies mostly in
+    the mask; other similarities see the masked voxels only.
+    """
+    if name in ("ncc+lncc", "lncc"):
+        f, w, m = fixed[None, None], warped[None, None], mask[None, None]
+        local = lncc_map(f, w, window)
+        inside = (box_mean(m, min(window, *fixed.shape)) > 0.5).to(local.dtype)
+        term = ((1.0 - local).abs() * inside).sum() / inside.sum().clamp_min(1.0)
+        if name == "lncc":
+            return term
+        sel = mask > 0
+        return (1.0 - ncc(fixed[sel], warped[sel])).abs() + term
+    sel = mask > 0
+    return similarity_loss(name, fixed[sel][None], warped[sel][None])
+
+
+def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, settings: RegistrationSettings,
+            device: torch.device, sampling_mask: np.ndarray, moving_mask: np.ndarray | None = None,
+            progress=None) -> tuple[VelocityField, dict[str, list[float]]]:
+    """Optimise a velocity INR for the pair (intensities already rescaled); returns it and the loss history.
+
+    ``affine``: ``(d+1, d+1)`` RAS fixed -> moving from the affine stage. ``sampling_mask``: fixed
+    grid voxels compared (and whose bounding box the control grid covers). ``moving_mask``, when
+    given, multiplies both intensities at the mapped points. Torch's RNG must be seeded by the
+    caller (network initialisation); the loop itself draws no random numbers.
+    """
+    s = settings.svf
+    grid = ControlGrid.around_mask(fixed, sampling_mask, s.control_spacing_mm, s.margin_mm)
+    model = VelocityField(build_network(fixed, settings.network), grid,
+                          _taper(grid, fixed, sampling_mask, s.margin_mm), device, s.velocity_smoothing_mm).to(device)
+    a = torch.as_tensor(affine, dtype=torch.float32, device=device)
+    d = fixed.ndim
+    history: dict[str, list[float]] = {"similarity": [], "regulariser": [], "total": [], "level": []}
+    optimiser = torch.optim.Adam(model.network.parameters(), lr=s.lr)
+    mask_f = sampling_mask.astype(np.float32)
+    for level, (factor, n_steps) in enumerate(zip(s.shrink_factors, s.iterations)):
+        if n_steps == 0:
+            continue
+        for group in optimiser.param_groups:
+            group["lr"] = s.lr
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=n_steps,
+                                                              eta_min=s.lr * s.lr_final_fraction)
+        f_level = downsample(fixed, factor)
+        m_level = downsample(moving, factor)
+        crop, crop_affine = grid.subgrid(fixed, factor)
+        f_crop = torch.as_tensor(f_level.data[crop], dtype=torch.float32, device=device)
+        inside = downsample(fixed.with_data(mask_f), factor).data[crop] > 0.5
+        mask_crop = torch.as_tensor(inside.astype(np.float32), device=device)
+        points = torch.as_tensor(voxel_grid_to_world(f_crop.shape, crop_affine), dtype=torch.float32, device=device)
+        moving_sampler = GridSampler(m_level.shape, m_level.affine, device)
+        moving_volume = torch.as_tensor(m_level.data, dtype=torch.float32, device=device)[None, None]
+        fixed_sampler = GridSampler(f_level.shape, f_level.affine, device)
+        fixed_volume = torch.as_tensor(f_level.data, dtype=torch.float32, device=device)[None, None]
+        mmask = None
+        if moving_mask is not None:
+            mm = downsample(moving.with_data(moving_mask.astype(np.float32)), factor)
+            mmask = torch.as_tensor(mm.data, dtype=torch.float32, device=device)[None, None]
+        window = _odd_window(s.lncc_window_mm, f_level.spacing)
+        for _ in range(n_steps):
+            v = model.velocity()
+            half = 0.5 if s.symmetric else 1.0
+            u = model.at(model.displacement(s.squaring_steps, half, v), points)
+            mapped = (points + u) @ a[:d, :d].T + a[:d, d]
+            warped = moving_sampler(moving_volume, mapped)[0]
+            target = f_crop
+            if s.symmetric:
+                u_back = model.at(model.displacement(s.squaring_steps, -half, v), points)
+                target = fixed_sampler(fixed_volume, points + u_back)[0]
+            if mmask is not None:
+                inside_m = moving_sampler(mmask, mapped)[0]
+                warped, target = warped * inside_m, target * inside_m
+            sim = _masked_similarity(settings.loss.similarity, target, warped, mask_crop, window)
+            reg = model.diffusion(v)
+            total = sim + settings.loss.alpha * reg
+            optimiser.zero_grad(set_to_none=True)
+            total.backward()
+            optimiser.step()
+            schedule.step()
+            history["similarity"].append(float(sim.detach()))
+            history["regulariser"].append(float(reg.detach()))
+            history["total"].append(float(total.detach()))
+            history["level"].append(level)
+            if progress is not None:
+                progress(1, history["total"][-1])
+    return model, history
+
+
+def dense_fields(model: VelocityField, fixed: SpatialImage, steps: int, device: torch.device,
+                 chunk: int = 262144) -> tuple[np.ndarray, np.ndarray]:
+    """``(u, w)`` on the whole fixed grid (mm, ``(*shape, d)``): ``exp(v) - id`` and ``exp(-v) - id``.
+
+    Both are integrated on the control grid and interpolated at every fixed voxel (0 outside the
+    control grid's box, where ``v`` is 0).
+    """
+    with torch.no_grad():
+        v = model.velocity()
+        fields = [model.displacement(steps, sign, v) for sign in (1.0, -1.0)]
+        world = voxel_grid_to_world(fixed.shape, fixed.affine).reshape(-1, fixed.ndim)
+        out = []
+        for field in fields:
+            parts = []
+            for start in range(0, len(world), chunk):
+                pts = torch.as_tensor(world[start:start + chunk], dtype=torch.float32, device=device)
+                parts.append(model.at(field, pts).cpu().numpy())
+            out.append(np.concatenate(parts).reshape(fixed.shape + (fixed.ndim,)).astype(np.float32))
+    return out[0], out[1]
+
+
+def svf_iterations(settings: RegistrationSettings) -> int:
+    """Total optimisation steps (for progress bars)."""
+    return int(sum(settings.svf.iterations))
+
