@@ -28,6 +28,20 @@ from .metrics import jacobian_determinant_from_displacement
 from .register import OUTPUT_SUFFIXES
 
 
+def write_inputs(work: Path, fixed: SpatialImage, moving: SpatialImage, fixed_mask: np.ndarray | None,
+                 moving_mask: np.ndarray | None, extension: str) -> dict[str, Path]:
+    """The validated inputs re-written into ``work`` for the tool (float32 images, uint8 0/1 masks, qform =
+    sform, so the tool reads the grid inrreg read): paths by role, masks only when given."""
+    files = {"fixed": work / f"fixed{extension}", "moving": work / f"moving{extension}"}
+    save_image(fixed.data, fixed.affine, files["fixed"])
+    save_image(moving.data, moving.affine, files["moving"])
+    for role, mask, image in (("fixed_mask", fixed_mask, fixed), ("moving_mask", moving_mask, moving)):
+        if mask is not None:
+            files[role] = work / f"{role}{extension}"
+            save_image(mask.astype(np.uint8), image.affine, files[role], dtype=np.uint8)
+    return files
+
+
 def write_baseline_outputs(stage: StagedOutputs, fixed: SpatialImage, fixed_mask: np.ndarray | None,
                            warp: Path, inverse_warp: Path, warped: Path, inverse_warped: Path,
                            affine_ras: np.ndarray) -> dict:

@@ -60,9 +60,9 @@ from typing import Any
 
 import numpy as np
 
-from .baseline_outputs import check_baseline_arguments, substitute_paths, write_baseline_outputs
+from .baseline_outputs import check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
 from .greedy import GREEDY_PRESETS, is_greedy_preset, run_greedy
-from .io.images import InputError, StagedOutputs, load_pair, save_image
+from .io.images import InputError, StagedOutputs, load_pair
 from .io.itk import read_itk_affine, write_itk_affine
 from .register import OUTPUT_SUFFIXES, library_versions
 
@@ -447,15 +447,7 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
     with StagedOutputs(prefix) as stage, tempfile.TemporaryDirectory(prefix=".inrreg-ants-", dir=stage.directory) as tmp:
         work = Path(tmp)
         _check_ants_path(work)
-        files = {"fixed": work / "fixed.nii", "moving": work / "moving.nii"}
-        save_image(fixed_img.data, fixed_img.affine, files["fixed"])
-        save_image(moving_img.data, moving_img.affine, files["moving"])
-        if f_mask is not None:
-            files["fixed_mask"] = work / "fixed_mask.nii"
-            save_image(f_mask.astype(np.uint8), fixed_img.affine, files["fixed_mask"], dtype=np.uint8)
-        if m_mask is not None:
-            files["moving_mask"] = work / "moving_mask.nii"
-            save_image(m_mask.astype(np.uint8), moving_img.affine, files["moving_mask"], dtype=np.uint8)
+        files = write_inputs(work, fixed_img, moving_img, f_mask, m_mask, ".nii")
         stem = "ants_"
         names = {"fixed": str(files["fixed"]), "moving": str(files["moving"]),
                  "fixed_mask": str(files["fixed_mask"]) if "fixed_mask" in files else None,

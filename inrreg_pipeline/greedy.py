@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from .baseline_outputs import check_baseline_arguments, substitute_paths, write_baseline_outputs
-from .io.images import InputError, StagedOutputs, load_pair, save_image
+from .baseline_outputs import check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
+from .io.images import InputError, StagedOutputs, load_pair
 from .io.itk import write_itk_affine
 from .register import OUTPUT_SUFFIXES, library_versions
 
@@ -180,15 +180,7 @@ def run_greedy(fixed: str, moving: str, prefix: str, preset: str = "greedy", thr
     with StagedOutputs(prefix) as stage, tempfile.TemporaryDirectory(prefix=".inrreg-greedy-",
                                                                      dir=stage.directory) as tmp:
         work = Path(tmp)
-        names = {"fixed": work / "fixed.nii.gz", "moving": work / "moving.nii.gz"}
-        save_image(fixed_img.data, fixed_img.affine, names["fixed"])
-        save_image(moving_img.data, moving_img.affine, names["moving"])
-        if f_mask is not None:
-            names["fixed_mask"] = work / "fixed_mask.nii.gz"
-            save_image(f_mask.astype(np.uint8), fixed_img.affine, names["fixed_mask"], dtype=np.uint8)
-        if m_mask is not None:
-            names["moving_mask"] = work / "moving_mask.nii.gz"
-            save_image(m_mask.astype(np.uint8), moving_img.affine, names["moving_mask"], dtype=np.uint8)
+        names = write_inputs(work, fixed_img, moving_img, f_mask, m_mask, ".nii.gz")
         files = {key: str(work / f"greedy_{key}{ext}") for key, ext in (
             ("moments", ".mat"), ("affine", ".mat"), ("warp", ".nii.gz"), ("inverse_warp", ".nii.gz"),
             ("warped", ".nii.gz"), ("inverse_warped", ".nii.gz"))}

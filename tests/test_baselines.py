@@ -13,7 +13,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import mni_slice, mni_small
+from helpers import mni_slice
 
 from inrreg_pipeline import baselines
 from inrreg_pipeline.baselines import ANTS_PRESETS, antsregistration_arguments, is_ants_preset, run_ants
@@ -37,17 +37,6 @@ INTERPOLATOR = {"ants-syn": "linear", "ants-syn-cc": "linear", "ants-precise": "
 def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ants_pair")
-    fixed = mni_small(3)  # 6 mm, 31 x 37 x 31
-    psi = random_deformation(fixed, amplitude_mm=5.0, rotation_deg=4.0, translation_mm=4.0, seed=3)
-    moving = deform(fixed, psi)
-    save_image(fixed.data, fixed.affine, tmp / "fixed.nii.gz")
-    save_image(moving.data, moving.affine, tmp / "moving.nii.gz")
-    return tmp, fixed, moving
 
 
 @pytest.fixture(scope="module", params=list(ANTS_PRESETS))

@@ -285,6 +285,26 @@ def test_oasis_pairs_on_another_dataset_of_the_same_shape_and_resume(tmp_path):
     assert (out / "summary.md").exists()
 
 
+def test_the_validation_split_shares_no_subject_with_the_tuning_split():
+    """Issue 14's protocol: the subjects tuning may look at never appear in the reported pairs, and the
+    validation split is the eight pairs it names."""
+    import oasis_pairs
+
+    dev = {s for pair in oasis_pairs.SPLITS["dev"] for s in pair}
+    validation = {s for pair in oasis_pairs.SPLITS["validation"] for s in pair}
+    assert dev == {"01", "02", "03", "04", "05"} and not dev & validation
+    assert len(oasis_pairs.SPLITS["validation"]) == len(set(oasis_pairs.SPLITS["validation"])) == 8
+    assert all(f != m for f, m in oasis_pairs.SPLITS["validation"])
+    assert {f for f, _ in oasis_pairs.SPLITS["validation"]} == {"06", "07"}
+
+
+def test_trade_off_plot_has_one_point_per_method(tmp_path):
+    rows = [{"suite": "s", "pair": f"p{i}", "method": m, "stage": "affine+inr", "dice_mean": d + 0.01 * i,
+             "sd_log_j": j} for i in range(3) for m, d, j in (("a", 0.5, 0.3), ("b", 0.6, 0.4))]
+    path = report.trade_off_plot(rows, tmp_path, where={"stage": "affine+inr"})
+    assert path.exists() and path.stat().st_size > 1000
+
+
 def test_profile_pair_accounts_for_the_stages_of_a_registration(tmp_path):
     """The profiling benchmark runs the real ``inrreg register`` path and attributes its wall time to
     the stages (each measured once, none larger than the whole) and extrapolates the deformable stage."""

@@ -14,7 +14,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import masked_ncc, mni_slice, mni_small
+from helpers import masked_ncc, mni_slice
 
 from inrreg_pipeline.baselines import BASELINE_PRESETS, is_baseline_preset, run_baseline
 from inrreg_pipeline.core.space import downsample, foreground_mask
@@ -26,17 +26,6 @@ from inrreg_pipeline.synthetic import deform, random_deformation
 
 pytest.importorskip("picsl_greedy")
 ants = pytest.importorskip("ants")
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("greedy_pair")
-    fixed = mni_small(3)  # 6 mm, 31 x 37 x 31
-    psi = random_deformation(fixed, amplitude_mm=5.0, rotation_deg=4.0, translation_mm=4.0, seed=3)
-    moving = deform(fixed, psi)
-    save_image(fixed.data, fixed.affine, tmp / "fixed.nii.gz")
-    save_image(moving.data, moving.affine, tmp / "moving.nii.gz")
-    return tmp, fixed, moving
 
 
 @pytest.fixture(scope="module", params=sorted(GREEDY_PRESETS))
