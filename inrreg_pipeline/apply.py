@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .core.space import resolve_device, sample_array, sample_labels
-from .io.images import InputError, StagedOutputs, check_nifti_output, load_image, save_image
+from .io.images import (InputError, StagedOutputs, check_nifti_output, check_outputs_not_inputs, load_image,
+                        save_image)
 from .io.itk import transform_chain_to_points
 
 INTERPOLATIONS = ("linear", "nearest", "label")
@@ -43,6 +44,8 @@ def apply_transforms(input_image: str, reference: str, transforms: list[str], ou
         raise InputError("at least one transform (-t) is needed")
     check_nifti_output(output)
     chain = [parse_transform(t) for t in transforms]
+    check_outputs_not_inputs([output], {"input image": input_image, "reference image": reference,
+                                        **{f"transform {i + 1}": path for i, (path, _) in enumerate(chain)}})
     ref = load_image(reference, "reference image")
     img = load_image(input_image, "input image")
     if img.ndim != ref.ndim:

@@ -66,7 +66,7 @@ from .io.images import InputError, StagedOutputs, load_image, load_pair, save_im
 from .io.itk import (read_ants_displacement_field, read_itk_affine, write_itk_affine, write_itk_composite_h5,
                      write_itk_inverse_composite_h5)
 from .metrics import jacobian_determinant_from_displacement
-from .register import OUTPUT_SUFFIXES, library_versions
+from .register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions
 
 __all__ = ["ANTS_PRESETS", "is_ants_preset", "antsregistration_arguments", "scaled_iterations", "run_ants"]
 
@@ -395,6 +395,7 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
     antsRegistration fails (nothing written either).
     """
     start = time.perf_counter()
+    check_prefix_outputs(prefix, fixed, moving, fixed_mask, moving_mask)
     params = _preset(preset)
     n_threads = 1 if threads is None else threads
     if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:

@@ -302,6 +302,38 @@ def test_register_bad_seed(pair, capsys):
     _assert_nothing_written(out)
 
 
+# ----------------------------------------------------------------------------- outputs never replace inputs
+
+
+def _snapshot(*folders: Path) -> dict[str, str]:
+    """md5 of every file (symlinks by their target's content) in ``folders``."""
+    return {str(p): _md5(p) for folder in folders for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("how", ["same-name", "symlink", "mask"])
+def test_register_output_that_is_an_input_is_refused(pair, capsys, how):
+    """``register F out/p_Warped.nii.gz -o out/p_`` would replace the moving image (also through a
+    symlink, and for a mask named like an output): exit 2 before any work, the input unchanged."""
+    fixed, moving, out = pair
+    clash = out / f"{PREFIX}Warped.nii.gz"
+    extra = []
+    if how == "symlink":
+        clash.symlink_to(moving)
+    else:
+        clash.write_bytes(moving.read_bytes() if how == "same-name" else
+                          _save(fixed.parent / "mask.nii.gz", np.ones(SHAPE, np.uint8)).read_bytes())
+    if how == "mask":
+        extra, argv_moving = ["--fixed-mask", clash], moving
+    else:
+        argv_moving = clash
+    before = _snapshot(fixed.parent, out)
+    code = _run(_register_argv(fixed, argv_moving, out, *extra))
+    line = _assert_one_line_error(capsys, code, 2, "overwritten")
+    assert ("fixed mask" if how == "mask" else "moving image") in line
+    assert _snapshot(fixed.parent, out) == before
+    assert sorted(p.name for p in out.iterdir()) == [clash.name]
+
+
 # ----------------------------------------------------------------------------- apply: bad input -> 2
 
 
@@ -373,6 +405,22 @@ def test_apply_output_must_be_a_nifti_file(apply_inputs, capsys, name, word):
     _assert_one_line_error(capsys, code, 2, word)
     assert not (out / "noext").exists() and not (out / "moved.img").exists()
     assert not list(out.glob(".inrreg-*"))
+
+
+@pytest.mark.parametrize("target", ["input", "input-symlink", "reference", "transform"])
+def test_apply_output_that_is_an_input_is_refused(apply_inputs, capsys, target):
+    """``apply X -r F -t T -o X`` (or -o a symlink to X, or -o the reference) would replace an input."""
+    moving, fixed, warp, mat, out = apply_inputs
+    if target == "input-symlink":
+        output = out / "link.nii.gz"
+        output.symlink_to(moving)
+    else:
+        output = {"input": moving, "reference": fixed, "transform": warp}[target]
+    before = _snapshot(moving.parent, out)
+    code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", output])
+    _assert_one_line_error(capsys, code, 2, "overwritten")
+    assert _snapshot(moving.parent, out) == before
+    assert not list(out.glob(".inrreg-*")) and not list(moving.parent.glob(".inrreg-*"))
 
 
 def test_apply_unreadable_transform_names_the_file(apply_inputs, capsys):

@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import nibabel as nib
 import numpy as np
@@ -108,6 +109,25 @@ def check_nifti_output(path: str | os.PathLike) -> None:
         raise InputError(f"output '{path}' is a directory; give a file name ending in .nii.gz")
     if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
         raise InputError(f"output '{path}' must end in .nii or .nii.gz")
+
+
+def check_outputs_not_inputs(outputs: Iterable[str | os.PathLike],
+                             inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """Refuse, before any work, an output path that is one of the inputs: the same path once
+    symlinks are resolved, or the same file under another name (a hard link).
+
+    ``inputs`` maps a role ("moving image", ...) to its path (``None``: not given).
+    """
+    given = [(role, Path(path)) for role, path in inputs.items() if path]
+    for out in outputs:
+        out = Path(out)
+        target = out.resolve()
+        for role, path in given:
+            real = path.resolve()
+            same = target == real or (target.exists() and real.exists() and os.path.samefile(target, real))
+            if same:
+                raise InputError(f"output '{out}' is the {role} '{path}', which would be overwritten; "
+                                 "choose another output name")
 
 
 def save_image(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype=np.float32,
