@@ -1,7 +1,8 @@
 """``inrreg``: register a pair, apply transforms, evaluate label overlap, run the embedded demo.
 
 Exit codes: 0 success; 2 bad input or usage (one line on stderr, nothing written); 1 internal
-failure (one line on stderr; ``-v`` adds the traceback).
+failure (one line on stderr; ``-v`` adds the traceback); 130 interrupted (Ctrl-C / SIGINT, one line,
+nothing written).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ ACTIVATIONS = ("relu", "sine", "snake", "sine+", "chirp", "morlet")
 OMEGA_MODES = ("fixed", "trainable", "width", "attention")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+#: 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+EXIT_INTERRUPTED = 130
 
 
 def _register_parser(sub) -> None:
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("inrreg: interrupted", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_INTERRUPTED
     except Exception as err:  # internal failure: one line unless -v
         if args.verbose:
             traceback.print_exc()

@@ -334,6 +334,22 @@ def test_register_output_that_is_an_input_is_refused(pair, capsys, how):
     assert sorted(p.name for p in out.iterdir()) == [clash.name]
 
 
+def test_register_interrupted_exits_130(pair, capsys, monkeypatch):
+    """Ctrl-C during the optimisation: exit 130 (not the internal-failure 1), one line, no outputs and
+    no staging folder left."""
+    import inrreg_pipeline.register as register_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    fixed, moving, out = pair
+    monkeypatch.setattr(register_module, "register", interrupted)
+    code = _run(_register_argv(fixed, moving, out))
+    line = _assert_one_line_error(capsys, code, 130, "interrupted")
+    assert line == "inrreg: interrupted"
+    _assert_nothing_written(out)
+
+
 # ----------------------------------------------------------------------------- apply: bad input -> 2
 
 
