@@ -61,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from .cli import SEED_MAX
 from .core.space import foreground_mask
 from .io.images import InputError, StagedOutputs, load_image, load_pair, save_image
 from .io.itk import (read_ants_displacement_field, read_itk_affine, write_itk_affine, write_itk_composite_h5,
@@ -172,8 +173,9 @@ ANTS_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: ANTs reads ``--random-seed`` as a C int and treats 0 as "no seed": ``seed + 1`` must fit.
-_MAX_SEED = 2 ** 31 - 2
+#: ANTs reads ``--random-seed`` as a C int and treats 0 as "no seed": ``seed + 1`` must fit
+#: (the command line's ``--seed`` range for every preset, :data:`inrreg_pipeline.cli.SEED_MAX`).
+_MAX_SEED = SEED_MAX
 
 
 def is_ants_preset(name: str) -> bool:

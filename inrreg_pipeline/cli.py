@@ -21,6 +21,9 @@ OMEGA_MODES = ("fixed", "trainable", "width", "attention")
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 #: 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 EXIT_INTERRUPTED = 130
+#: ``--seed`` range, one for every preset: ANTs reads ``--random-seed`` (inrreg's seed + 1) as a C int
+#: and NumPy's legacy seeding takes [0, 2**32 - 1], so [0, 2**31 - 2] is what every method accepts.
+SEED_MAX = 2 ** 31 - 2
 
 
 def _register_parser(sub) -> None:
@@ -51,7 +54,8 @@ def _register_parser(sub) -> None:
                    help="two-network granularity: rigid (coarsest motion level only), deformable, or an explicit "
                         "affine parameterisation")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same result on CPU")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help=f"random seed in [0, {SEED_MAX}]; the same seed gives the same result on CPU (default: 0)")
     p.add_argument("--fixed-mask", metavar="FILE", help="mask on FIXED's grid: where the similarity is sampled")
     p.add_argument("--moving-mask", metavar="FILE", help="mask on MOVING's grid: only its inside is compared")
     p.add_argument("--no-affine", action="store_true", help="skip the affine stage (inputs already aligned)")
@@ -99,7 +103,7 @@ def _demo_parser(sub) -> None:
     p.add_argument("-o", "--output", default="demo_output", metavar="DIR", help="output folder (default: demo_output)")
     p.add_argument("--preset", default="fast", metavar="NAME|FILE", help="settings preset (default: fast)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help=f"random seed in [0, {SEED_MAX}] (default: 0)")
     p.add_argument("--threads", type=positive_int, metavar="N")
 
 
@@ -111,6 +115,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, an integer in [0, :data:`SEED_MAX`]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got '{text}'") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got '{text}'")
     return value
 
 

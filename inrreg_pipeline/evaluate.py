@@ -7,6 +7,7 @@ the statistic in ``name`` and its value in ``value``).
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,15 @@ def read_label_table(path: str) -> dict[int, str]:
 def evaluate_labels(fixed_labels: str, warped_labels: str, output: str, labels_tsv: str | None = None,
                     jacobian: str | None = None, mask: str | None = None) -> tuple[list[dict], dict]:
     """Compute the rows, write ``output`` (TSV) and return ``(label_rows, summary)``."""
+    if Path(output).is_dir():
+        raise InputError(f"output '{output}' is a directory; give a file name ending in .tsv")
     if not output.endswith(".tsv"):
         raise InputError(f"output '{output}' must end in .tsv")
-    if not Path(output).resolve().parent.is_dir():
+    parent = Path(output).resolve().parent
+    if not parent.is_dir():
         raise InputError(f"output directory '{Path(output).parent}' does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to output directory '{Path(output).parent}' (permission denied)")
     ref = load_image(fixed_labels, "fixed labels")
     test = load_image(warped_labels, "warped labels", ndim=ref.ndim)
     if ref.shape != test.shape or not np.allclose(ref.affine, test.affine, atol=1e-3):

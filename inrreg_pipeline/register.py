@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .cli import SEED_MAX
 from .core.config import RegistrationSettings, load_preset, validate
 from .core.registration import RegistrationResult, register
 from .core.space import resolve_device
@@ -131,6 +132,8 @@ def register_files(fixed: str, moving: str, prefix: str, preset: str | Registrat
         dev = resolve_device(device)
     except ValueError as err:
         raise InputError(str(err)) from None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise InputError(f"seed must be an integer in [0, {SEED_MAX}], got {seed!r}")
     if threads is not None:
         if int(threads) < 1:
             raise InputError(f"--threads must be >= 1, got {threads}")

@@ -238,8 +238,14 @@ def test_register_malformed_preset(pair, capsys, content):
     ('{"optimisation": {"smoothing_mm": [4, -1]}}', "smoothing_mm"),
     ('{"optimisation": {"smoothing_mm": ["4mm"]}}', "must be list"),
     ('{"optimisation": {"lr_schedule": "step"}}', "lr_schedule"),
+    # JSON reads 1e309 as inf; Python's JSON also takes NaN and Infinity: one finite check for every float key
+    ('{"loss": {"alpha": 1e309}}', "loss.alpha must be a finite number"),
+    ('{"optimisation": {"lr": NaN}}', "optimisation.lr must be a finite number"),
+    ('{"network": {"omega": Infinity}}', "network.omega must be a finite number"),
+    ('{"optimisation": {"smoothing_mm": [2, 1e400]}}', "optimisation.smoothing_mm[1] must be a finite number"),
+    ('{"two_network": {"image_hash": {"growth_factor": -Infinity}}}', "growth_factor must be a finite number"),
 ], ids=["wrong-type", "unknown-similarity", "negative", "mismatched-lists", "unknown-activation", "negative-sigma",
-        "sigma-not-number", "unknown-schedule"])
+        "sigma-not-number", "unknown-schedule", "alpha-inf", "lr-nan", "omega-inf", "sigma-inf", "nested-inf"])
 def test_register_preset_with_bad_values(pair, capsys, content, word):
     """Bad preset values are the user's input: exit 2 before any work, not an internal failure."""
     fixed, moving, out = pair
@@ -295,10 +301,25 @@ def test_register_missing_output(pair, capsys):
     _assert_nothing_written(out)
 
 
-def test_register_bad_seed(pair, capsys):
+@pytest.mark.parametrize("seed", ["abc", "-1", str(2 ** 31 - 1), str(2 ** 32), str(2 ** 64), "1.5"])
+@pytest.mark.parametrize("preset", ["default", "ants-syn"])
+def test_register_bad_seed(pair, capsys, seed, preset):
+    """One seed range, [0, 2**31 - 2], for every preset (ANTs adds 1 and reads a C int): a usage error
+    before any work, not an internal failure."""
     fixed, moving, out = pair
-    code = _run(_register_argv(fixed, moving, out, "--seed", "abc"))
-    _assert_one_line_error(capsys, code, 2, "--seed")
+    code = _run(_register_argv(fixed, moving, out, "--seed", seed, "--preset", preset))
+    line = _assert_one_line_error(capsys, code, 2, "--seed")
+    assert "2147483646" in line or seed == "abc"
+    _assert_nothing_written(out)
+
+
+def test_register_seed_range_is_checked_in_the_python_api(pair):
+    from inrreg_pipeline.io.images import InputError
+    from inrreg_pipeline.register import register_files
+
+    fixed, moving, out = pair
+    with pytest.raises(InputError, match="seed must be an integer"):
+        register_files(str(fixed), str(moving), f"{out}/{PREFIX}", device="cpu", seed=-1)
     _assert_nothing_written(out)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import nibabel as nib
 import numpy as np
@@ -60,3 +61,27 @@ def test_evaluate_refuses_labels_on_another_grid(labels, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not on the grid" in err[0]
     assert not (tmp / "e.tsv").exists()
+
+
+@pytest.mark.parametrize("where", ["folder", "folder-named-tsv", "read-only-folder"])
+def test_evaluate_refuses_an_output_it_cannot_write(labels, capsys, where):
+    """``-o`` naming a folder, or a file in a folder it cannot write: exit 2, one line, before any work."""
+    ref, test, _, tmp = labels
+    if where == "read-only-folder":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores directory permissions")
+        folder = tmp / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+        output, word = folder / "e.tsv", "cannot write"
+    else:
+        output = tmp / ("results" if where == "folder" else "results.tsv")
+        output.mkdir()
+        word = "is a directory"
+    try:
+        code = main(["evaluate", "--fixed-labels", ref, "--warped-labels", test, "-o", str(output)])
+    finally:
+        (tmp / "ro").chmod(0o700) if (tmp / "ro").exists() else None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and word in err[0], err
+    assert not (tmp / "ro" / "e.tsv").exists()
