@@ -371,6 +371,110 @@ def test_register_interrupted_exits_130(pair, capsys, monkeypatch):
     _assert_nothing_written(out)
 
 
+# ----------------------------------------------------------------------------- geometry: valid grids load
+
+
+def _plane_affine(columns: list[int], spacing: float = SPACING) -> np.ndarray:
+    """A 4x4 affine whose array axes 0, 1, 2 point along world axes ``columns``."""
+    aff = np.zeros((4, 4))
+    for axis, world in enumerate(columns):
+        aff[world, axis] = spacing
+    aff[:, 3] = [-20.0, -18.0, 5.0, 1.0]
+    return aff
+
+
+@pytest.mark.parametrize("shape, columns", [
+    ((*SHAPE, 1), [0, 1, 2]),            # axial, the singleton last (as before)
+    ((1, *SHAPE), [2, 0, 1]),            # axial plane stored with the singleton first
+    ((SHAPE[0], 1, SHAPE[1]), [0, 2, 1]),  # ... and in the middle
+], ids=["last", "first", "middle"])
+def test_single_slice_volume_is_a_2d_image(tmp_path, shape, columns):
+    """A 3-D NIfTI one voxel thick along any axis is the 2-D image of the other two axes, with their
+    columns of the affine (the singleton axis squeezed, not assumed to be the last)."""
+    from inrreg_pipeline.io.images import load_image
+
+    data = _blob().reshape(shape)
+    aff = _plane_affine(columns)
+    img = load_image(_save(tmp_path / "slice.nii.gz", data, aff))
+    assert img.shape == SHAPE
+    np.testing.assert_array_equal(img.data, _blob())
+    in_plane = [axis for axis in range(3) if shape[axis] != 1]
+    np.testing.assert_allclose(img.affine, aff[np.ix_([0, 1, 3], in_plane + [3])])
+    np.testing.assert_allclose(img.affine[:2, :2], np.diag([SPACING, SPACING]))
+
+
+@pytest.mark.parametrize("shape, columns, plane", [
+    ((*SHAPE, 1), [1, 2, 0], "sagittal"),          # in-plane axes along world y, z: was "singular affine"
+    ((1, *SHAPE), [0, 1, 2], "sagittal"),
+    ((SHAPE[0], 1, SHAPE[1]), [0, 1, 2], "coronal"),
+    ((*SHAPE, 1), [0, 2, 1], "coronal"),
+], ids=["sagittal-last", "sagittal-first", "coronal-middle", "coronal-last"])
+def test_non_axial_slice_is_refused_with_the_real_reason(pair, capsys, shape, columns, plane):
+    """2-D registration works in the world x-y plane: a sagittal or coronal slice cannot be mapped to
+    it without distortion. Say so (exit 2, one line), not "singular or non-finite affine"."""
+    fixed, moving, out = pair
+    slice_ = _save(fixed.parent / "slice.nii.gz", _blob().reshape(shape), _plane_affine(columns))
+    code = _run(_register_argv(slice_, moving, out))
+    line = _assert_one_line_error(capsys, code, 2, plane)
+    assert "singular" not in line and "axial" in line
+    _assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("spacing_mm", [0.0008, 1e-6], ids=["0.8um", "1nm"])
+def test_tiny_voxels_register(pair, capsys, spacing_mm):
+    """Microscopy voxels (0.8 micrometre: |det| ~ 5e-10 mm^3) are a valid grid: the affine test is
+    relative to the voxel size, and the pair registers like its millimetre twin."""
+    fixed, moving, out = pair
+    scale = spacing_mm / SPACING
+    aff = _affine()
+    aff[:3] *= scale
+    small_f = _save(fixed.parent / "small_fixed.nii.gz", _blob(), aff)
+    small_m = _save(fixed.parent / "small_moving.nii.gz", _blob(shift_mm=2.0), aff)
+    preset = fixed.parent / "tiny.json"
+    preset.write_text(json.dumps(FAST_PRESET))
+    code = _run(_register_argv(small_f, small_m, out, "--preset", preset, "--no-progress"))
+    assert code == 0, capsys.readouterr().err
+    warped = nib.load(str(out / f"{PREFIX}Warped.nii.gz"))
+    np.testing.assert_allclose(warped.affine[:2, :2], aff[:2, :2], rtol=1e-5)
+    assert np.isfinite(np.asanyarray(warped.dataobj)).all()
+
+
+@pytest.mark.parametrize("spacing_mm", [0.0008, 1e-5], ids=["0.8um", "10nm"])
+def test_tiny_voxel_volume_loads(tmp_path, spacing_mm):
+    """A 3-D volume of 0.8 micrometre voxels (|det| 5e-10 mm^3, below the old absolute 1e-9 threshold)
+    and of 10 nm voxels (below SpatialImage's old 1e-12) is a valid grid."""
+    from inrreg_pipeline.core.space import SpatialImage
+    from inrreg_pipeline.io.images import load_image
+
+    aff = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
+    img = load_image(_save(tmp_path / "micro.nii.gz", np.stack([_blob()] * 4, axis=-1), aff))
+    assert img.shape == (*SHAPE, 4)
+    np.testing.assert_allclose(img.spacing, [spacing_mm] * 3, rtol=1e-6)
+    SpatialImage(img.data, img.affine).with_data(img.data)
+
+
+@pytest.mark.parametrize("affine_kind, word", [("zero-column", "zero voxel size"), ("parallel", "parallel"),
+                                               ("nan", "non-finite")])
+def test_degenerate_affine_names_the_problem(pair, capsys, affine_kind, word):
+    fixed, moving, out = pair
+    aff = _affine(3)
+    if affine_kind == "zero-column":
+        aff[:, 1] = 0.0
+    elif affine_kind == "parallel":
+        aff[:3, 1] = aff[:3, 0] * (1 + 1e-9)
+    else:
+        aff[0, 0] = np.nan
+    # nibabel refuses to write such an affine: write a valid file and put the rows into its sform
+    bad = _save(fixed.parent / "bad.nii", np.stack([_blob()] * 4, axis=-1))
+    raw = bytearray(bad.read_bytes())
+    raw[252:256] = np.array([0, 1], "<i2").tobytes()            # qform_code 0, sform_code 1
+    raw[280:328] = np.asarray(aff[:3], "<f4").tobytes()          # srow_x, srow_y, srow_z
+    bad.write_bytes(bytes(raw))
+    code = _run(_register_argv(bad, moving, out))
+    _assert_one_line_error(capsys, code, 2, word)
+    _assert_nothing_written(out)
+
+
 # ----------------------------------------------------------------------------- apply: bad input -> 2
 
 

@@ -14,18 +14,37 @@ from typing import Iterable, Mapping
 import nibabel as nib
 import numpy as np
 
-from ..core.space import SpatialImage
+from ..core.space import SpatialImage, affine_problem
 
 
 class InputError(ValueError):
     """Bad input from the user (missing file, wrong dimension, NaNs, ...): one-line message, exit 2."""
 
 
-def _reduce_affine(affine: np.ndarray, ndim: int) -> np.ndarray:
-    """The ``(d+1, d+1)`` in-plane part of a NIfTI 4x4 affine (2-D images keep x, y)."""
-    if ndim == 3:
-        return np.asarray(affine, dtype=np.float64)
-    return np.asarray(affine, dtype=np.float64)[np.ix_([0, 1, 3], [0, 1, 3])]
+#: Largest sine of the angle between a 2-D image's plane and the axial (x-y) world plane: 2-D images
+#: are registered in x-y world coordinates, so a slice in another plane would be projected onto it.
+MAX_SLICE_TILT_SINE = 1e-3
+
+
+def _slice_affine(affine: np.ndarray, in_plane: list[int], role: str, path: Path, shape: tuple[int, ...]
+                  ) -> np.ndarray:
+    """The ``3 x 3`` affine of a 2-D image (or single-slice volume) whose array axes ``in_plane``
+    remain: their columns and the origin in world x, y. Refuses (:class:`InputError`, naming the
+    plane) a slice that is not in the axial (x-y) world plane: sagittal and coronal slices and
+    tilted ones cannot be mapped to x, y without distorting them."""
+    a = np.asarray(affine, dtype=np.float64)
+    columns = a[:3, in_plane]
+    normal = np.cross(columns[:, 0], columns[:, 1])
+    length = np.linalg.norm(normal)
+    if np.isfinite(length) and length > 0:
+        tilt = np.hypot(normal[0], normal[1]) / length
+        if tilt > MAX_SLICE_TILT_SINE:
+            axis = int(np.argmax(np.abs(normal)))
+            tilt_deg = np.degrees(np.arcsin(min(tilt, 1.0)))
+            plane = ("sagittal", "coronal", f"oblique ({tilt_deg:.1f} degrees from axial)")[axis]
+            raise InputError(f"{role} '{path}' is a single {plane} slice (shape {shape}); 2-D images are registered "
+                             "in the axial (x-y) world plane only: give a 3-D volume or an axial slice")
+    return a[np.ix_([0, 1, 3], in_plane + [3])]
 
 
 def expand_affine(affine: np.ndarray) -> np.ndarray:
@@ -40,7 +59,10 @@ def expand_affine(affine: np.ndarray) -> np.ndarray:
 def load_image(path: str | os.PathLike, role: str = "image", ndim: int | None = None) -> SpatialImage:
     """Load a 2-D or 3-D NIfTI image as float32 in physical space.
 
-    Trailing singleton dimensions are dropped (``(X, Y, 1)`` is 2-D, ``(X, Y, Z, 1)`` is 3-D).
+    A 4-D image with one volume is 3-D (``(X, Y, Z, 1)``), and a volume one voxel thick along any
+    axis is a 2-D image of the other two (``(X, Y, 1)``, ``(X, 1, Z)``, ``(1, Y, Z)``), which must
+    lie in the axial (x-y) world plane (see :func:`_slice_affine`). Voxels of any size are accepted
+    (the affine test is relative: :func:`~inrreg_pipeline.core.space.affine_problem`).
     ``role`` names the input in messages ("fixed image", ...); ``ndim`` demands a dimension.
     """
     path = Path(path)
@@ -55,22 +77,28 @@ def load_image(path: str | os.PathLike, role: str = "image", ndim: int | None = 
         raise InputError(f"{role} '{path}' is not a readable NIfTI image ({type(err).__name__})") from None
     if not hasattr(img, "affine") or img.affine is None:
         raise InputError(f"{role} '{path}' has no spatial affine")
-    shape = list(data.shape)
-    while len(shape) > 2 and shape[-1] == 1:
+    original = tuple(data.shape)
+    shape = list(original)
+    while len(shape) > 3 and shape[-1] == 1:
         shape.pop()
     if len(shape) > 3:
         raise InputError(f"{role} '{path}' is {len(shape)}-D with shape {tuple(data.shape)}; "
                          "a single 2-D or 3-D image is needed")
-    if len(shape) < 2:
+    singletons = [axis for axis, n in enumerate(shape) if n == 1]
+    if len(shape) < 2 or len(shape) - len(singletons) < 2:
         raise InputError(f"{role} '{path}' has shape {tuple(data.shape)}; a 2-D or 3-D image is needed")
-    data = np.asarray(data, dtype=np.float32).reshape(shape)
+    # a 3-D image one voxel thick along any axis (not only the last) is a 2-D image: squeeze that axis
+    in_plane = [axis for axis in range(len(shape)) if axis not in singletons]
+    data = np.asarray(data, dtype=np.float32).reshape([shape[axis] for axis in in_plane])
     if not np.isfinite(data).all():
         raise InputError(f"{role} '{path}' contains NaN or infinite voxels")
-    if ndim is not None and len(shape) != ndim:
-        raise InputError(f"{role} '{path}' is {len(shape)}-D but a {ndim}-D image is needed")
-    affine = _reduce_affine(img.affine, len(shape))
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:-1, :-1])) < 1e-9:
-        raise InputError(f"{role} '{path}' has a singular or non-finite affine")
+    if ndim is not None and data.ndim != ndim:
+        raise InputError(f"{role} '{path}' is {data.ndim}-D but a {ndim}-D image is needed")
+    full = np.asarray(img.affine, dtype=np.float64)
+    affine = full if data.ndim == 3 else _slice_affine(full, in_plane, role, path, original)
+    problem = affine_problem(affine)
+    if problem:
+        raise InputError(f"{role} '{path}' has a singular or non-finite affine ({problem})")
     return SpatialImage(data, affine)
 
 
