@@ -112,9 +112,12 @@ def check_image(path: Path, role: str):
     import nibabel as nib
     import numpy as np
 
+    from inrreg_pipeline.io.images import quiet_nibabel
+
     try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        with quiet_nibabel():
+            img = nib.load(str(path))
+            data = np.asanyarray(img.dataobj)
     except FileNotFoundError:
         raise AppError(f"{role} '{path}' does not exist", EXIT_NOINPUT) from None
     except Exception as err:  # nibabel raises many kinds (ImageFileError, EOFError, zlib.error, ...)

@@ -371,6 +371,44 @@ def test_register_interrupted_exits_130(pair, capsys, monkeypatch):
     _assert_nothing_written(out)
 
 
+def _patch_header(path: Path, **fields) -> Path:
+    """Overwrite NIfTI-1 header fields of an uncompressed ``.nii`` in place (what nibabel would refuse
+    to write): ``datatype``/``bitpix`` (int16 at 70/72), ``scl_slope``/``scl_inter`` (float32 at 112/116)."""
+    offsets = {"datatype": (70, "<i2"), "bitpix": (72, "<i2"), "scl_slope": (112, "<f4"), "scl_inter": (116, "<f4")}
+    raw = bytearray(path.read_bytes())
+    for name, value in fields.items():
+        offset, dtype = offsets[name]
+        raw[offset:offset + np.dtype(dtype).itemsize] = np.array([value], dtype).tobytes()
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("case, words, not_words", [
+    ("scl_slope-overflow", ("scl_slope", "float32 range"), ("NaN", "Warning")),
+    ("dt-binary", ("DT_BINARY",), ("not attempting fix",)),
+])
+def test_header_problems_are_one_line_with_the_real_reason(pair, case, words, not_words):
+    """A scl_slope that overflows float32 was blamed on NaN/inf voxels after a 2-line NumPy warning; a
+    DT_BINARY image printed nibabel's log line first. Run as a user would (a subprocess: warnings and
+    log records reach stderr there) and expect exactly one line naming the cause."""
+    import subprocess
+    import sys
+
+    fixed, moving, out = pair
+    data = (np.arange(np.prod(SHAPE)).reshape(SHAPE) % 100).astype(np.int16 if case != "dt-binary" else np.uint8)
+    bad = _save(fixed.parent / "bad.nii", data)
+    if case == "dt-binary":
+        _patch_header(bad, datatype=1, bitpix=1)
+    else:
+        _patch_header(bad, scl_slope=1e38, scl_inter=0.0)
+    proc = subprocess.run([sys.executable, "-m", "inrreg_pipeline.cli", *map(str, _register_argv(bad, moving, out))],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert all(w in lines[0] for w in words) and not any(w in lines[0] for w in not_words), lines[0]
+    _assert_nothing_written(out)
+
+
 # ----------------------------------------------------------------------------- geometry: valid grids load
 
 

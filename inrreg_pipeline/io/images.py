@@ -5,11 +5,14 @@ file; the command line turns it into exit code 2.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import nibabel as nib
 import numpy as np
@@ -56,6 +59,60 @@ def expand_affine(affine: np.ndarray) -> np.ndarray:
     return full
 
 
+@contextlib.contextmanager
+def quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's header log (e.g. "data code 1 not supported; not attempting fix", printed to
+    stderr before any message of ours: Python's last-resort handler prints it when the logger has no
+    handler, so removing handlers, as nibabel's own ``LoggingOutputSuppressor`` does, is not enough)."""
+    log = nib.imageglobals.logger
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+#: NIfTI datatype codes nibabel cannot read, named in the message
+_UNREADABLE_DATATYPES = {1: "DT_BINARY, 1 bit per voxel", 128: "DT_RGB24", 2304: "DT_RGBA32"}
+
+
+def _read_nifti(path: Path, role: str) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels as finite float32 (scaled by ``scl_slope``/``scl_inter``) and the 4x4 affine of a
+    NIfTI file; :class:`InputError` with one line naming the real problem otherwise (nibabel's own
+    log lines are suppressed: the message says it all)."""
+    try:
+        with quiet_nibabel():
+            img = nib.load(str(path))
+            raw = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises many types for non-images and truncated files
+        code = re.search(r"data code (\d+) not supported", str(err))
+        if code:
+            name = _UNREADABLE_DATATYPES.get(int(code[1]))
+            raise InputError(f"{role} '{path}' has NIfTI datatype {code[1]}{f' ({name})' if name else ''}, which "
+                             "cannot be read; save it as an integer or float type (e.g. uint8)") from None
+        raise InputError(f"{role} '{path}' is not a readable NIfTI image ({type(err).__name__})") from None
+    if getattr(img, "affine", None) is None:
+        raise InputError(f"{role} '{path}' has no spatial affine")
+    if raw.dtype.fields is not None or not np.issubdtype(raw.dtype, np.number) or np.iscomplexobj(raw):
+        raise InputError(f"{role} '{path}' has {raw.dtype} voxels; a scalar (integer or float) image is needed")
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = np.asarray(raw, dtype=np.float32)
+    if not np.isfinite(data).all():
+        slope, inter = (float(getattr(img.dataobj, name, default)) for name, default in (("slope", 1.0),
+                                                                                          ("inter", 0.0)))
+        if (slope, inter) != (1.0, 0.0):
+            stored = np.asanyarray(img.dataobj.get_unscaled())
+            if np.isfinite(stored).all():
+                largest = float(np.abs(stored.astype(np.float64)).max()) * abs(slope) + abs(inter)
+                raise InputError(f"{role} '{path}' has scl_slope {slope:g} and scl_inter {inter:g}, which scale its "
+                                 f"stored values up to {largest:.3g}, beyond the float32 range (3.4e38)")
+        elif np.isfinite(raw).all():
+            raise InputError(f"{role} '{path}' has values beyond the float32 range (3.4e38)")
+        raise InputError(f"{role} '{path}' contains NaN or infinite voxels")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
 def load_image(path: str | os.PathLike, role: str = "image", ndim: int | None = None) -> SpatialImage:
     """Load a 2-D or 3-D NIfTI image as float32 in physical space.
 
@@ -70,13 +127,7 @@ def load_image(path: str | os.PathLike, role: str = "image", ndim: int | None = 
         raise InputError(f"{role} '{path}' does not exist")
     if path.is_dir():
         raise InputError(f"{role} '{path}' is a directory, not an image")
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for non-images and truncated files
-        raise InputError(f"{role} '{path}' is not a readable NIfTI image ({type(err).__name__})") from None
-    if not hasattr(img, "affine") or img.affine is None:
-        raise InputError(f"{role} '{path}' has no spatial affine")
+    data, affine = _read_nifti(path, role)
     original = tuple(data.shape)
     shape = list(original)
     while len(shape) > 3 and shape[-1] == 1:
@@ -89,13 +140,10 @@ def load_image(path: str | os.PathLike, role: str = "image", ndim: int | None = 
         raise InputError(f"{role} '{path}' has shape {tuple(data.shape)}; a 2-D or 3-D image is needed")
     # a 3-D image one voxel thick along any axis (not only the last) is a 2-D image: squeeze that axis
     in_plane = [axis for axis in range(len(shape)) if axis not in singletons]
-    data = np.asarray(data, dtype=np.float32).reshape([shape[axis] for axis in in_plane])
-    if not np.isfinite(data).all():
-        raise InputError(f"{role} '{path}' contains NaN or infinite voxels")
+    data = data.reshape([shape[axis] for axis in in_plane])
     if ndim is not None and data.ndim != ndim:
         raise InputError(f"{role} '{path}' is {data.ndim}-D but a {ndim}-D image is needed")
-    full = np.asarray(img.affine, dtype=np.float64)
-    affine = full if data.ndim == 3 else _slice_affine(full, in_plane, role, path, original)
+    affine = affine if data.ndim == 3 else _slice_affine(affine, in_plane, role, path, original)
     problem = affine_problem(affine)
     if problem:
         raise InputError(f"{role} '{path}' has a singular or non-finite affine ({problem})")
