@@ -89,9 +89,8 @@ def check_paths(opts) -> tuple[Path, Path, Path]:
     work_dir = Path(opts.work_dir).expanduser().resolve()
     if not bids_dir.is_dir():
         raise AppError(f"'{opts.bids_dir}' is not a BIDS dataset (no such folder)", EXIT_BIDS_INVALID)
-    if not (bids_dir / "dataset_description.json").is_file() and not opts.skip_bids_validation:
-        raise AppError(f"'{opts.bids_dir}' is not a BIDS dataset (no dataset_description.json; "
-                       f"--skip-bids-validation to go on anyway)", EXIT_BIDS_INVALID)
+    if not opts.skip_bids_validation:
+        check_dataset_description(bids_dir, opts.bids_dir)
     suggestion = bids_dir / "derivatives" / "inrreg"
     if output_dir == bids_dir:
         raise AppError(f"output_dir is the input dataset; use e.g. '{suggestion}'", EXIT_CANTCREAT)
@@ -105,6 +104,27 @@ def check_paths(opts) -> tuple[Path, Path, Path]:
         raise AppError(f"work dir '{work_dir}' is inside the input dataset, which is never written to; "
                        f"choose another -w/--work-dir", EXIT_USAGE)
     return bids_dir, output_dir, work_dir
+
+
+def check_dataset_description(bids_dir: Path, given: str) -> None:
+    """A BIDS dataset has a ``dataset_description.json`` holding a JSON object; ``AppError`` (16,
+    not BIDS) naming what is wrong otherwise (``--skip-bids-validation`` skips this check)."""
+    path = bids_dir / "dataset_description.json"
+    hint = "--skip-bids-validation to go on anyway"
+    if not path.is_file():
+        raise AppError(f"'{given}' is not a BIDS dataset (no dataset_description.json; {hint})", EXIT_BIDS_INVALID)
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise AppError(f"'{given}' is not a BIDS dataset (dataset_description.json cannot be read: "
+                       f"{err.strerror or err}; {hint})", EXIT_BIDS_INVALID) from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise AppError(f"'{given}' is not a BIDS dataset (dataset_description.json is not valid JSON: {detail}; "
+                       f"{hint})", EXIT_BIDS_INVALID) from None
+    if not isinstance(description, dict):
+        raise AppError(f"'{given}' is not a BIDS dataset (dataset_description.json must hold a JSON object, not "
+                       f"{type(description).__name__}; {hint})", EXIT_BIDS_INVALID)
 
 
 def check_image(path: Path, role: str):

@@ -194,6 +194,25 @@ def test_exit_codes(dataset, tmp_path, capsys):
     assert not out.exists() or not any(out.rglob("sub-*"))
 
 
+@pytest.mark.parametrize("content, word", [("{\"Name\": \"x\", ", "not valid JSON"),
+                                           ("[1, 2]", "JSON object"),
+                                           (b"\xff\xfe\x00", "not valid JSON")], ids=["truncated", "list", "binary"])
+def test_invalid_dataset_description_is_not_bids(tmp_path, capsys, content, word):
+    """A dataset_description.json that is not a JSON object: exit 16 (not BIDS), one line, nothing
+    created; --skip-bids-validation goes on past it."""
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    desc = bids / "dataset_description.json"
+    desc.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out, work = tmp_path / "out", tmp_path / "work"
+    _one_line_error(capsys, 16, [bids, out, "participant", "-w", work], "dataset_description.json", word,
+                    "--skip-bids-validation")
+    assert not out.exists() and not work.exists()
+    main([str(a) for a in (bids, out, "participant", "-w", work, "--skip-bids-validation")])
+    err = capsys.readouterr().err
+    assert "--skip-bids-validation to go on" not in err, err  # past the check (pybids or 'no participants' next)
+
+
 def test_data_errors(dataset, tmp_path, capsys):
     """Missing T1w (66), corrupted NIfTI (65), template and dseg on different grids (65)."""
     bids = tmp_path / "bids"
