@@ -184,12 +184,36 @@ def test_register_output_parent_is_a_file(pair, capsys):
     _assert_nothing_written(out)
 
 
-def test_register_output_directory_missing(pair, capsys):
+def test_register_creates_a_missing_output_directory(pair, capsys):
+    """``-o out/a/b/sub_`` with ``out/a/b`` missing: made as ``mkdir -p`` would (the README's example
+    on a fresh machine), holding the outputs and nothing else."""
     fixed, moving, out = pair
-    code = _run(["register", fixed, moving, "-o", f"{out}/missing/{PREFIX}", "--device", "cpu"])
-    _assert_one_line_error(capsys, code, 2, "does not exist", "cannot write")
-    assert not (out / "missing").exists()
-    _assert_nothing_written(out)
+    preset = fixed.parent / "tiny.json"
+    preset.write_text(json.dumps(FAST_PRESET))
+    code = _run(["register", fixed, moving, "-o", f"{out}/a/b/{PREFIX}", "--device", "cpu", "--preset", preset,
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "a" / "b").iterdir()) == sorted(PREFIX + s for s in REGISTER_SUFFIXES)
+
+
+@pytest.mark.parametrize("failure, expected", [(KeyboardInterrupt, 130), (RuntimeError("boom"), 1),
+                                               (None, 2)], ids=["interrupted", "internal-error", "bad-input"])
+def test_register_failure_removes_the_directories_it_created(pair, capsys, monkeypatch, failure, expected):
+    """A run that fails after making ``out/a/b`` removes them again: nothing half-made is left."""
+    import inrreg_pipeline.register as register_module
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    fixed, moving, out = pair
+    argv = ["register", fixed, moving, "-o", f"{out}/a/b/{PREFIX}", "--device", "cpu"]
+    if failure is None:  # bad input found while loading, before any folder is made
+        argv += ["--fixed-mask", _save(fixed.parent / "empty_mask.nii.gz", np.zeros(SHAPE, np.uint8))]
+    else:
+        monkeypatch.setattr(register_module, "register", fail)
+    code = _run(argv)
+    assert code == expected, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == []
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores directory permissions")
@@ -569,11 +593,34 @@ def test_apply_unknown_interpolation(apply_inputs, capsys):
     _assert_nothing_written(out)
 
 
-def test_apply_output_directory_missing(apply_inputs, capsys):
+def test_apply_creates_a_missing_output_directory(apply_inputs, capsys):
     moving, fixed, warp, mat, out = apply_inputs
-    code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", out / "missing" / f"{PREFIX}moved.nii.gz"])
-    _assert_one_line_error(capsys, code, 2, "does not exist", "cannot write")
-    _assert_nothing_written(out)
+    code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", out / "a" / "b" / f"{PREFIX}moved.nii.gz"])
+    assert code == 0, capsys.readouterr().err
+    assert [p.name for p in (out / "a" / "b").iterdir()] == [f"{PREFIX}moved.nii.gz"]
+
+
+def test_apply_failure_removes_the_directories_it_created(apply_inputs, capsys):
+    moving, fixed, warp, mat, out = apply_inputs
+    junk = fixed.parent / "junk.mat"
+    junk.write_text("not a transform")
+    code = _run(["apply", moving, "-r", fixed, "-t", junk, "-o", out / "a" / "b" / f"{PREFIX}moved.nii.gz"])
+    _assert_one_line_error(capsys, code, 2, "cannot read")
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["register", "apply"])
+def test_output_directory_below_a_file_is_refused(apply_inputs, capsys, command):
+    """mkdir -p semantics stop at a file: ``-o out/afile/x/...`` is refused (exit 2), the file untouched."""
+    moving, fixed, warp, mat, out = apply_inputs
+    afile = out / "afile"
+    afile.write_text("a regular file\n")
+    if command == "register":
+        argv = ["register", fixed, moving, "-o", f"{afile}/x/{PREFIX}", "--device", "cpu"]
+    else:
+        argv = ["apply", moving, "-r", fixed, "-t", warp, "-o", afile / "x" / "moved.nii.gz"]
+    _assert_one_line_error(capsys, _run(argv), 2, "not a directory")
+    assert afile.read_text() == "a regular file\n" and [p.name for p in out.iterdir()] == ["afile"]
 
 
 @pytest.mark.parametrize("name, word", [("noext", ".nii"), ("moved.img", ".nii"), ("adir", "directory")])

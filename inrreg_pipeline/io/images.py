@@ -221,6 +221,10 @@ class StagedOutputs:
     """Write outputs under a hidden temporary folder beside their destination, move them into
     place only when everything succeeded, and remove them all otherwise.
 
+    The destination folder is created when missing (as ``mkdir -p`` would; a parent that is a file
+    or cannot be written is an :class:`InputError`), and the folders created are removed again when
+    the run fails, so a failure leaves nothing behind.
+
     >>> with StagedOutputs(prefix) as stage:            # doctest: +SKIP
     ...     save_image(data, affine, stage.path("Warped.nii.gz"))
     """
@@ -231,17 +235,49 @@ class StagedOutputs:
         self.stem = os.path.basename(prefix)
         self.outputs: dict[str, Path] = {}
         self._tmp: Path | None = None
+        self._created: list[Path] = []
 
     def __enter__(self) -> "StagedOutputs":
-        if self.directory.exists() and not self.directory.is_dir():
-            raise InputError(f"output directory '{self.directory}' is not a directory")
-        if not self.directory.is_dir():
-            raise InputError(f"output directory '{self.directory}' does not exist")
+        self._make_directory()
         try:
             self._tmp = Path(tempfile.mkdtemp(prefix=".inrreg-", dir=self.directory))
         except OSError as err:
+            self._remove_created()
             raise InputError(f"cannot write to output directory '{self.directory}' ({err.strerror})") from None
         return self
+
+    def _make_directory(self) -> None:
+        """Create the missing folders of :attr:`directory`, outermost first, remembering them."""
+        missing, folder = [], self.directory
+        while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        if not folder.is_dir():
+            if folder == self.directory:
+                raise InputError(f"output directory '{self.directory}' is not a directory")
+            raise InputError(f"cannot create output directory '{self.directory}': '{folder}' is not a directory")
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if not folder.is_dir():
+                    self._remove_created()
+                    raise InputError(f"cannot create output directory '{self.directory}': '{folder}' is not a "
+                                     "directory") from None
+                continue  # made meanwhile by another run: not ours to remove
+            except OSError as err:
+                self._remove_created()
+                raise InputError(f"cannot create output directory '{self.directory}' ({err.strerror})") from None
+            self._created.append(folder)
+
+    def _remove_created(self) -> None:
+        """Remove the folders this run created, innermost first, where they are (still) empty."""
+        for folder in reversed(self._created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._created = []
 
     def path(self, suffix: str) -> Path:
         """Temporary path of the output ``<prefix><suffix>``."""
@@ -255,9 +291,13 @@ class StagedOutputs:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._tmp is not None
+        done = False
         try:
             if exc_type is None:
                 for final in self.outputs.values():
                     os.replace(self._tmp / final.name, final)
+                done = True
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
+            if not done:
+                self._remove_created()
