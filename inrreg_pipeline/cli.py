@@ -71,8 +71,9 @@ def _apply_parser(sub) -> None:
                     "a linear transform). Label maps: --interpolation label (label-aware) or nearest.")
     p.add_argument("input", metavar="INPUT", help="image or label map to resample")
     p.add_argument("-r", "--reference", required=True, metavar="REFERENCE", help="image whose grid the output takes")
-    p.add_argument("-t", "--transform", action="append", required=True, metavar="TRANSFORM",
-                   help="transform file (.mat, .txt, .h5, displacement-field NIfTI); repeat in ANTs order")
+    p.add_argument("-t", "--transform", action="extend", nargs="+", required=True, metavar="TRANSFORM",
+                   help="transform files (.mat, .txt, .h5, displacement-field NIfTI) in ANTs order: "
+                        "-t A -t B or -t A B (the same)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output NIfTI path")
     p.add_argument("--interpolation", default="linear", choices=("linear", "nearest", "label"),
                    help="linear for intensities; label (like ANTs GenericLabel) or nearest for label maps")

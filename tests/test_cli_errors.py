@@ -561,6 +561,27 @@ def test_apply_inputs_fixture_is_valid(apply_inputs, capsys):
     assert (out / f"{PREFIX}moved.nii.gz").is_file()
 
 
+def test_apply_takes_several_transforms_after_one_t(apply_inputs, capsys):
+    """``-t A B`` (the form many users type) is ``-t A -t B``: same order, same output."""
+    moving, fixed, warp, mat, out = apply_inputs
+    mat2 = fixed.parent / "shift_0GenericAffine.mat"
+    from inrreg_pipeline.io.itk import write_itk_affine
+
+    shift = np.eye(3)
+    shift[:2, 2] = [3.0, -2.0]
+    write_itk_affine(mat2, shift)
+    outputs = {}
+    for form, argv in {"repeated": ["-t", warp, "-t", mat2, "-t", mat], "one-t": ["-t", warp, mat2, mat],
+                       "mixed": ["-t", warp, mat2, "-t", mat]}.items():
+        outputs[form] = out / f"{form}.nii.gz"
+        code = _run(["apply", moving, "-r", fixed, *argv, "-o", outputs[form]])
+        assert code == 0, capsys.readouterr().err
+    reference = np.asanyarray(nib.load(str(outputs["repeated"])).dataobj)
+    for form in ("one-t", "mixed"):
+        np.testing.assert_array_equal(np.asanyarray(nib.load(str(outputs[form])).dataobj), reference)
+    assert not np.allclose(reference, np.asanyarray(nib.load(str(moving)).dataobj))  # the shift was applied
+
+
 def test_apply_missing_transform(apply_inputs, capsys):
     moving, fixed, warp, mat, out = apply_inputs
     code = _run(["apply", moving, "-r", fixed, "-t", warp.parent / "absent_1Warp.nii.gz", "-t", mat,
