@@ -34,8 +34,10 @@ def _register_parser(sub) -> None:
                     "PInverseComposite.h5, PWarped.nii.gz, PInverseWarped.nii.gz) plus Pjacobian.nii.gz and "
                     "Pregistration.json. Apply with: inrreg apply MOVING -r FIXED -t P1Warp.nii.gz "
                     "-t P0GenericAffine.mat (or antsApplyTransforms with the same -t list).")
-    p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image, NIfTI 2-D or 3-D")
-    p.add_argument("moving", metavar="MOVING", help="moving image, NIfTI, same dimension as FIXED")
+    p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image, 2-D or 3-D: NIfTI or any format ITK "
+                                                  "reads (.mha, .mhd, .nrrd); outputs are NIfTI")
+    p.add_argument("moving", metavar="MOVING", help="moving image (NIfTI, .mha, .mhd, .nrrd), same dimension as "
+                                                    "FIXED")
     p.add_argument("-o", "--output", required=True, metavar="PREFIX", help="output prefix, e.g. out/sub-01_")
     p.add_argument("--preset", default="default", metavar="NAME|FILE",
                    help=f"settings preset: one of {', '.join(available_presets())}, or a JSON file (default: default); "
@@ -69,8 +71,9 @@ def _apply_parser(sub) -> None:
         description="Resample INPUT onto REFERENCE's grid through transforms given in antsApplyTransforms "
                     "order (-t P1Warp.nii.gz -t P0GenericAffine.mat, or -t PComposite.h5; '[file,1]' inverts "
                     "a linear transform). Label maps: --interpolation label (label-aware) or nearest.")
-    p.add_argument("input", metavar="INPUT", help="image or label map to resample")
-    p.add_argument("-r", "--reference", required=True, metavar="REFERENCE", help="image whose grid the output takes")
+    p.add_argument("input", metavar="INPUT", help="image or label map to resample (NIfTI, .mha, .mhd, .nrrd)")
+    p.add_argument("-r", "--reference", required=True, metavar="REFERENCE",
+                   help="image whose grid the output takes (NIfTI, .mha, .mhd, .nrrd)")
     p.add_argument("-t", "--transform", action="extend", nargs="+", required=True, metavar="TRANSFORM",
                    help="transform files (.mat, .txt, .h5, displacement-field NIfTI) in ANTs order: "
                         "-t A -t B or -t A B (the same)")

@@ -113,8 +113,55 @@ def _read_nifti(path: Path, role: str) -> tuple[np.ndarray, np.ndarray]:
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
+#: Image formats read through SimpleITK (as ANTs reads them); everything else through nibabel.
+ITK_EXTENSIONS = (".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def is_itk_image(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an image read through SimpleITK (:data:`ITK_EXTENSIONS`)."""
+    return str(path).lower().endswith(ITK_EXTENSIONS)
+
+
+def _read_itk(path: Path, role: str) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels (finite float32, array axes in ITK index order i, j[, k]) and the 4x4 voxel -> RAS
+    affine of an image SimpleITK reads (MetaImage, NRRD): ITK's LPS origin and direction become
+    RAS as in :func:`~inrreg_pipeline.io.itk.itk_geometry_to_affine` (2-D: both in-plane axes
+    negated, as ITK's 2-D images are read by ANTs)."""
+    import SimpleITK as sitk
+
+    from .itk import itk_geometry_to_affine
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings would print before our one line
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise InputError(f"{role} '{path}' is not a readable image ({lines[-1] if lines else 'ITK cannot read it'})"
+                         ) from None
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{role} '{path}' has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
+                         "a scalar image is needed")
+    d = img.GetDimension()
+    if d not in (2, 3, 4):
+        raise InputError(f"{role} '{path}' is {d}-D; a 2-D or 3-D image is needed")
+    raw = sitk.GetArrayViewFromImage(img).T  # ITK's array is (k, j, i): transposed, axes are i, j, k
+    if np.iscomplexobj(raw):
+        raise InputError(f"{role} '{path}' has complex voxels; a scalar (integer or float) image is needed")
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = np.array(raw, dtype=np.float32)
+    if not np.isfinite(data).all():
+        raise InputError(f"{role} '{path}' contains NaN or infinite voxels" if not np.isfinite(raw).all() else
+                         f"{role} '{path}' has values beyond the float32 range (3.4e38)")
+    s = min(d, 3)  # a 4-D image's geometry: its first three axes (a single volume is all it can be)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(d, d)[:s, :s]
+    affine = itk_geometry_to_affine(img.GetOrigin()[:s], img.GetSpacing()[:s], direction.ravel())
+    return data, expand_affine(affine)
+
+
 def load_image(path: str | os.PathLike, role: str = "image", ndim: int | None = None) -> SpatialImage:
-    """Load a 2-D or 3-D NIfTI image as float32 in physical space.
+    """Load a 2-D or 3-D image as float32 in physical space: NIfTI through nibabel, and the other
+    formats ITK reads (``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``: :data:`ITK_EXTENSIONS`) through
+    SimpleITK, as ANTs reads them (outputs are NIfTI either way).
 
     A 4-D image with one volume is 3-D (``(X, Y, Z, 1)``), and a volume one voxel thick along any
     axis is a 2-D image of the other two (``(X, Y, 1)``, ``(X, 1, Z)``, ``(1, Y, Z)``), which must
@@ -127,7 +174,7 @@ def load_image(path: str | os.PathLike, role: str = "image", ndim: int | None = 
         raise InputError(f"{role} '{path}' does not exist")
     if path.is_dir():
         raise InputError(f"{role} '{path}' is a directory, not an image")
-    data, affine = _read_nifti(path, role)
+    data, affine = _read_itk(path, role) if is_itk_image(path) else _read_nifti(path, role)
     original = tuple(data.shape)
     shape = list(original)
     while len(shape) > 3 and shape[-1] == 1:
