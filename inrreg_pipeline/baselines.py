@@ -63,7 +63,7 @@ import numpy as np
 
 from .cli import SEED_MAX
 from .core.space import foreground_mask
-from .io.images import InputError, StagedOutputs, load_image, load_pair, save_image
+from .io.images import InputError, StagedOutputs, load_image, load_pair, save_image, staging_prefix
 from .io.itk import (read_ants_displacement_field, read_itk_affine, write_itk_affine, write_itk_composite_h5,
                      write_itk_inverse_composite_h5)
 from .metrics import jacobian_determinant_from_displacement
@@ -415,7 +415,7 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
     fixed_img, moving_img, f_mask, m_mask = load_pair(fixed, moving, fixed_mask, moving_mask)
     d = fixed_img.ndim
 
-    with StagedOutputs(prefix) as stage, tempfile.TemporaryDirectory(prefix=".inrreg-ants-", dir=stage.directory) as tmp:
+    with StagedOutputs(prefix) as stage, tempfile.TemporaryDirectory(prefix=staging_prefix("ants"), dir=stage.directory) as tmp:
         work = Path(tmp)
         _check_ants_path(work)
         files = {"fixed": work / "fixed.nii", "moving": work / "moving.nii"}

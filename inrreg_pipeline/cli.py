@@ -1,12 +1,13 @@
 """``inrreg``: register a pair, apply transforms, evaluate label overlap, run the embedded demo.
 
 Exit codes: 0 success; 2 bad input or usage (one line on stderr, nothing written); 1 internal
-failure (one line on stderr; ``-v`` adds the traceback); 130 interrupted (Ctrl-C / SIGINT, one line,
-nothing written).
+failure (one line on stderr; ``-v`` adds the traceback); 130 interrupted (Ctrl-C / SIGINT) and 143
+terminated (SIGTERM), one line, nothing written and the staging folder removed.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 
@@ -21,6 +22,8 @@ OMEGA_MODES = ("fixed", "trainable", "width", "attention")
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 #: 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 EXIT_INTERRUPTED = 130
+#: 128 + SIGTERM, what schedulers send at a time limit
+EXIT_TERMINATED = 143
 #: ``--seed`` range, one for every preset: ANTs reads ``--random-seed`` (inrreg's seed + 1) as a C int
 #: and NumPy's legacy seeding takes [0, 2**32 - 1], so [0, 2**31 - 2] is what every method accepts.
 SEED_MAX = 2 ** 31 - 2
@@ -201,13 +204,29 @@ def _run(args: argparse.Namespace) -> None:
               f"summary demo_summary.json)")
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler of :func:`main`, so that cleanup (``finally``, staged outputs)
+    runs as for Ctrl-C instead of the process dying with its staging folder in place."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .io.images import InputError
 
     try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
         _run(args)
+    except Terminated:
+        print("inrreg: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except InputError as err:
         print(f"inrreg: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -219,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"inrreg: internal error: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
 
 

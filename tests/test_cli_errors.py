@@ -347,6 +347,58 @@ def test_register_seed_range_is_checked_in_the_python_api(pair):
     _assert_nothing_written(out)
 
 
+def test_a_later_run_removes_staging_folders_of_dead_processes(pair, capsys):
+    """SIGKILL (or a node going down) leaves ``.inrreg-*`` behind; the next run with that output folder
+    removes those of dead processes of this host, and leaves a live run's folder and other hosts' alone."""
+    import subprocess
+    import sys
+
+    from inrreg_pipeline.io.images import _host
+
+    fixed, moving, out = pair
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    stale = [out / f".inrreg-{gone.pid}@{_host()}-abc123", out / f".inrreg-ants-{gone.pid}@{_host()}-def456"]
+    kept = [out / f".inrreg-{os.getpid()}@{_host()}-live", out / f".inrreg-{gone.pid}@other.host-remote"]
+    for folder in stale + kept:
+        folder.mkdir()
+        (folder / f"{PREFIX}Warped.nii.gz").write_bytes(b"half-written")
+    preset = fixed.parent / "tiny.json"
+    preset.write_text(json.dumps(FAST_PRESET))
+    code = _run(_register_argv(fixed, moving, out, "--preset", preset, "--no-progress"))
+    assert code == 0, capsys.readouterr().err
+    assert not any(folder.exists() for folder in stale)
+    assert all(folder.is_dir() for folder in kept)
+
+
+def test_sigterm_exits_143_and_removes_its_staging_folder(pair):
+    """What a scheduler sends at a time limit: the run stops, says so in one line, exit 143, and its
+    staging folder (named with its pid) is gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fixed, moving, out = pair
+    proc = subprocess.Popen([sys.executable, "-m", "inrreg_pipeline.cli", *map(str, _register_argv(
+        fixed, moving, out, "--preset", "default", "--no-progress", "--threads", "1"))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".inrreg-*")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert list(out.glob(".inrreg-*")), "the run never staged its outputs"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert err.splitlines() == ["inrreg: terminated (SIGTERM)"], err
+    _assert_nothing_written(out)
+
+
 # ----------------------------------------------------------------------------- outputs never replace inputs
 
 

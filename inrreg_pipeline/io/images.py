@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -264,6 +265,50 @@ def save_image(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dt
     nib.save(img, str(path))
 
 
+#: ``.inrreg-[<kind>-]<pid>@<host>-<random>``: the staging folders of :class:`StagedOutputs` (and of
+#: the ANTs baselines), named by their process so that a later run can tell a dead run's leftovers
+#: (SIGKILL, a node that went down) from a live run's folder.
+_STAGING = re.compile(r"^\.inrreg-(?:[a-z]+-)?(?P<pid>\d+)@(?P<host>[A-Za-z0-9._]+)-")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
+
+
+def staging_prefix(kind: str = "") -> str:
+    """Name prefix of a staging folder of this process (``kind``: a lowercase tag, e.g. ``ants``)."""
+    return f".inrreg-{kind + '-' if kind else ''}{os.getpid()}@{_host()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_staging(directory: Path) -> list[Path]:
+    """Remove the staging folders in ``directory`` left by processes of this host that are gone
+    (killed with SIGKILL, or a machine that rebooted); folders of live processes and of other hosts
+    (a shared file system) are left alone. Returns the folders removed."""
+    removed = []
+    host = _host()
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STAGING.match(entry.name)
+        if match and match["host"] == host and not _alive(int(match["pid"])) and entry.is_dir() \
+                and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 class StagedOutputs:
     """Write outputs under a hidden temporary folder beside their destination, move them into
     place only when everything succeeded, and remove them all otherwise.
@@ -286,8 +331,9 @@ class StagedOutputs:
 
     def __enter__(self) -> "StagedOutputs":
         self._make_directory()
+        remove_stale_staging(self.directory)
         try:
-            self._tmp = Path(tempfile.mkdtemp(prefix=".inrreg-", dir=self.directory))
+            self._tmp = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=self.directory))
         except OSError as err:
             self._remove_created()
             raise InputError(f"cannot write to output directory '{self.directory}' ({err.strerror})") from None
