@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -590,14 +591,46 @@ def _execute(top, opts, plugin, work_dir: Path) -> int:
     if opts.write_graph:
         top.write_graph(graph2use="colored", format="svg", simple_form=True)
     before = set(crash_dir.glob("crash-*")) if crash_dir.exists() else set()
+    # Ctrl-C (SIGINT to the process group): Nipype turns the KeyboardInterrupt inside a running node
+    # into a node crash and goes on with the other nodes, so remember the signal, stop at the next
+    # node start (the status callback runs outside Nipype's per-node exception handling) and report
+    # an interruption (130), not a failure. Finished nodes stay cached in the work dir for a rerun.
+    interrupted = []
+
+    def on_sigint(signum, frame) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous_callback = plugin.plugin_args.get("status_callback")
+
+    def stop_when_interrupted(node, status) -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+        if previous_callback:
+            previous_callback(node, status)
+
+    plugin_args = dict(plugin.plugin_args)
+    if not plugin.graph:  # graph plugins submit everything at once and take no callback
+        plugin_args["status_callback"] = stop_when_interrupted
     try:
-        top.run(plugin=plugin.plugin, plugin_args=plugin.plugin_args)
+        previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread
+        previous_handler = None
+    try:
+        top.run(plugin=plugin.plugin, plugin_args=plugin_args)
     except Exception as err:  # nipype: RuntimeError "Workflow did not execute cleanly"; plugin errors
+        if interrupted:
+            raise KeyboardInterrupt from None
         crashes = sorted(set(crash_dir.glob("crash-*")) - before) if crash_dir.exists() else []
         detail = _crash_summary(crashes[0]) if crashes else str(err).splitlines()[0]
         print(f"inrreg-bids: error: processing failed ({len(crashes)} crashed node(s); {detail}); crash files in "
               f"'{crash_dir}'", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+    if interrupted:  # a node swallowed the interrupt and the run still ended without an error
+        raise KeyboardInterrupt
     return EXIT_OK
 
 

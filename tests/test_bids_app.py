@@ -213,6 +213,54 @@ def test_invalid_dataset_description_is_not_bids(tmp_path, capsys, content, word
     assert "--skip-bids-validation to go on" not in err, err  # past the check (pybids or 'no participants' next)
 
 
+def _interrupt_self(seconds):
+    import os
+    import signal
+    import time
+
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while this node runs
+    time.sleep(seconds)
+    return seconds
+
+
+def _mark(marker):
+    from pathlib import Path
+
+    Path(marker).write_text("ran")
+    return marker
+
+
+def test_ctrl_c_during_a_node_is_an_interruption_not_a_crash(tmp_path):
+    """Nipype turns a KeyboardInterrupt inside a node into a node crash ('processing failed', exit 1)
+    and runs the other nodes. The app must stop at once and report an interruption (130 from main)."""
+    from types import SimpleNamespace
+
+    from nipype import Node, Workflow
+    from nipype.interfaces.utility import Function
+
+    from inrreg_pipeline.bids_app.cluster import PluginSettings
+    from inrreg_pipeline.bids_app.run import _execute
+
+    wf = Workflow(name="interrupt_wf", base_dir=str(tmp_path / "work"))
+    first = Node(Function(input_names=["seconds"], output_names=["out"], function=_interrupt_self), name="a_first")
+    first.inputs.seconds = 0.5
+    later = Node(Function(input_names=["marker"], output_names=["out"], function=_mark), name="b_later")
+    later.inputs.marker = str(tmp_path / "later_ran")
+    wf.add_nodes([first, later])
+    opts = SimpleNamespace(verbose=0, stop_on_first_crash=False, resource_monitor=False, write_graph=False)
+    started = []
+
+    def record(node, status):  # a status callback of the user's own plugin settings is still called
+        if status == "start":
+            started.append(node.name)
+
+    with pytest.raises(KeyboardInterrupt):
+        _execute(wf, opts, PluginSettings("Linear", {"status_callback": record}), tmp_path / "work")
+    assert started and started[0] in ("a_first", "b_later"), started
+    if started[0] == "a_first":  # independent nodes: Linear may take either first
+        assert started == ["a_first"] and not (tmp_path / "later_ran").exists(), "the run went on after Ctrl-C"
+
+
 def test_data_errors(dataset, tmp_path, capsys):
     """Missing T1w (66), corrupted NIfTI (65), template and dseg on different grids (65)."""
     bids = tmp_path / "bids"
