@@ -213,6 +213,12 @@ def test_invalid_dataset_description_is_not_bids(tmp_path, capsys, content, word
     assert "--skip-bids-validation to go on" not in err, err  # past the check (pybids or 'no participants' next)
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 31 - 1), "x"])
+def test_random_seed_out_of_range_is_a_usage_error(tmp_path, capsys, seed):
+    """--random-seed takes the range of inrreg register --seed (every preset, ANTs included): 64, one line."""
+    _one_line_error(capsys, 64, [tmp_path, tmp_path / "out", "participant", "--random-seed", seed], "--random-seed")
+
+
 def _interrupt_self(seconds):
     import os
     import signal
