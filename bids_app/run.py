@@ -595,25 +595,13 @@ def _execute(top, opts, plugin, work_dir: Path) -> int:
     # into a node crash and goes on with the other nodes, so remember the signal, stop at the next
     # node start (the status callback runs outside Nipype's per-node exception handling) and report
     # an interruption (130), not a failure. Finished nodes stay cached in the work dir for a rerun.
-    interrupted = []
-
-    def on_sigint(signum, frame) -> None:
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    previous_callback = plugin.plugin_args.get("status_callback")
-
-    def stop_when_interrupted(node, status) -> None:
-        if interrupted:
-            raise KeyboardInterrupt
-        if previous_callback:
-            previous_callback(node, status)
-
+    interrupted = _INTERRUPTED
+    interrupted.clear()
     plugin_args = dict(plugin.plugin_args)
     if not plugin.graph:  # graph plugins submit everything at once and take no callback
-        plugin_args["status_callback"] = stop_when_interrupted
+        plugin_args["status_callback"] = StopWhenInterrupted(plugin.plugin_args.get("status_callback"))
     try:
-        previous_handler = signal.signal(signal.SIGINT, on_sigint)
+        previous_handler = signal.signal(signal.SIGINT, _on_sigint)
     except ValueError:  # not the main thread
         previous_handler = None
     try:
@@ -632,6 +620,30 @@ def _execute(top, opts, plugin, work_dir: Path) -> int:
     if interrupted:  # a node swallowed the interrupt and the run still ended without an error
         raise KeyboardInterrupt
     return EXIT_OK
+
+
+#: SIGINTs received during :func:`_execute` (module level: the status callback must pickle, since
+#: Nipype pickles the plugin settings into the graphs it runs for MapNodes)
+_INTERRUPTED: list[int] = []
+
+
+def _on_sigint(signum, frame) -> None:
+    _INTERRUPTED.append(signum)
+    raise KeyboardInterrupt
+
+
+class StopWhenInterrupted:
+    """Nipype status callback: raises ``KeyboardInterrupt`` at the next node event once a SIGINT came
+    (outside Nipype's per-node exception handling, so the run stops), then calls ``previous``."""
+
+    def __init__(self, previous=None):
+        self.previous = previous
+
+    def __call__(self, node, status) -> None:
+        if _INTERRUPTED:
+            raise KeyboardInterrupt
+        if self.previous is not None:
+            self.previous(node, status)
 
 
 def _crash_summary(path: Path) -> str:
