@@ -267,6 +267,15 @@ def test_ctrl_c_during_a_node_is_an_interruption_not_a_crash(tmp_path):
         assert started == ["a_first"] and not (tmp_path / "later_ran").exists(), "the run went on after Ctrl-C"
 
 
+def test_ctrl_c_status_callback_pickles():
+    """Nipype pickles plugin settings (MapNodes such as apply_labels): a local function there broke every run."""
+    import pickle
+
+    from inrreg_pipeline.bids_app.run import StopWhenInterrupted
+
+    assert isinstance(pickle.loads(pickle.dumps(StopWhenInterrupted())), StopWhenInterrupted)
+
+
 def test_data_errors(dataset, tmp_path, capsys):
     """Missing T1w (66), corrupted NIfTI (65), template and dseg on different grids (65)."""
     bids = tmp_path / "bids"
