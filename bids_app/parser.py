@@ -5,7 +5,7 @@ import argparse
 import re
 from pathlib import Path
 
-from inrreg_pipeline.cli import positive_int
+from inrreg_pipeline.cli import SEED_MAX, positive_int, seed_int
 
 #: BIDS App exit codes (BIDS execution spec; sysexits where the spec has none).
 EXIT_OK, EXIT_FAILURE = 0, 1
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reports-only", action="store_true", help="rebuild the HTML reports from existing outputs")
     g.add_argument("--boilerplate-only", "--boilerplate_only", action="store_true",
                    help="write logs/CITATION.md and stop")
-    g.add_argument("--random-seed", type=int, default=0)
+    g.add_argument("--random-seed", type=seed_int, default=0, help=f"random seed in [0, {SEED_MAX}] (default: 0)")
     return p
 
 

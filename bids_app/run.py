@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -89,9 +90,8 @@ def check_paths(opts) -> tuple[Path, Path, Path]:
     work_dir = Path(opts.work_dir).expanduser().resolve()
     if not bids_dir.is_dir():
         raise AppError(f"'{opts.bids_dir}' is not a BIDS dataset (no such folder)", EXIT_BIDS_INVALID)
-    if not (bids_dir / "dataset_description.json").is_file() and not opts.skip_bids_validation:
-        raise AppError(f"'{opts.bids_dir}' is not a BIDS dataset (no dataset_description.json; "
-                       f"--skip-bids-validation to go on anyway)", EXIT_BIDS_INVALID)
+    if not opts.skip_bids_validation:
+        check_dataset_description(bids_dir, opts.bids_dir)
     suggestion = bids_dir / "derivatives" / "inrreg"
     if output_dir == bids_dir:
         raise AppError(f"output_dir is the input dataset; use e.g. '{suggestion}'", EXIT_CANTCREAT)
@@ -107,14 +107,38 @@ def check_paths(opts) -> tuple[Path, Path, Path]:
     return bids_dir, output_dir, work_dir
 
 
+def check_dataset_description(bids_dir: Path, given: str) -> None:
+    """A BIDS dataset has a ``dataset_description.json`` holding a JSON object; ``AppError`` (16,
+    not BIDS) naming what is wrong otherwise (``--skip-bids-validation`` skips this check)."""
+    path = bids_dir / "dataset_description.json"
+    hint = "--skip-bids-validation to go on anyway"
+    if not path.is_file():
+        raise AppError(f"'{given}' is not a BIDS dataset (no dataset_description.json; {hint})", EXIT_BIDS_INVALID)
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise AppError(f"'{given}' is not a BIDS dataset (dataset_description.json cannot be read: "
+                       f"{err.strerror or err}; {hint})", EXIT_BIDS_INVALID) from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise AppError(f"'{given}' is not a BIDS dataset (dataset_description.json is not valid JSON: {detail}; "
+                       f"{hint})", EXIT_BIDS_INVALID) from None
+    if not isinstance(description, dict):
+        raise AppError(f"'{given}' is not a BIDS dataset (dataset_description.json must hold a JSON object, not "
+                       f"{type(description).__name__}; {hint})", EXIT_BIDS_INVALID)
+
+
 def check_image(path: Path, role: str):
     """Load a NIfTI fully (a truncated or corrupted file fails here, not inside the graph)."""
     import nibabel as nib
     import numpy as np
 
+    from inrreg_pipeline.io.images import quiet_nibabel
+
     try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        with quiet_nibabel():
+            img = nib.load(str(path))
+            data = np.asanyarray(img.dataobj)
     except FileNotFoundError:
         raise AppError(f"{role} '{path}' does not exist", EXIT_NOINPUT) from None
     except Exception as err:  # nibabel raises many kinds (ImageFileError, EOFError, zlib.error, ...)
@@ -567,15 +591,59 @@ def _execute(top, opts, plugin, work_dir: Path) -> int:
     if opts.write_graph:
         top.write_graph(graph2use="colored", format="svg", simple_form=True)
     before = set(crash_dir.glob("crash-*")) if crash_dir.exists() else set()
+    # Ctrl-C (SIGINT to the process group): Nipype turns the KeyboardInterrupt inside a running node
+    # into a node crash and goes on with the other nodes, so remember the signal, stop at the next
+    # node start (the status callback runs outside Nipype's per-node exception handling) and report
+    # an interruption (130), not a failure. Finished nodes stay cached in the work dir for a rerun.
+    interrupted = _INTERRUPTED
+    interrupted.clear()
+    plugin_args = dict(plugin.plugin_args)
+    if not plugin.graph:  # graph plugins submit everything at once and take no callback
+        plugin_args["status_callback"] = StopWhenInterrupted(plugin.plugin_args.get("status_callback"))
     try:
-        top.run(plugin=plugin.plugin, plugin_args=plugin.plugin_args)
+        previous_handler = signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:  # not the main thread
+        previous_handler = None
+    try:
+        top.run(plugin=plugin.plugin, plugin_args=plugin_args)
     except Exception as err:  # nipype: RuntimeError "Workflow did not execute cleanly"; plugin errors
+        if interrupted:
+            raise KeyboardInterrupt from None
         crashes = sorted(set(crash_dir.glob("crash-*")) - before) if crash_dir.exists() else []
         detail = _crash_summary(crashes[0]) if crashes else str(err).splitlines()[0]
         print(f"inrreg-bids: error: processing failed ({len(crashes)} crashed node(s); {detail}); crash files in "
               f"'{crash_dir}'", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+    if interrupted:  # a node swallowed the interrupt and the run still ended without an error
+        raise KeyboardInterrupt
     return EXIT_OK
+
+
+#: SIGINTs received during :func:`_execute` (module level: the status callback must pickle, since
+#: Nipype pickles the plugin settings into the graphs it runs for MapNodes)
+_INTERRUPTED: list[int] = []
+
+
+def _on_sigint(signum, frame) -> None:
+    _INTERRUPTED.append(signum)
+    raise KeyboardInterrupt
+
+
+class StopWhenInterrupted:
+    """Nipype status callback: raises ``KeyboardInterrupt`` at the next node event once a SIGINT came
+    (outside Nipype's per-node exception handling, so the run stops), then calls ``previous``."""
+
+    def __init__(self, previous=None):
+        self.previous = previous
+
+    def __call__(self, node, status) -> None:
+        if _INTERRUPTED:
+            raise KeyboardInterrupt
+        if self.previous is not None:
+            self.previous(node, status)
 
 
 def _crash_summary(path: Path) -> str:

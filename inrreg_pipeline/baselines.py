@@ -61,10 +61,11 @@ from typing import Any
 import numpy as np
 
 from .baseline_outputs import check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
+from .cli import SEED_MAX
 from .greedy import GREEDY_PRESETS, is_greedy_preset, run_greedy
-from .io.images import InputError, StagedOutputs, load_pair
+from .io.images import InputError, StagedOutputs, load_pair, staging_prefix
 from .io.itk import read_itk_affine, write_itk_affine
-from .register import OUTPUT_SUFFIXES, library_versions
+from .register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions
 
 __all__ = ["ANTS_PRESETS", "BASELINE_PRESETS", "is_ants_preset", "is_baseline_preset", "antsregistration_arguments",
            "scaled_iterations", "run_ants", "run_baseline"]
@@ -214,8 +215,9 @@ def _antspyx_syn_preset(quick: bool) -> dict[str, Any]:
 ANTS_PRESETS["antspyx-syn-s"] = _antspyx_syn_preset(quick=False)
 ANTS_PRESETS["antspyx-synquick-s"] = _antspyx_syn_preset(quick=True)
 
-#: ANTs reads ``--random-seed`` as a C int and treats 0 as "no seed": ``seed + 1`` must fit.
-_MAX_SEED = 2 ** 31 - 2
+#: ANTs reads ``--random-seed`` as a C int and treats 0 as "no seed": ``seed + 1`` must fit
+#: (the command line's ``--seed`` range for every preset, :data:`inrreg_pipeline.cli.SEED_MAX`).
+_MAX_SEED = SEED_MAX
 
 
 def is_ants_preset(name: str) -> bool:
@@ -437,6 +439,7 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
     antsRegistration fails (nothing written either).
     """
     start = time.perf_counter()
+    check_prefix_outputs(prefix, fixed, moving, fixed_mask, moving_mask)
     params = _preset(preset)
     n_threads, scale = check_baseline_arguments(threads, seed, scale_iterations, _MAX_SEED)
     antspyx_version = _antspyx_version()
@@ -444,7 +447,7 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
     fixed_img, moving_img, f_mask, m_mask = load_pair(fixed, moving, fixed_mask, moving_mask)
     d = fixed_img.ndim
 
-    with StagedOutputs(prefix) as stage, tempfile.TemporaryDirectory(prefix=".inrreg-ants-", dir=stage.directory) as tmp:
+    with StagedOutputs(prefix) as stage, tempfile.TemporaryDirectory(prefix=staging_prefix("ants"), dir=stage.directory) as tmp:
         work = Path(tmp)
         _check_ants_path(work)
         files = write_inputs(work, fixed_img, moving_img, f_mask, m_mask, ".nii")

@@ -1,11 +1,13 @@
 """``inrreg``: register a pair, apply transforms, evaluate label overlap, run the embedded demo.
 
 Exit codes: 0 success; 2 bad input or usage (one line on stderr, nothing written); 1 internal
-failure (one line on stderr; ``-v`` adds the traceback).
+failure (one line on stderr; ``-v`` adds the traceback); 130 interrupted (Ctrl-C / SIGINT) and 143
+terminated (SIGTERM), one line, nothing written and the staging folder removed.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 
@@ -18,6 +20,13 @@ ACTIVATIONS = ("relu", "sine", "snake", "sine+", "chirp", "morlet")
 OMEGA_MODES = ("fixed", "trainable", "width", "attention")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+#: 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+EXIT_INTERRUPTED = 130
+#: 128 + SIGTERM, what schedulers send at a time limit
+EXIT_TERMINATED = 143
+#: ``--seed`` range, one for every preset: ANTs reads ``--random-seed`` (inrreg's seed + 1) as a C int
+#: and NumPy's legacy seeding takes [0, 2**32 - 1], so [0, 2**31 - 2] is what every method accepts.
+SEED_MAX = 2 ** 31 - 2
 
 
 def _register_parser(sub) -> None:
@@ -28,8 +37,10 @@ def _register_parser(sub) -> None:
                     "PInverseComposite.h5, PWarped.nii.gz, PInverseWarped.nii.gz) plus Pjacobian.nii.gz and "
                     "Pregistration.json. Apply with: inrreg apply MOVING -r FIXED -t P1Warp.nii.gz "
                     "-t P0GenericAffine.mat (or antsApplyTransforms with the same -t list).")
-    p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image, NIfTI 2-D or 3-D")
-    p.add_argument("moving", metavar="MOVING", help="moving image, NIfTI, same dimension as FIXED")
+    p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image, 2-D or 3-D: NIfTI or any format ITK "
+                                                  "reads (.mha, .mhd, .nrrd); outputs are NIfTI")
+    p.add_argument("moving", metavar="MOVING", help="moving image (NIfTI, .mha, .mhd, .nrrd), same dimension as "
+                                                    "FIXED")
     p.add_argument("-o", "--output", required=True, metavar="PREFIX", help="output prefix, e.g. out/sub-01_")
     p.add_argument("--preset", default="default", metavar="NAME|FILE",
                    help=f"settings preset: one of {', '.join(available_presets())}, or a JSON file (default: default); "
@@ -50,7 +61,8 @@ def _register_parser(sub) -> None:
                    help="two-network granularity: rigid (coarsest motion level only), deformable, or an explicit "
                         "affine parameterisation")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same result on CPU")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help=f"random seed in [0, {SEED_MAX}]; the same seed gives the same result on CPU (default: 0)")
     p.add_argument("--fixed-mask", metavar="FILE", help="mask on FIXED's grid: where the similarity is sampled")
     p.add_argument("--moving-mask", metavar="FILE", help="mask on MOVING's grid: only its inside is compared")
     p.add_argument("--no-affine", action="store_true", help="skip the affine stage (inputs already aligned)")
@@ -64,10 +76,12 @@ def _apply_parser(sub) -> None:
         description="Resample INPUT onto REFERENCE's grid through transforms given in antsApplyTransforms "
                     "order (-t P1Warp.nii.gz -t P0GenericAffine.mat, or -t PComposite.h5; '[file,1]' inverts "
                     "a linear transform). Label maps: --interpolation label (label-aware) or nearest.")
-    p.add_argument("input", metavar="INPUT", help="image or label map to resample")
-    p.add_argument("-r", "--reference", required=True, metavar="REFERENCE", help="image whose grid the output takes")
-    p.add_argument("-t", "--transform", action="append", required=True, metavar="TRANSFORM",
-                   help="transform file (.mat, .txt, .h5, displacement-field NIfTI); repeat in ANTs order")
+    p.add_argument("input", metavar="INPUT", help="image or label map to resample (NIfTI, .mha, .mhd, .nrrd)")
+    p.add_argument("-r", "--reference", required=True, metavar="REFERENCE",
+                   help="image whose grid the output takes (NIfTI, .mha, .mhd, .nrrd)")
+    p.add_argument("-t", "--transform", action="extend", nargs="+", required=True, metavar="TRANSFORM",
+                   help="transform files (.mat, .txt, .h5, displacement-field NIfTI) in ANTs order: "
+                        "-t A -t B or -t A B (the same)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output NIfTI path")
     p.add_argument("--interpolation", default="linear", choices=("linear", "nearest", "label"),
                    help="linear for intensities; label (like ANTs GenericLabel) or nearest for label maps")
@@ -98,7 +112,7 @@ def _demo_parser(sub) -> None:
     p.add_argument("-o", "--output", default="demo_output", metavar="DIR", help="output folder (default: demo_output)")
     p.add_argument("--preset", default="fast", metavar="NAME|FILE", help="settings preset (default: fast)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help=f"random seed in [0, {SEED_MAX}] (default: 0)")
     p.add_argument("--threads", type=positive_int, metavar="N")
 
 
@@ -110,6 +124,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, an integer in [0, :data:`SEED_MAX`]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got '{text}'") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got '{text}'")
     return value
 
 
@@ -181,24 +206,43 @@ def _run(args: argparse.Namespace) -> None:
               f"summary demo_summary.json)")
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler of :func:`main`, so that cleanup (``finally``, staged outputs)
+    runs as for Ctrl-C instead of the process dying with its staging folder in place."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .io.images import InputError
 
     try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
         _run(args)
+    except Terminated:
+        print("inrreg: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except InputError as err:
         print(f"inrreg: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("inrreg: interrupted", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_INTERRUPTED
     except Exception as err:  # internal failure: one line unless -v
         if args.verbose:
             traceback.print_exc()
         print(f"inrreg: internal error: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
 
 

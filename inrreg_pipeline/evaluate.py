@@ -7,11 +7,12 @@ the statistic in ``name`` and its value in ``value``).
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
 
-from .io.images import InputError, load_image, load_mask
+from .io.images import InputError, check_outputs_not_inputs, load_image, load_mask
 from .metrics import (OVERLAP_COLUMNS, folding_fraction, label_overlap, log_jacobian_std, spacing_from_affine,
                       summarise_overlap, write_rows_tsv)
 
@@ -19,30 +20,63 @@ COLUMNS = ("row", "label", "name") + tuple(c for c in OVERLAP_COLUMNS if c != "l
 
 
 def read_label_table(path: str) -> dict[int, str]:
-    """A BIDS ``*_dseg.tsv`` (columns ``index`` and ``name``) as {label: name}."""
+    """A BIDS ``*_dseg.tsv`` (tab-separated, columns ``index`` and ``name``, one row per label) as
+    {label: name}; :class:`InputError` for anything else (a folder, a binary file, no label rows, a
+    row without a name or with an index that is not an integer, an index listed twice)."""
+    where = f"label table '{path}'"
+    columns = "needs tab-separated 'index' and 'name' columns"
+    if Path(path).is_dir():
+        raise InputError(f"{where} is a directory, not a TSV file")
     try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        return {int(r["index"]): r["name"] for r in rows}
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter="\t")
+            rows = list(reader)
+            header = reader.fieldnames or []
     except FileNotFoundError:
-        raise InputError(f"label table '{path}' does not exist") from None
-    except (KeyError, ValueError, TypeError):
-        raise InputError(f"label table '{path}' needs tab-separated 'index' and 'name' columns") from None
+        raise InputError(f"{where} does not exist") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{where} is not a text (TSV) file") from None
+    except (OSError, csv.Error) as err:
+        raise InputError(f"{where} cannot be read ({getattr(err, 'strerror', None) or err})") from None
+    if "index" not in header or "name" not in header:
+        raise InputError(f"{where} {columns} (header: {chr(9).join(header)[:60]!r})")
+    if not rows:
+        raise InputError(f"{where} has no label rows")
+    names: dict[int, str] = {}
+    for line, row in enumerate(rows, start=2):
+        index, name = row.get("index"), row.get("name")
+        try:
+            label = int(index)
+        except (TypeError, ValueError):
+            raise InputError(f"{where} line {line}: index {index!r} is not an integer") from None
+        if name is None or not name.strip():
+            raise InputError(f"{where} line {line}: label {label} has no name ({columns})")
+        if label in names:
+            raise InputError(f"{where} line {line}: label {label} is listed twice")
+        names[label] = name
+    return names
 
 
 def evaluate_labels(fixed_labels: str, warped_labels: str, output: str, labels_tsv: str | None = None,
                     jacobian: str | None = None, mask: str | None = None) -> tuple[list[dict], dict]:
     """Compute the rows, write ``output`` (TSV) and return ``(label_rows, summary)``."""
+    if Path(output).is_dir():
+        raise InputError(f"output '{output}' is a directory; give a file name ending in .tsv")
     if not output.endswith(".tsv"):
         raise InputError(f"output '{output}' must end in .tsv")
-    if not Path(output).resolve().parent.is_dir():
+    parent = Path(output).resolve().parent
+    if not parent.is_dir():
         raise InputError(f"output directory '{Path(output).parent}' does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to output directory '{Path(output).parent}' (permission denied)")
+    check_outputs_not_inputs([output], {"label table": labels_tsv, "fixed labels": fixed_labels,
+                                        "warped labels": warped_labels, "jacobian": jacobian, "mask": mask})
+    names = read_label_table(labels_tsv) if labels_tsv else {}  # before any work
     ref = load_image(fixed_labels, "fixed labels")
     test = load_image(warped_labels, "warped labels", ndim=ref.ndim)
     if ref.shape != test.shape or not np.allclose(ref.affine, test.affine, atol=1e-3):
         raise InputError(f"warped labels '{warped_labels}' are not on the grid of the fixed labels '{fixed_labels}' "
                          "(resample them with inrreg apply -r FIXED)")
-    names = read_label_table(labels_tsv) if labels_tsv else {}
     ref_lab, test_lab = np.rint(ref.data).astype(np.int64), np.rint(test.data).astype(np.int64)
     selected = sorted(names) if names else None
     rows = label_overlap(ref_lab, test_lab, labels=selected, spacing=spacing_from_affine(ref.affine))

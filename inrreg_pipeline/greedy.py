@@ -43,9 +43,10 @@ from typing import Any
 import numpy as np
 
 from .baseline_outputs import check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
-from .io.images import InputError, StagedOutputs, load_pair
+from .cli import SEED_MAX
+from .io.images import InputError, StagedOutputs, load_pair, staging_prefix
 from .io.itk import write_itk_affine
-from .register import OUTPUT_SUFFIXES, library_versions
+from .register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions
 
 __all__ = ["GREEDY_PRESETS", "is_greedy_preset", "greedy_commands", "run_greedy"]
 
@@ -70,8 +71,8 @@ GREEDY_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 #: greedy seeds nothing at random in these set-ups (dense metrics, deterministic optimisers); the seed
-#: is recorded for the metadata's shape only.
-_MAX_SEED = 2 ** 32 - 1
+#: is checked against the command line's range (:data:`inrreg_pipeline.cli.SEED_MAX`) and recorded.
+_MAX_SEED = SEED_MAX
 
 
 def is_greedy_preset(name: str) -> bool:
@@ -170,6 +171,7 @@ def run_greedy(fixed: str, moving: str, prefix: str, preset: str = "greedy", thr
     ``RuntimeError`` when greedy fails (nothing written either).
     """
     start = time.perf_counter()
+    check_prefix_outputs(prefix, fixed, moving, fixed_mask, moving_mask)
     if not is_greedy_preset(preset):
         raise InputError(f"unknown greedy preset '{preset}'; choose one of: {', '.join(GREEDY_PRESETS)}")
     n_threads, scale = check_baseline_arguments(threads, seed, scale_iterations, _MAX_SEED)
@@ -177,7 +179,7 @@ def run_greedy(fixed: str, moving: str, prefix: str, preset: str = "greedy", thr
     d = fixed_img.ndim
     greedy = _greedy(d)
 
-    with StagedOutputs(prefix) as stage, tempfile.TemporaryDirectory(prefix=".inrreg-greedy-",
+    with StagedOutputs(prefix) as stage, tempfile.TemporaryDirectory(prefix=staging_prefix("greedy"),
                                                                      dir=stage.directory) as tmp:
         work = Path(tmp)
         names = write_inputs(work, fixed_img, moving_img, f_mask, m_mask, ".nii.gz")

@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from . import __version__
+from .cli import SEED_MAX
 from .core.config import RegistrationSettings, load_preset, validate
 from .core.registration import RegistrationResult, register
 from .core.space import resolve_device
-from .io.images import InputError, StagedOutputs, load_pair, save_image
+from .io.images import InputError, StagedOutputs, check_outputs_not_inputs, load_pair, save_image
 from .io.itk import (write_ants_displacement_field, write_itk_affine, write_itk_composite_h5,
                      write_itk_inverse_composite_h5)
 
@@ -55,6 +56,16 @@ VARIANT_SUFFIXES = {
     "fusion_weights": "fusion_weights.nii.gz",
     "fusion_weights_png": "fusion_weights.png",
 }
+
+
+def check_prefix_outputs(prefix: str, fixed: str, moving: str, fixed_mask: str | None = None,
+                         moving_mask: str | None = None, preset: object = None) -> None:
+    """:class:`InputError` when any output of ``prefix`` (standard or variant) is one of the inputs,
+    e.g. ``register F out/p_Warped.nii.gz -o out/p_`` would replace the moving image."""
+    outputs = [f"{prefix}{suffix}" for suffix in {**OUTPUT_SUFFIXES, **VARIANT_SUFFIXES}.values()]
+    preset_file = preset if isinstance(preset, (str, Path)) and Path(preset).is_file() else None
+    check_outputs_not_inputs(outputs, {"fixed image": fixed, "moving image": moving, "fixed mask": fixed_mask,
+                                       "moving mask": moving_mask, "preset file": preset_file})
 
 
 def library_versions() -> dict[str, str]:
@@ -115,11 +126,14 @@ def register_files(fixed: str, moving: str, prefix: str, preset: str | Registrat
     Returns the output paths by key (see :data:`OUTPUT_SUFFIXES`). Raises :class:`InputError` for
     bad inputs (nothing is written then).
     """
+    check_prefix_outputs(prefix, fixed, moving, fixed_mask, moving_mask, preset)
     try:
         settings = resolve_settings(preset, method, motion, omega, activation)
         dev = resolve_device(device)
     except ValueError as err:
         raise InputError(str(err)) from None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise InputError(f"seed must be an integer in [0, {SEED_MAX}], got {seed!r}")
     if threads is not None:
         if int(threads) < 1:
             raise InputError(f"--threads must be >= 1, got {threads}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -263,8 +264,14 @@ def test_bad_inputs_raise_input_error_and_write_nothing(pair, tmp_path):
         run_ants(fixed, moving, prefix, seed=-1)
     with pytest.raises(InputError, match="scale_iterations"):
         run_ants(fixed, moving, prefix, scale_iterations=0)
-    with pytest.raises(InputError, match="does not exist"):
-        run_ants(fixed, moving, str(tmp_path / "no_such_dir" / "x_"))
+    with pytest.raises(InputError, match="not a directory"):  # a missing folder is made (mkdir -p), not a file's
+        run_ants(fixed, moving, str(tmp_path / "notes.txt" / "x_"))
+    clash = tmp_path / "bad_Warped.nii.gz"  # the moving image under the name of an output of prefix bad_
+    clash.write_bytes(Path(moving).read_bytes())
+    with pytest.raises(InputError, match="overwritten"):
+        run_ants(fixed, str(clash), prefix)
+    assert clash.read_bytes() == Path(moving).read_bytes()
+    clash.unlink()
     assert not list(tmp_path.glob("bad_*"))
 
 

@@ -194,6 +194,88 @@ def test_exit_codes(dataset, tmp_path, capsys):
     assert not out.exists() or not any(out.rglob("sub-*"))
 
 
+@pytest.mark.parametrize("content, word", [("{\"Name\": \"x\", ", "not valid JSON"),
+                                           ("[1, 2]", "JSON object"),
+                                           (b"\xff\xfe\x00", "not valid JSON")], ids=["truncated", "list", "binary"])
+def test_invalid_dataset_description_is_not_bids(tmp_path, capsys, content, word):
+    """A dataset_description.json that is not a JSON object: exit 16 (not BIDS), one line, nothing
+    created; --skip-bids-validation goes on past it."""
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    desc = bids / "dataset_description.json"
+    desc.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out, work = tmp_path / "out", tmp_path / "work"
+    _one_line_error(capsys, 16, [bids, out, "participant", "-w", work], "dataset_description.json", word,
+                    "--skip-bids-validation")
+    assert not out.exists() and not work.exists()
+    main([str(a) for a in (bids, out, "participant", "-w", work, "--skip-bids-validation")])
+    err = capsys.readouterr().err
+    assert "--skip-bids-validation to go on" not in err, err  # past the check (pybids or 'no participants' next)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 31 - 1), "x"])
+def test_random_seed_out_of_range_is_a_usage_error(tmp_path, capsys, seed):
+    """--random-seed takes the range of inrreg register --seed (every preset, ANTs included): 64, one line."""
+    _one_line_error(capsys, 64, [tmp_path, tmp_path / "out", "participant", "--random-seed", seed], "--random-seed")
+
+
+def _interrupt_self(seconds):
+    import os
+    import signal
+    import time
+
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while this node runs
+    time.sleep(seconds)
+    return seconds
+
+
+def _mark(marker):
+    from pathlib import Path
+
+    Path(marker).write_text("ran")
+    return marker
+
+
+def test_ctrl_c_during_a_node_is_an_interruption_not_a_crash(tmp_path):
+    """Nipype turns a KeyboardInterrupt inside a node into a node crash ('processing failed', exit 1)
+    and runs the other nodes. The app must stop at once and report an interruption (130 from main)."""
+    from types import SimpleNamespace
+
+    from nipype import Node, Workflow
+    from nipype.interfaces.utility import Function
+
+    from inrreg_pipeline.bids_app.cluster import PluginSettings
+    from inrreg_pipeline.bids_app.run import _execute
+
+    wf = Workflow(name="interrupt_wf", base_dir=str(tmp_path / "work"))
+    first = Node(Function(input_names=["seconds"], output_names=["out"], function=_interrupt_self), name="a_first")
+    first.inputs.seconds = 0.5
+    later = Node(Function(input_names=["marker"], output_names=["out"], function=_mark), name="b_later")
+    later.inputs.marker = str(tmp_path / "later_ran")
+    wf.add_nodes([first, later])
+    opts = SimpleNamespace(verbose=0, stop_on_first_crash=False, resource_monitor=False, write_graph=False)
+    started = []
+
+    def record(node, status):  # a status callback of the user's own plugin settings is still called
+        if status == "start":
+            started.append(node.name)
+
+    with pytest.raises(KeyboardInterrupt):
+        _execute(wf, opts, PluginSettings("Linear", {"status_callback": record}), tmp_path / "work")
+    assert started and started[0] in ("a_first", "b_later"), started
+    if started[0] == "a_first":  # independent nodes: Linear may take either first
+        assert started == ["a_first"] and not (tmp_path / "later_ran").exists(), "the run went on after Ctrl-C"
+
+
+def test_ctrl_c_status_callback_pickles():
+    """Nipype pickles plugin settings (MapNodes such as apply_labels): a local function there broke every run."""
+    import pickle
+
+    from inrreg_pipeline.bids_app.run import StopWhenInterrupted
+
+    assert isinstance(pickle.loads(pickle.dumps(StopWhenInterrupted())), StopWhenInterrupted)
+
+
 def test_data_errors(dataset, tmp_path, capsys):
     """Missing T1w (66), corrupted NIfTI (65), template and dseg on different grids (65)."""
     bids = tmp_path / "bids"

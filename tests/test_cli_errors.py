@@ -184,12 +184,36 @@ def test_register_output_parent_is_a_file(pair, capsys):
     _assert_nothing_written(out)
 
 
-def test_register_output_directory_missing(pair, capsys):
+def test_register_creates_a_missing_output_directory(pair, capsys):
+    """``-o out/a/b/sub_`` with ``out/a/b`` missing: made as ``mkdir -p`` would (the README's example
+    on a fresh machine), holding the outputs and nothing else."""
     fixed, moving, out = pair
-    code = _run(["register", fixed, moving, "-o", f"{out}/missing/{PREFIX}", "--device", "cpu"])
-    _assert_one_line_error(capsys, code, 2, "does not exist", "cannot write")
-    assert not (out / "missing").exists()
-    _assert_nothing_written(out)
+    preset = fixed.parent / "tiny.json"
+    preset.write_text(json.dumps(FAST_PRESET))
+    code = _run(["register", fixed, moving, "-o", f"{out}/a/b/{PREFIX}", "--device", "cpu", "--preset", preset,
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "a" / "b").iterdir()) == sorted(PREFIX + s for s in REGISTER_SUFFIXES)
+
+
+@pytest.mark.parametrize("failure, expected", [(KeyboardInterrupt, 130), (RuntimeError("boom"), 1),
+                                               (None, 2)], ids=["interrupted", "internal-error", "bad-input"])
+def test_register_failure_removes_the_directories_it_created(pair, capsys, monkeypatch, failure, expected):
+    """A run that fails after making ``out/a/b`` removes them again: nothing half-made is left."""
+    import inrreg_pipeline.register as register_module
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    fixed, moving, out = pair
+    argv = ["register", fixed, moving, "-o", f"{out}/a/b/{PREFIX}", "--device", "cpu"]
+    if failure is None:  # bad input found while loading, before any folder is made
+        argv += ["--fixed-mask", _save(fixed.parent / "empty_mask.nii.gz", np.zeros(SHAPE, np.uint8))]
+    else:
+        monkeypatch.setattr(register_module, "register", fail)
+    code = _run(argv)
+    assert code == expected, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == []
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores directory permissions")
@@ -238,8 +262,14 @@ def test_register_malformed_preset(pair, capsys, content):
     ('{"optimisation": {"smoothing_mm": [4, -1]}}', "smoothing_mm"),
     ('{"optimisation": {"smoothing_mm": ["4mm"]}}', "must be list"),
     ('{"optimisation": {"lr_schedule": "step"}}', "lr_schedule"),
+    # JSON reads 1e309 as inf; Python's JSON also takes NaN and Infinity: one finite check for every float key
+    ('{"loss": {"alpha": 1e309}}', "loss.alpha must be a finite number"),
+    ('{"optimisation": {"lr": NaN}}', "optimisation.lr must be a finite number"),
+    ('{"network": {"omega": Infinity}}', "network.omega must be a finite number"),
+    ('{"optimisation": {"smoothing_mm": [2, 1e400]}}', "optimisation.smoothing_mm[1] must be a finite number"),
+    ('{"two_network": {"image_hash": {"growth_factor": -Infinity}}}', "growth_factor must be a finite number"),
 ], ids=["wrong-type", "unknown-similarity", "negative", "mismatched-lists", "unknown-activation", "negative-sigma",
-        "sigma-not-number", "unknown-schedule"])
+        "sigma-not-number", "unknown-schedule", "alpha-inf", "lr-nan", "omega-inf", "sigma-inf", "nested-inf"])
 def test_register_preset_with_bad_values(pair, capsys, content, word):
     """Bad preset values are the user's input: exit 2 before any work, not an internal failure."""
     fixed, moving, out = pair
@@ -295,10 +325,267 @@ def test_register_missing_output(pair, capsys):
     _assert_nothing_written(out)
 
 
-def test_register_bad_seed(pair, capsys):
+@pytest.mark.parametrize("seed", ["abc", "-1", str(2 ** 31 - 1), str(2 ** 32), str(2 ** 64), "1.5"])
+@pytest.mark.parametrize("preset", ["default", "ants-syn"])
+def test_register_bad_seed(pair, capsys, seed, preset):
+    """One seed range, [0, 2**31 - 2], for every preset (ANTs adds 1 and reads a C int): a usage error
+    before any work, not an internal failure."""
     fixed, moving, out = pair
-    code = _run(_register_argv(fixed, moving, out, "--seed", "abc"))
-    _assert_one_line_error(capsys, code, 2, "--seed")
+    code = _run(_register_argv(fixed, moving, out, "--seed", seed, "--preset", preset))
+    line = _assert_one_line_error(capsys, code, 2, "--seed")
+    assert "2147483646" in line or seed == "abc"
+    _assert_nothing_written(out)
+
+
+def test_register_seed_range_is_checked_in_the_python_api(pair):
+    from inrreg_pipeline.io.images import InputError
+    from inrreg_pipeline.register import register_files
+
+    fixed, moving, out = pair
+    with pytest.raises(InputError, match="seed must be an integer"):
+        register_files(str(fixed), str(moving), f"{out}/{PREFIX}", device="cpu", seed=-1)
+    _assert_nothing_written(out)
+
+
+def test_a_later_run_removes_staging_folders_of_dead_processes(pair, capsys):
+    """SIGKILL (or a node going down) leaves ``.inrreg-*`` behind; the next run with that output folder
+    removes those of dead processes of this host, and leaves a live run's folder and other hosts' alone."""
+    import subprocess
+    import sys
+
+    from inrreg_pipeline.io.images import _host
+
+    fixed, moving, out = pair
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    stale = [out / f".inrreg-{gone.pid}@{_host()}-abc123", out / f".inrreg-ants-{gone.pid}@{_host()}-def456"]
+    kept = [out / f".inrreg-{os.getpid()}@{_host()}-live", out / f".inrreg-{gone.pid}@other.host-remote"]
+    for folder in stale + kept:
+        folder.mkdir()
+        (folder / f"{PREFIX}Warped.nii.gz").write_bytes(b"half-written")
+    preset = fixed.parent / "tiny.json"
+    preset.write_text(json.dumps(FAST_PRESET))
+    code = _run(_register_argv(fixed, moving, out, "--preset", preset, "--no-progress"))
+    assert code == 0, capsys.readouterr().err
+    assert not any(folder.exists() for folder in stale)
+    assert all(folder.is_dir() for folder in kept)
+
+
+def test_sigterm_exits_143_and_removes_its_staging_folder(pair):
+    """What a scheduler sends at a time limit: the run stops, says so in one line, exit 143, and its
+    staging folder (named with its pid) is gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fixed, moving, out = pair
+    proc = subprocess.Popen([sys.executable, "-m", "inrreg_pipeline.cli", *map(str, _register_argv(
+        fixed, moving, out, "--preset", "default", "--no-progress", "--threads", "1"))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".inrreg-*")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert list(out.glob(".inrreg-*")), "the run never staged its outputs"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert err.splitlines() == ["inrreg: terminated (SIGTERM)"], err
+    _assert_nothing_written(out)
+
+
+# ----------------------------------------------------------------------------- outputs never replace inputs
+
+
+def _snapshot(*folders: Path) -> dict[str, str]:
+    """md5 of every file (symlinks by their target's content) in ``folders``."""
+    return {str(p): _md5(p) for folder in folders for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("how", ["same-name", "symlink", "mask"])
+def test_register_output_that_is_an_input_is_refused(pair, capsys, how):
+    """``register F out/p_Warped.nii.gz -o out/p_`` would replace the moving image (also through a
+    symlink, and for a mask named like an output): exit 2 before any work, the input unchanged."""
+    fixed, moving, out = pair
+    clash = out / f"{PREFIX}Warped.nii.gz"
+    extra = []
+    if how == "symlink":
+        clash.symlink_to(moving)
+    else:
+        clash.write_bytes(moving.read_bytes() if how == "same-name" else
+                          _save(fixed.parent / "mask.nii.gz", np.ones(SHAPE, np.uint8)).read_bytes())
+    if how == "mask":
+        extra, argv_moving = ["--fixed-mask", clash], moving
+    else:
+        argv_moving = clash
+    before = _snapshot(fixed.parent, out)
+    code = _run(_register_argv(fixed, argv_moving, out, *extra))
+    line = _assert_one_line_error(capsys, code, 2, "overwritten")
+    assert ("fixed mask" if how == "mask" else "moving image") in line
+    assert _snapshot(fixed.parent, out) == before
+    assert sorted(p.name for p in out.iterdir()) == [clash.name]
+
+
+def test_register_interrupted_exits_130(pair, capsys, monkeypatch):
+    """Ctrl-C during the optimisation: exit 130 (not the internal-failure 1), one line, no outputs and
+    no staging folder left."""
+    import inrreg_pipeline.register as register_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    fixed, moving, out = pair
+    monkeypatch.setattr(register_module, "register", interrupted)
+    code = _run(_register_argv(fixed, moving, out))
+    line = _assert_one_line_error(capsys, code, 130, "interrupted")
+    assert line == "inrreg: interrupted"
+    _assert_nothing_written(out)
+
+
+def _patch_header(path: Path, **fields) -> Path:
+    """Overwrite NIfTI-1 header fields of an uncompressed ``.nii`` in place (what nibabel would refuse
+    to write): ``datatype``/``bitpix`` (int16 at 70/72), ``scl_slope``/``scl_inter`` (float32 at 112/116)."""
+    offsets = {"datatype": (70, "<i2"), "bitpix": (72, "<i2"), "scl_slope": (112, "<f4"), "scl_inter": (116, "<f4")}
+    raw = bytearray(path.read_bytes())
+    for name, value in fields.items():
+        offset, dtype = offsets[name]
+        raw[offset:offset + np.dtype(dtype).itemsize] = np.array([value], dtype).tobytes()
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("case, words, not_words", [
+    ("scl_slope-overflow", ("scl_slope", "float32 range"), ("NaN", "Warning")),
+    ("dt-binary", ("DT_BINARY",), ("not attempting fix",)),
+])
+def test_header_problems_are_one_line_with_the_real_reason(pair, case, words, not_words):
+    """A scl_slope that overflows float32 was blamed on NaN/inf voxels after a 2-line NumPy warning; a
+    DT_BINARY image printed nibabel's log line first. Run as a user would (a subprocess: warnings and
+    log records reach stderr there) and expect exactly one line naming the cause."""
+    import subprocess
+    import sys
+
+    fixed, moving, out = pair
+    data = (np.arange(np.prod(SHAPE)).reshape(SHAPE) % 100).astype(np.int16 if case != "dt-binary" else np.uint8)
+    bad = _save(fixed.parent / "bad.nii", data)
+    if case == "dt-binary":
+        _patch_header(bad, datatype=1, bitpix=1)
+    else:
+        _patch_header(bad, scl_slope=1e38, scl_inter=0.0)
+    proc = subprocess.run([sys.executable, "-m", "inrreg_pipeline.cli", *map(str, _register_argv(bad, moving, out))],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert all(w in lines[0] for w in words) and not any(w in lines[0] for w in not_words), lines[0]
+    _assert_nothing_written(out)
+
+
+# ----------------------------------------------------------------------------- geometry: valid grids load
+
+
+def _plane_affine(columns: list[int], spacing: float = SPACING) -> np.ndarray:
+    """A 4x4 affine whose array axes 0, 1, 2 point along world axes ``columns``."""
+    aff = np.zeros((4, 4))
+    for axis, world in enumerate(columns):
+        aff[world, axis] = spacing
+    aff[:, 3] = [-20.0, -18.0, 5.0, 1.0]
+    return aff
+
+
+@pytest.mark.parametrize("shape, columns", [
+    ((*SHAPE, 1), [0, 1, 2]),            # axial, the singleton last (as before)
+    ((1, *SHAPE), [2, 0, 1]),            # axial plane stored with the singleton first
+    ((SHAPE[0], 1, SHAPE[1]), [0, 2, 1]),  # ... and in the middle
+], ids=["last", "first", "middle"])
+def test_single_slice_volume_is_a_2d_image(tmp_path, shape, columns):
+    """A 3-D NIfTI one voxel thick along any axis is the 2-D image of the other two axes, with their
+    columns of the affine (the singleton axis squeezed, not assumed to be the last)."""
+    from inrreg_pipeline.io.images import load_image
+
+    data = _blob().reshape(shape)
+    aff = _plane_affine(columns)
+    img = load_image(_save(tmp_path / "slice.nii.gz", data, aff))
+    assert img.shape == SHAPE
+    np.testing.assert_array_equal(img.data, _blob())
+    in_plane = [axis for axis in range(3) if shape[axis] != 1]
+    np.testing.assert_allclose(img.affine, aff[np.ix_([0, 1, 3], in_plane + [3])])
+    np.testing.assert_allclose(img.affine[:2, :2], np.diag([SPACING, SPACING]))
+
+
+@pytest.mark.parametrize("shape, columns, plane", [
+    ((*SHAPE, 1), [1, 2, 0], "sagittal"),          # in-plane axes along world y, z: was "singular affine"
+    ((1, *SHAPE), [0, 1, 2], "sagittal"),
+    ((SHAPE[0], 1, SHAPE[1]), [0, 1, 2], "coronal"),
+    ((*SHAPE, 1), [0, 2, 1], "coronal"),
+], ids=["sagittal-last", "sagittal-first", "coronal-middle", "coronal-last"])
+def test_non_axial_slice_is_refused_with_the_real_reason(pair, capsys, shape, columns, plane):
+    """2-D registration works in the world x-y plane: a sagittal or coronal slice cannot be mapped to
+    it without distortion. Say so (exit 2, one line), not "singular or non-finite affine"."""
+    fixed, moving, out = pair
+    slice_ = _save(fixed.parent / "slice.nii.gz", _blob().reshape(shape), _plane_affine(columns))
+    code = _run(_register_argv(slice_, moving, out))
+    line = _assert_one_line_error(capsys, code, 2, plane)
+    assert "singular" not in line and "axial" in line
+    _assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("spacing_mm", [0.0008, 1e-6], ids=["0.8um", "1nm"])
+def test_tiny_voxels_register(pair, capsys, spacing_mm):
+    """Microscopy voxels (0.8 micrometre: |det| ~ 5e-10 mm^3) are a valid grid: the affine test is
+    relative to the voxel size, and the pair registers like its millimetre twin."""
+    fixed, moving, out = pair
+    scale = spacing_mm / SPACING
+    aff = _affine()
+    aff[:3] *= scale
+    small_f = _save(fixed.parent / "small_fixed.nii.gz", _blob(), aff)
+    small_m = _save(fixed.parent / "small_moving.nii.gz", _blob(shift_mm=2.0), aff)
+    preset = fixed.parent / "tiny.json"
+    preset.write_text(json.dumps(FAST_PRESET))
+    code = _run(_register_argv(small_f, small_m, out, "--preset", preset, "--no-progress"))
+    assert code == 0, capsys.readouterr().err
+    warped = nib.load(str(out / f"{PREFIX}Warped.nii.gz"))
+    np.testing.assert_allclose(warped.affine[:2, :2], aff[:2, :2], rtol=1e-5)
+    assert np.isfinite(np.asanyarray(warped.dataobj)).all()
+
+
+@pytest.mark.parametrize("spacing_mm", [0.0008, 1e-5], ids=["0.8um", "10nm"])
+def test_tiny_voxel_volume_loads(tmp_path, spacing_mm):
+    """A 3-D volume of 0.8 micrometre voxels (|det| 5e-10 mm^3, below the old absolute 1e-9 threshold)
+    and of 10 nm voxels (below SpatialImage's old 1e-12) is a valid grid."""
+    from inrreg_pipeline.core.space import SpatialImage
+    from inrreg_pipeline.io.images import load_image
+
+    aff = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
+    img = load_image(_save(tmp_path / "micro.nii.gz", np.stack([_blob()] * 4, axis=-1), aff))
+    assert img.shape == (*SHAPE, 4)
+    np.testing.assert_allclose(img.spacing, [spacing_mm] * 3, rtol=1e-6)
+    SpatialImage(img.data, img.affine).with_data(img.data)
+
+
+@pytest.mark.parametrize("affine_kind, word", [("zero-column", "zero voxel size"), ("parallel", "parallel"),
+                                               ("nan", "non-finite")])
+def test_degenerate_affine_names_the_problem(pair, capsys, affine_kind, word):
+    fixed, moving, out = pair
+    aff = _affine(3)
+    if affine_kind == "zero-column":
+        aff[:, 1] = 0.0
+    elif affine_kind == "parallel":
+        aff[:3, 1] = aff[:3, 0] * (1 + 1e-9)
+    else:
+        aff[0, 0] = np.nan
+    # nibabel refuses to write such an affine: write a valid file and put the rows into its sform
+    bad = _save(fixed.parent / "bad.nii", np.stack([_blob()] * 4, axis=-1))
+    raw = bytearray(bad.read_bytes())
+    raw[252:256] = np.array([0, 1], "<i2").tobytes()            # qform_code 0, sform_code 1
+    raw[280:328] = np.asarray(aff[:3], "<f4").tobytes()          # srow_x, srow_y, srow_z
+    bad.write_bytes(bytes(raw))
+    code = _run(_register_argv(bad, moving, out))
+    _assert_one_line_error(capsys, code, 2, word)
     _assert_nothing_written(out)
 
 
@@ -324,6 +611,27 @@ def test_apply_inputs_fixture_is_valid(apply_inputs, capsys):
     code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", out / f"{PREFIX}moved.nii.gz"])
     assert code == 0, capsys.readouterr().err
     assert (out / f"{PREFIX}moved.nii.gz").is_file()
+
+
+def test_apply_takes_several_transforms_after_one_t(apply_inputs, capsys):
+    """``-t A B`` (the form many users type) is ``-t A -t B``: same order, same output."""
+    moving, fixed, warp, mat, out = apply_inputs
+    mat2 = fixed.parent / "shift_0GenericAffine.mat"
+    from inrreg_pipeline.io.itk import write_itk_affine
+
+    shift = np.eye(3)
+    shift[:2, 2] = [3.0, -2.0]
+    write_itk_affine(mat2, shift)
+    outputs = {}
+    for form, argv in {"repeated": ["-t", warp, "-t", mat2, "-t", mat], "one-t": ["-t", warp, mat2, mat],
+                       "mixed": ["-t", warp, mat2, "-t", mat]}.items():
+        outputs[form] = out / f"{form}.nii.gz"
+        code = _run(["apply", moving, "-r", fixed, *argv, "-o", outputs[form]])
+        assert code == 0, capsys.readouterr().err
+    reference = np.asanyarray(nib.load(str(outputs["repeated"])).dataobj)
+    for form in ("one-t", "mixed"):
+        np.testing.assert_array_equal(np.asanyarray(nib.load(str(outputs[form])).dataobj), reference)
+    assert not np.allclose(reference, np.asanyarray(nib.load(str(moving)).dataobj))  # the shift was applied
 
 
 def test_apply_missing_transform(apply_inputs, capsys):
@@ -358,11 +666,34 @@ def test_apply_unknown_interpolation(apply_inputs, capsys):
     _assert_nothing_written(out)
 
 
-def test_apply_output_directory_missing(apply_inputs, capsys):
+def test_apply_creates_a_missing_output_directory(apply_inputs, capsys):
     moving, fixed, warp, mat, out = apply_inputs
-    code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", out / "missing" / f"{PREFIX}moved.nii.gz"])
-    _assert_one_line_error(capsys, code, 2, "does not exist", "cannot write")
-    _assert_nothing_written(out)
+    code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", out / "a" / "b" / f"{PREFIX}moved.nii.gz"])
+    assert code == 0, capsys.readouterr().err
+    assert [p.name for p in (out / "a" / "b").iterdir()] == [f"{PREFIX}moved.nii.gz"]
+
+
+def test_apply_failure_removes_the_directories_it_created(apply_inputs, capsys):
+    moving, fixed, warp, mat, out = apply_inputs
+    junk = fixed.parent / "junk.mat"
+    junk.write_text("not a transform")
+    code = _run(["apply", moving, "-r", fixed, "-t", junk, "-o", out / "a" / "b" / f"{PREFIX}moved.nii.gz"])
+    _assert_one_line_error(capsys, code, 2, "cannot read")
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["register", "apply"])
+def test_output_directory_below_a_file_is_refused(apply_inputs, capsys, command):
+    """mkdir -p semantics stop at a file: ``-o out/afile/x/...`` is refused (exit 2), the file untouched."""
+    moving, fixed, warp, mat, out = apply_inputs
+    afile = out / "afile"
+    afile.write_text("a regular file\n")
+    if command == "register":
+        argv = ["register", fixed, moving, "-o", f"{afile}/x/{PREFIX}", "--device", "cpu"]
+    else:
+        argv = ["apply", moving, "-r", fixed, "-t", warp, "-o", afile / "x" / "moved.nii.gz"]
+    _assert_one_line_error(capsys, _run(argv), 2, "not a directory")
+    assert afile.read_text() == "a regular file\n" and [p.name for p in out.iterdir()] == ["afile"]
 
 
 @pytest.mark.parametrize("name, word", [("noext", ".nii"), ("moved.img", ".nii"), ("adir", "directory")])
@@ -373,6 +704,22 @@ def test_apply_output_must_be_a_nifti_file(apply_inputs, capsys, name, word):
     _assert_one_line_error(capsys, code, 2, word)
     assert not (out / "noext").exists() and not (out / "moved.img").exists()
     assert not list(out.glob(".inrreg-*"))
+
+
+@pytest.mark.parametrize("target", ["input", "input-symlink", "reference", "transform"])
+def test_apply_output_that_is_an_input_is_refused(apply_inputs, capsys, target):
+    """``apply X -r F -t T -o X`` (or -o a symlink to X, or -o the reference) would replace an input."""
+    moving, fixed, warp, mat, out = apply_inputs
+    if target == "input-symlink":
+        output = out / "link.nii.gz"
+        output.symlink_to(moving)
+    else:
+        output = {"input": moving, "reference": fixed, "transform": warp}[target]
+    before = _snapshot(moving.parent, out)
+    code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", output])
+    _assert_one_line_error(capsys, code, 2, "overwritten")
+    assert _snapshot(moving.parent, out) == before
+    assert not list(out.glob(".inrreg-*")) and not list(moving.parent.glob(".inrreg-*"))
 
 
 def test_apply_unreadable_transform_names_the_file(apply_inputs, capsys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import nibabel as nib
 import numpy as np
@@ -60,3 +61,66 @@ def test_evaluate_refuses_labels_on_another_grid(labels, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not on the grid" in err[0]
     assert not (tmp / "e.tsv").exists()
+
+
+@pytest.mark.parametrize("where", ["folder", "folder-named-tsv", "read-only-folder"])
+def test_evaluate_refuses_an_output_it_cannot_write(labels, capsys, where):
+    """``-o`` naming a folder, or a file in a folder it cannot write: exit 2, one line, before any work."""
+    ref, test, _, tmp = labels
+    if where == "read-only-folder":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores directory permissions")
+        folder = tmp / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+        output, word = folder / "e.tsv", "cannot write"
+    else:
+        output = tmp / ("results" if where == "folder" else "results.tsv")
+        output.mkdir()
+        word = "is a directory"
+    try:
+        code = main(["evaluate", "--fixed-labels", ref, "--warped-labels", test, "-o", str(output)])
+    finally:
+        (tmp / "ro").chmod(0o700) if (tmp / "ro").exists() else None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and word in err[0], err
+    assert not (tmp / "ro" / "e.tsv").exists()
+
+
+@pytest.mark.parametrize("content, word", [
+    ("", "'index' and 'name'"),                                   # empty file: all labels were evaluated
+    ("index\tname\n", "no label rows"),                           # header only: likewise
+    ("index,name\n1,cube\n", "'index' and 'name'"),               # CSV, not TSV
+    ("index\tname\n1\n", "has no name"),                           # a row without its name
+    ("index\tname\none\tcube\n", "not an integer"),
+    ("index\tname\n1\tcube\n1\tagain\n", "listed twice"),
+    (b"\x1f\x8b\x08\x00\xff\xfe binary", "not a text"),              # e.g. a .nii.gz given by mistake
+    (None, "is a directory"),
+], ids=["empty", "header-only", "csv", "no-name", "bad-index", "duplicate", "binary", "directory"])
+def test_evaluate_refuses_a_label_table_that_is_not_a_dseg_tsv(labels, capsys, content, word):
+    """--labels-tsv must be a BIDS dseg.tsv: anything else is refused (exit 2, one line) before any
+    work, not accepted silently (an empty table evaluated every label) or failed as an internal error."""
+    ref, test, _, tmp = labels
+    table = tmp / "bad_dseg.tsv"
+    if content is None:
+        table.mkdir()
+    elif isinstance(content, bytes):
+        table.write_bytes(content)
+    else:
+        table.write_text(content)
+    out = tmp / "e.tsv"
+    code = main(["evaluate", "--fixed-labels", ref, "--warped-labels", test, "--labels-tsv", str(table),
+                 "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and word in err[0], err
+    assert not out.exists()
+
+
+def test_evaluate_refuses_to_overwrite_its_label_table(labels, capsys):
+    ref, test, table, _ = labels
+    before = open(table).read()
+    assert main(["evaluate", "--fixed-labels", ref, "--warped-labels", test, "--labels-tsv", table,
+                 "-o", table]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overwritten" in err[0], err
+    assert open(table).read() == before

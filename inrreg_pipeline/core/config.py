@@ -12,6 +12,7 @@ ensemble and nothing else changed. A base may have a base of its own; a loop is 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,8 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
         if not ok:
             raise ValueError(f"preset '{settings.name}': {message}")
 
+    for where, value in _numbers(settings, ""):
+        need(math.isfinite(value), f"{where} must be a finite number, got {value!r}")
     a, n, o, l = settings.affine, settings.network, settings.optimisation, settings.loss
     need(a.similarity in SIMILARITIES, f"affine.similarity must be one of {', '.join(SIMILARITIES)}")
     need(len(a.shrink_factors) == len(a.iterations), "affine.shrink_factors and affine.iterations differ in length")
@@ -371,6 +374,20 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
         need(0 < t.coarse_to_fine_target <= 1, "two_network.coarse_to_fine_target must be in (0, 1]")
         need(t.domain_margin >= 0, "two_network.domain_margin must be >= 0")
     return settings
+
+
+def _numbers(settings: Any, where: str):
+    """``(key path, value)`` of every float setting, lists element by element, sections recursively
+    (JSON reads ``1e309`` as inf and Python's JSON takes ``NaN``/``Infinity``: no range check sees those)."""
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        key = f"{where}.{f.name}" if where else f.name
+        if is_dataclass(value):
+            yield from _numbers(value, key)
+        elif isinstance(value, float):
+            yield key, value
+        elif isinstance(value, list):
+            yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float))
 
 
 def _validate_variants(settings: "RegistrationSettings", need) -> None:
