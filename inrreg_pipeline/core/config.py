@@ -216,7 +216,10 @@ class SVFSettings:
     outside), integrates ``phi = exp(v)`` by ``squaring_steps`` scalings and squarings, and compares
     the whole cropped fixed image with the moving image at ``A(phi(x))`` by ``loss.similarity``
     (LNCC window ``lncc_window_mm`` in mm, converted to odd voxel counts per level) plus
-    ``loss.alpha`` times the diffusion ``mean |grad v|^2`` (mm/mm) on the control grid.
+    ``loss.alpha`` times the regulariser on the control grid: ``loss.regulariser`` ``diffusion``,
+    ``mean |grad v|^2`` (mm/mm) of the velocity, or ``jacobian``, ``mean (log det J)^2`` of
+    ``exp(v)`` (the spread of volume change, what SD log J reports); ``diffusion_alpha`` adds
+    that weight of the velocity's diffusion to either.
 
     Coarse to fine: one level per ``shrink_factors`` entry (the fixed grid subsampled by that factor
     after Gaussian smoothing, as ANTs' shrink factors) with ``iterations`` Adam steps each at ``lr``
@@ -236,6 +239,7 @@ class SVFSettings:
     lncc_window_mm: float = 10.0
     symmetric: bool = False
     velocity_smoothing_mm: float = 0.0
+    diffusion_alpha: float = 0.0
 
 
 @dataclass
@@ -349,8 +353,10 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
         need(all(f >= 1 for f in v.shrink_factors) and all(i >= 0 for i in v.iterations),
              "svf.shrink_factors must be >= 1 and svf.iterations >= 0")
         need(v.lr > 0 and 0 < v.lr_final_fraction <= 1, "svf.lr must be > 0 and lr_final_fraction in (0, 1]")
-        need(v.lncc_window_mm > 0 and v.velocity_smoothing_mm >= 0,
-             "svf.lncc_window_mm must be > 0 and velocity_smoothing_mm >= 0")
+        need(v.lncc_window_mm > 0 and v.velocity_smoothing_mm >= 0 and v.diffusion_alpha >= 0,
+             "svf.lncc_window_mm must be > 0, velocity_smoothing_mm and diffusion_alpha >= 0")
+        need(settings.loss.regulariser in ("diffusion", "jacobian"),
+             "method svf regularises with loss.regulariser 'diffusion' or 'jacobian'")
     if settings.method == "two-network":
         from .hash_encoding import BACKENDS
         from .two_network import MOTIONS

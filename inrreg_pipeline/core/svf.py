@@ -147,6 +147,9 @@ class VelocityField(torch.nn.Module):
         self.register_buffer("taper", torch.as_tensor(taper, device=device)[..., None])
         self.sampler = GridSampler(grid.shape, grid.affine, device)
         self.spacing = np.linalg.norm(grid.affine[:-1, :-1], axis=0)
+        # d(index)/d(world): du/dx = (du/di) @ inv(L), L the control grid's voxel -> world linear part
+        self.register_buffer("voxel_from_world", torch.as_tensor(np.linalg.inv(grid.affine[:-1, :-1]),
+                                                                 dtype=torch.float32, device=device))
         self.kernels = None if smoothing_mm <= 0 else [
             torch.as_tensor(_gaussian_kernel(smoothing_mm / h), dtype=torch.float32, device=device)
             for h in self.spacing]
@@ -168,6 +171,15 @@ class VelocityField(torch.nn.Module):
             if velocity.shape[axis] > 1:
                 total = total + (torch.diff(velocity, dim=axis) / float(h)).pow(2).sum(-1).mean()
         return total
+
+    def log_jacobian_energy(self, displacement: torch.Tensor) -> torch.Tensor:
+        """``mean (log det(I + du/dx))^2`` of a control-grid displacement ``(*shape, d)`` (mm): the
+        spread of local volume change that SD log J measures, by central differences (one-sided at
+        the borders) in world mm through the grid's direction cosines; det clamped at 1e-3."""
+        d = displacement.shape[-1]
+        du_di = torch.stack(torch.gradient(displacement, dim=tuple(range(d))), dim=-1)  # (..., c, k)
+        jac = du_di @ self.voxel_from_world + torch.eye(d, device=displacement.device)
+        return torch.log(torch.linalg.det(jac).clamp_min(1e-3)).pow(2).mean()
 
     def at(self, displacement: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """A control-grid displacement ``(*shape, d)`` interpolated at world points ``(*lead, d)``."""
@@ -278,8 +290,13 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
                 inside_m = moving_sampler(mmask, mapped)[0]
                 warped, target = warped * inside_m, target * inside_m
             sim = _masked_similarity(settings.loss.similarity, target, warped, mask_crop, window)
-            reg = model.diffusion(v)
+            if settings.loss.regulariser == "jacobian":
+                reg = model.log_jacobian_energy(model.displacement(s.squaring_steps, 1.0, v))
+            else:
+                reg = model.diffusion(v)
             total = sim + settings.loss.alpha * reg
+            if s.diffusion_alpha > 0:
+                total = total + s.diffusion_alpha * model.diffusion(v)
             optimiser.zero_grad(set_to_none=True)
             total.backward()
             optimiser.step()
