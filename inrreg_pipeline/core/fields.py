@@ -2,12 +2,18 @@
 
 All fields are arrays ``(*grid_shape, d)`` of RAS millimetres on a grid given by its voxel -> RAS
 affine (the fixed image's grid, as ANTs stores ``1Warp`` and ``1InverseWarp``).
+
+The dense Jacobian determinant written with a registration is :func:`field_jacobian_determinant`
+(finite differences of the evaluated field on the grid, as ANTs and evaluation scripts compute
+it); :func:`evaluate_jacobian_determinant` (autograd through the network at every voxel, several
+times the cost of evaluating the field) is kept as the exact reference the tests compare it with.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .jacobian import jacobian_determinant_fd
 from .losses import displacement_jacobian, jacobian_determinant
 from .space import DeviceImage, voxel_grid_to_world
 
@@ -31,9 +37,21 @@ def evaluate_displacement(model: torch.nn.Module, shape: tuple[int, ...], affine
     return np.concatenate(out).reshape(points.shape).astype(np.float32)
 
 
+def field_jacobian_determinant(field: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``det(I + du/dx)`` (dimensionless, float32, shape ``field.shape[:-1]``) of a displacement
+    field ``(*shape, d)`` in RAS mm on the grid with voxel -> RAS ``affine``, by finite differences
+    in physical space (central inside, one-sided on the faces; direction cosines and spacing
+    honoured): :func:`inrreg_pipeline.core.jacobian.jacobian_determinant_fd`."""
+    return jacobian_determinant_fd(field, affine, dtype=np.float32)
+
+
 def evaluate_jacobian_determinant(model: torch.nn.Module, shape: tuple[int, ...], affine: np.ndarray,
                                   device: torch.device, chunk: int = CHUNK // 4) -> np.ndarray:
-    """``det(I + du/dx)`` at every voxel centre (autograd, exact for the network), shape ``shape``."""
+    """``det(I + du/dx)`` at every voxel centre (autograd, exact for the network), shape ``shape``.
+
+    The reference for :func:`field_jacobian_determinant` (which the registration writes): ``d``
+    backward passes per block, so several times the cost of :func:`evaluate_displacement`.
+    """
     points = voxel_grid_to_world(shape, affine)
     out = []
     for block in _chunks(points, chunk):

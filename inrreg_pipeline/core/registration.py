@@ -16,7 +16,7 @@ import torch
 
 from .affine import register_affine
 from .config import RegistrationSettings
-from .fields import (evaluate_displacement, evaluate_jacobian_determinant, inverse_consistency, invert_displacement,
+from .fields import (evaluate_displacement, field_jacobian_determinant, inverse_consistency, invert_displacement,
                      jacobian_summary)
 from .optimisation import fit_deformation
 from .space import SpatialImage, apply_affine, foreground_mask, rescale_intensity, sample_array, voxel_grid_to_world
@@ -129,7 +129,7 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
     t0 = time.perf_counter()
     model.eval()
     u = evaluate_displacement(model, fixed.shape, fixed.affine, device)
-    jac = evaluate_jacobian_determinant(model, fixed.shape, fixed.affine, device)
+    jac = field_jacobian_determinant(u, fixed.affine)  # finite differences of u, physical space
     v, extras, variant_summary = variant_outputs(model, f_norm, m_norm, device)
     if v is None:
         v = invert_displacement(u, fixed.affine, device, settings.inverse_iterations)
