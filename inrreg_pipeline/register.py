@@ -212,14 +212,14 @@ def write_fusion_weights(stage: StagedOutputs, weights: np.ndarray, affine: np.n
     """The fusion variant's weight map as an RGB24 NIfTI (on the moving grid) and a PNG figure."""
     import nibabel as nib
 
-    from .io.images import expand_affine
+    from .io.images import expand_affine, save_nifti
 
     rgb = fusion_rgb(weights)
     structured = rgb.copy().view(np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])).reshape(rgb.shape[:-1])
     img = nib.Nifti1Image(structured, expand_affine(np.asarray(affine, dtype=np.float64)))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    nib.save(img, str(stage.path(VARIANT_SUFFIXES["fusion_weights"])))
+    save_nifti(img, stage.path(VARIANT_SUFFIXES["fusion_weights"]))
     write_png(stage.path(VARIANT_SUFFIXES["fusion_weights_png"]), _montage(rgb))
 
 
