@@ -18,9 +18,15 @@ from .losses import displacement_jacobian, jacobian_determinant
 from .space import DeviceImage, voxel_grid_to_world
 
 CHUNK = 65536
+#: Points per network evaluation of the dense field, by device type. On the CPU a block's
+#: activations (8192 x 128 float32 = 4 MB per layer) stay in cache: a 3 x 128 SIREN evaluated
+#: 1.3-2x faster than in blocks of 65 536, bit for bit the same values. A GPU wants large blocks.
+FIELD_CHUNK = {"cpu": 8192, "cuda": 262144}
 #: Points per block of the fixed-point inversion: every point's iterations depend only on the
 #: field, so blocks are independent; a block's working set stays in cache across iterations.
-INVERSE_CHUNK = 131072
+#: On a 1 mm field (one thread), 3 iterations took 3.2 s in blocks of 32 768, 4.1 s in blocks of
+#: 16 384 and 10-12 s in blocks of 131 072 or 524 288; the values are bit for bit the same.
+INVERSE_CHUNK = 32768
 #: At most this many voxels of the mask enter :func:`inverse_consistency` (beyond it a
 #: deterministic, evenly strided subsample). A 1 mm brain mask (~1.4 M voxels) stays exact: there
 #: the mask-only evaluation takes ~1 s (the whole grid took 3.5 s) and a 200 k subsample would save
@@ -35,10 +41,12 @@ def _chunks(points: np.ndarray, chunk: int):
 
 
 def evaluate_displacement(model: torch.nn.Module, shape: tuple[int, ...], affine: np.ndarray,
-                          device: torch.device, chunk: int = CHUNK) -> np.ndarray:
+                          device: torch.device, chunk: int | None = None) -> np.ndarray:
     """``u`` (RAS mm, float32) at every voxel centre of the grid, shape ``(*shape, d)``; the
-    world points are made ``chunk`` at a time (no whole-grid coordinate array)."""
+    world points are made ``chunk`` at a time (no whole-grid coordinate array). ``chunk``
+    defaults to :data:`FIELD_CHUNK` for the device (it does not change the values)."""
     d = len(shape)
+    chunk = chunk or FIELD_CHUNK.get(torch.device(device).type, CHUNK)
     out = np.empty((int(np.prod(shape)), d), dtype=np.float32)
     with torch.no_grad():
         for start, block in _grid_blocks(shape, affine, chunk):
