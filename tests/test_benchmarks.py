@@ -296,8 +296,14 @@ def test_profile_pair_accounts_for_the_stages_of_a_registration(tmp_path):
     result = json.loads((out / "profile.json").read_text())
     parts = result["parts"]
     assert parts["affine stage"]["calls"] == 1 and parts["deformable stage"]["calls"] == 1
-    assert parts["write ANTs/ITK outputs"]["calls"] == 1 and parts["dense: Jacobian determinant (autograd)"]["calls"] == 1
+    assert parts["write ANTs/ITK outputs"]["calls"] == 1
+    assert parts["dense: Jacobian determinant (finite differences)"]["calls"] == 1
+    assert parts["write: warps (1Warp, 1InverseWarp)"]["calls"] == 2
+    assert parts["write: images (Warped, InverseWarped, jacobian)"]["calls"] == 3
     assert all(0 < p["seconds"] <= result["wall_s"] for p in parts.values())
+    written = sum(p["seconds"] for name, p in parts.items() if name.startswith("write: "))
+    assert written <= parts["write ANTs/ITK outputs"]["seconds"] + 1e-6
+    assert 0 < result["dense_share"] < result["dense_plus_writing_share"] < 1
     assert result["iterations_profiled"] == 5 and result["preset_iterations"] == 15
     assert result["full_preset_wall_s_extrapolated"] > result["wall_s"]
     assert result["fixed_shape"] == [32, 32, 16]
