@@ -8,7 +8,7 @@ Outputs for prefix ``P`` (what ``antsRegistration --output P`` writes, plus inrr
 ``P1InverseWarp.nii.gz``   its numerical inverse, same grid (apply as ``[[P0GenericAffine,1], P1InverseWarp]``)
 ``PComposite.h5``          ITK HDF5 composite of affine + warp; ``PInverseComposite.h5`` its inverse
 ``PWarped.nii.gz``         moving image on the fixed grid; ``PInverseWarped.nii.gz`` fixed on the moving grid
-``Pjacobian.nii.gz``       ``det(I + du/dx)`` of the deformable part, fixed grid
+``Pjacobian.nii.gz``       ``det(I + du/dx)`` of the deformable part, fixed grid (finite differences of ``u``, mm)
 ``Pregistration.json``     settings, seed, device, versions, runtime, memory, losses, folding, affine
 =========================  ===================================================================
 

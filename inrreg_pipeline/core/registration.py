@@ -33,7 +33,8 @@ class RegistrationResult:
     ``phi(x) = A(x + u(x))``; ``inverse_displacement`` (fixed grid) is ``v`` with
     ``phi^-1(y) = z + v(z)``, ``z = A^-1 y``. ``warped`` is the moving image on the fixed grid,
     ``inverse_warped`` the fixed image on the moving grid, ``jacobian`` is ``det(I + du/dx)``
-    on the fixed grid.
+    on the fixed grid, by finite differences of ``displacement`` in physical space
+    (:func:`inrreg_pipeline.core.fields.field_jacobian_determinant`).
     """
 
     affine: np.ndarray
