@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     save()
     for name in args.presets:
         if time.perf_counter() - start > args.budget_s:
-            report["methods"][name] = {"status": "skipped", "reason": f"wall-time budget of {args.budget_s:.0f} s spent"}
+            report["methods"][name] = {"status": "skipped",
+                                       "reason": f"wall-time budget of {args.budget_s:.0f} s spent"}
             continue
         try:
             report["methods"][name] = run_preset(name, pair, device, smoke)
