@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.inrreg-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean gpu-check
 setup: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml .ci/install
@@ -24,3 +24,11 @@ test: setup
 
 clean:
 	rm -rf $(VENV) demo_output
+
+# Not an entry point for users: the one-shot device check (benchmarks/gpu_check.py, see
+# benchmarks/README.md). It runs with the machine's own Python and torch (GPU_PY), the source tree
+# on PYTHONPATH, no setup; the JSON goes to $(OUT) (on the device machine $OUT is already set).
+GPU_PY ?= python3
+OUT ?= gpu_check_out
+gpu-check:
+	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_check.py --out $(OUT)

@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .core.jacobian import jacobian_determinant_fd
+
 __all__ = [
     "spacing_from_affine",
     "label_overlap",
@@ -399,48 +401,21 @@ def jacobian_determinant_from_displacement(
     expressed in the same one; mixing frames (LPS components differentiated along RAS axes) is
     wrong, and so is passing ``spacing`` for an oblique grid with world-frame components.
     """
-    field = np.asarray(field, dtype=np.float64)
+    field = np.asarray(field)
     d = field.ndim - 1
     if d < 1 or field.shape[-1] != d:
         raise ValueError(
             f"field must have shape (*shape, d) with d = len(shape); got {field.shape}"
         )
-    if any(n < 2 for n in field.shape[:-1]):
-        raise ValueError(f"every grid axis needs at least 2 samples, got {field.shape[:-1]}")
     if affine is not None:
         if spacing is not None:
             raise ValueError("give either spacing or affine, not both")
-        affine = np.asarray(affine, dtype=float)
-        if affine.shape != (d + 1, d + 1):
-            raise ValueError(f"affine must be ({d + 1}, {d + 1}) for a {d}-D field, got {affine.shape}")
-        rinv = np.linalg.inv(affine[:d, :d])
-        steps = [1.0] * d
+        grid = np.asarray(affine, dtype=float)
     else:
         sp = _resolve_spacing(d, spacing, None, required=True)
-        rinv = None
-        steps = [float(s) for s in sp]
-
-    # jac[c][k] = du_c/dx_k ; built one component (row) at a time to bound memory
-    jac: list[list[np.ndarray]] = []
-    for c in range(d):
-        grads = list(np.gradient(field[..., c], *steps)) if d > 1 else [np.gradient(field[..., c], steps[0])]
-        if rinv is not None:  # chain rule: row_c(du/dx) = row_c(du/di) @ inv(R)
-            grads = [sum(grads[m] * rinv[m, k] for m in range(d)) for k in range(d)]
-        grads[c] = grads[c] + 1.0  # I + grad u
-        jac.append(grads)
-
-    if d == 1:
-        return jac[0][0]
-    if d == 2:
-        return jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
-    if d == 3:
-        return (
-            jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
-            - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
-            + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
-        )
-    stacked = np.stack([np.stack(row, axis=-1) for row in jac], axis=-2)
-    return np.linalg.det(stacked)
+        grid = np.diag(list(sp) + [1.0])  # axis-aligned grid: component c along array axis c
+    # the one finite-difference implementation (shared with the registration core)
+    return jacobian_determinant_fd(field, grid, dtype=np.float64)
 
 
 def _masked_values(jacobian_det: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

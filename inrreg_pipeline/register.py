@@ -8,7 +8,7 @@ Outputs for prefix ``P`` (what ``antsRegistration --output P`` writes, plus inrr
 ``P1InverseWarp.nii.gz``   its numerical inverse, same grid (apply as ``[[P0GenericAffine,1], P1InverseWarp]``)
 ``PComposite.h5``          ITK HDF5 composite of affine + warp; ``PInverseComposite.h5`` its inverse
 ``PWarped.nii.gz``         moving image on the fixed grid; ``PInverseWarped.nii.gz`` fixed on the moving grid
-``Pjacobian.nii.gz``       ``det(I + du/dx)`` of the deformable part, fixed grid
+``Pjacobian.nii.gz``       ``det(I + du/dx)`` of the deformable part, fixed grid (finite differences of ``u``, mm)
 ``Pregistration.json``     settings, seed, device, versions, runtime, memory, losses, folding, affine
 =========================  ===================================================================
 
@@ -228,14 +228,14 @@ def write_fusion_weights(stage: StagedOutputs, weights: np.ndarray, affine: np.n
     """The fusion variant's weight map as an RGB24 NIfTI (on the moving grid) and a PNG figure."""
     import nibabel as nib
 
-    from .io.images import expand_affine
+    from .io.images import expand_affine, save_nifti
 
     rgb = fusion_rgb(weights)
     structured = rgb.copy().view(np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])).reshape(rgb.shape[:-1])
     img = nib.Nifti1Image(structured, expand_affine(np.asarray(affine, dtype=np.float64)))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    nib.save(img, str(stage.path(VARIANT_SUFFIXES["fusion_weights"])))
+    save_nifti(img, stage.path(VARIANT_SUFFIXES["fusion_weights"]))
     write_png(stage.path(VARIANT_SUFFIXES["fusion_weights_png"]), _montage(rgb))
 
 

@@ -94,3 +94,39 @@ def deform(fixed: SpatialImage, psi: KnownDeformation, shape: tuple[int, ...] | 
 def registration_error(psi: KnownDeformation, phi_points: np.ndarray, fixed_points: np.ndarray) -> np.ndarray:
     """``||psi(phi(x)) - x||`` in mm, given ``phi(x)`` (``phi_points``) at fixed points ``x``."""
     return np.linalg.norm(psi(phi_points) - fixed_points, axis=-1)
+
+
+#: Labels of :func:`phantom`: value -> tissue.
+PHANTOM_LABELS = {1: "cortex", 2: "white matter", 3: "ventricles", 4: "scalp"}
+
+
+def phantom(shape: tuple[int, int, int] = (256, 256, 160), spacing_mm: float = 1.0
+            ) -> tuple[SpatialImage, np.ndarray]:
+    """A head-like 3-D test volume and its label map, for when no real image is at hand.
+
+    The grid is oriented like the OASIS T1w images (array axes A, S, L: voxel -> RAS affine
+    ``[[0, 0, -s], [s, 0, 0], [0, s, 0]]``), ``spacing_mm`` isotropic, centred on the world origin.
+    Nested ellipsoids (radii in mm, so the anatomy does not change with the voxel size) make
+    scalp (label 4, intensity 0.35), cortex (1, 0.6), white matter (2, 0.9) and two ventricles
+    (3, 0.15) on a 0 background; a smooth texture of a few percent (fixed sinusoids, mm periods)
+    gives the similarity something to match inside each tissue. Returns ``(image, labels)``,
+    labels ``uint8`` on the same grid.
+    """
+    s = float(spacing_mm)
+    affine = np.array([[0.0, 0.0, -s, 0.0], [s, 0.0, 0.0, 0.0], [0.0, s, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape, dtype=float) - 1.0) / 2.0)
+    x = voxel_grid_to_world(tuple(shape), affine)  # RAS mm, centred on 0
+
+    def inside(centre, radii) -> np.ndarray:
+        return (((x - np.asarray(centre)) / np.asarray(radii)) ** 2).sum(-1) <= 1.0
+
+    labels = np.zeros(tuple(shape), np.uint8)
+    labels[inside((0, 0, 0), (72, 95, 70))] = 4
+    labels[inside((0, 0, 2), (64, 86, 62))] = 1
+    labels[inside((0, 3, 6), (48, 66, 44))] = 2
+    for side in (-1, 1):
+        labels[inside((side * 9, 5, 12), (6, 24, 10))] = 3
+    value = np.array([0.0, 0.6, 0.9, 0.15, 0.35], np.float32)[labels]
+    texture = (np.sin(x[..., 0] / 7.0) * np.cos(x[..., 1] / 11.0) + np.sin(x[..., 2] / 9.0 + x[..., 0] / 13.0))
+    image = np.where(labels > 0, value * (1.0 + 0.04 * texture), 0.0).astype(np.float32)
+    return SpatialImage(image, affine), labels

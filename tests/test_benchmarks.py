@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -316,8 +317,14 @@ def test_profile_pair_accounts_for_the_stages_of_a_registration(tmp_path):
     result = json.loads((out / "profile.json").read_text())
     parts = result["parts"]
     assert parts["affine stage"]["calls"] == 1 and parts["deformable stage"]["calls"] == 1
-    assert parts["write ANTs/ITK outputs"]["calls"] == 1 and parts["dense: Jacobian determinant (autograd)"]["calls"] == 1
+    assert parts["write ANTs/ITK outputs"]["calls"] == 1
+    assert parts["dense: Jacobian determinant (finite differences)"]["calls"] == 1
+    assert parts["write: warps (1Warp, 1InverseWarp)"]["calls"] == 2
+    assert parts["write: images (Warped, InverseWarped, jacobian)"]["calls"] == 3
     assert all(0 < p["seconds"] <= result["wall_s"] for p in parts.values())
+    written = sum(p["seconds"] for name, p in parts.items() if name.startswith("write: "))
+    assert written <= parts["write ANTs/ITK outputs"]["seconds"] + 1e-6
+    assert 0 < result["dense_share"] < result["dense_plus_writing_share"] < 1
     assert result["iterations_profiled"] == 5 and result["preset_iterations"] == 15
     assert result["full_preset_wall_s_extrapolated"] > result["wall_s"]
     assert result["fixed_shape"] == [32, 32, 16]
@@ -352,3 +359,33 @@ def test_benchmark_variant_presets_are_their_base_plus_one_variant():
         assert {k for k in fast["network"] if fast["network"][k] != settings["network"][k]} == {"activation"}
         activations.add(settings["network"]["activation"])
     assert activations | {fast["network"]["activation"]} == set(ACTIVATIONS)  # every activation on OASIS
+
+
+def test_gpu_check_cpu_smoke_writes_its_json(tmp_path):
+    """``benchmarks/gpu_check.py --cpu-smoke`` (what ``make gpu-check`` runs on a device, shrunk) runs
+    the CUDA-marked tests (skipped without CUDA), registers its pair and writes every figure the
+    device run reports."""
+    out = tmp_path / "gpu"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_check.py"), "--cpu-smoke", "--presets", "fast",
+                    "--out", str(out)], check=True, cwd=ROOT, env=env, timeout=600)
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["mode"] == "cpu-smoke" and report["device"] == "cpu"
+    assert {"device_name", "torch_version", "versions", "wall_s", "tests", "pair", "methods"} <= set(report)
+    tests = report["tests"]
+    assert tests["status"] == "ok" and tests["tests"] >= 5 and tests["failures"] == tests["errors"] == 0
+    import torch
+
+    if not torch.cuda.is_available():
+        assert tests["skipped"] == tests["tests"]
+    assert report["pair"]["status"] == "ok" and report["pair"]["shape"] == [32, 32, 20]
+    row = report["methods"]["fast"]
+    assert row["status"] == "ok", row
+    assert set(row["seconds"]) == {"affine", "deformable", "dense_outputs", "registration_total",
+                                   "registration_wall", "writing"}
+    assert all(v is not None and v >= 0 for v in row["seconds"].values())
+    assert "peak_gpu_mb" in row and row["peak_rss_mb"] > 0
+    assert set(row["error_mm"]) == {"before_mean", "mean", "p95", "max"} and set(row["dice"]) == {"before", "after"}
+    # even six iterations move the moving image towards the fixed one
+    assert row["error_mm"]["mean"] < row["error_mm"]["before_mean"]
+    assert row["dice"]["after"] > row["dice"]["before"]

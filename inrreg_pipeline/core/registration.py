@@ -16,12 +16,11 @@ import torch
 
 from .affine import register_affine
 from .config import RegistrationSettings
-from .fields import (evaluate_displacement, evaluate_jacobian_determinant, inverse_consistency, invert_displacement,
+from .fields import (evaluate_displacement, field_jacobian_determinant, inverse_consistency, invert_displacement,
                      jacobian_summary)
 from .optimisation import fit_deformation
 from .space import SpatialImage, apply_affine, foreground_mask, rescale_intensity, sample_array, voxel_grid_to_world
 from .svf import dense_fields, fit_svf, svf_iterations
-from ..metrics import jacobian_determinant_from_displacement  # TODO(merge issue-17): the core finite-difference Jacobian
 from .variants import deformable_iterations, fit_variant, uses_variants, variant_outputs
 
 ProgressFactory = Callable[[str, int], Callable[[int, float], None]]
@@ -35,7 +34,8 @@ class RegistrationResult:
     ``phi(x) = A(x + u(x))``; ``inverse_displacement`` (fixed grid) is ``v`` with
     ``phi^-1(y) = z + v(z)``, ``z = A^-1 y``. ``warped`` is the moving image on the fixed grid,
     ``inverse_warped`` the fixed image on the moving grid, ``jacobian`` is ``det(I + du/dx)``
-    on the fixed grid.
+    on the fixed grid, by finite differences of ``displacement`` in physical space
+    (:func:`inrreg_pipeline.core.fields.field_jacobian_determinant`).
     """
 
     affine: np.ndarray
@@ -134,15 +134,15 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
     t0 = time.perf_counter()
     model.eval()
     extras: dict[str, np.ndarray] = {}
-    if settings.method == "svf":  # exp(v) and its exact inverse exp(-v); det J by finite differences
+    variant_summary: dict = {}
+    if settings.method == "svf":  # exp(v) and its exact inverse exp(-v)
         u, v = dense_fields(model, fixed, settings.svf.squaring_steps, device)
-        jac = jacobian_determinant_from_displacement(u, affine=fixed.affine).astype(np.float32)
     else:
         u = evaluate_displacement(model, fixed.shape, fixed.affine, device)
-        jac = evaluate_jacobian_determinant(model, fixed.shape, fixed.affine, device)
         v, extras, variant_summary = variant_outputs(model, f_norm, m_norm, device)
         if v is None:
             v = invert_displacement(u, fixed.affine, device, settings.inverse_iterations)
+    jac = field_jacobian_determinant(u, fixed.affine)  # finite differences of u, physical space
     consistency = inverse_consistency(u, v, fixed.affine, device, sampling_mask)
     grid = voxel_grid_to_world(fixed.shape, fixed.affine)
     warped = sample_array(moving.data, moving.affine, apply_affine(affine, grid + u), device)

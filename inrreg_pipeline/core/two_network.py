@@ -85,7 +85,7 @@ from torch import nn
 from .affine import AffineModel
 from .config import HashSettings, RegistrationSettings, TwoNetworkSettings
 from .encodings import NormalisedBox
-from .fields import (evaluate_displacement, evaluate_jacobian_determinant, inverse_consistency, invert_displacement,
+from .fields import (evaluate_displacement, field_jacobian_determinant, inverse_consistency, invert_displacement,
                      jacobian_summary)
 from .hash_encoding import HashEncoding, coarse_to_fine_weights
 from .registration import RegistrationResult, _peak_memory_mb, prepare_pair
@@ -443,7 +443,7 @@ def register_two_network(fixed: SpatialImage, moving: SpatialImage, settings: Re
     t0 = time.perf_counter()
     model = DisplacementModel(motion, image, affine).to(device).eval()
     u = evaluate_displacement(model, fixed.shape, fixed.affine, device)
-    jac = evaluate_jacobian_determinant(model, fixed.shape, fixed.affine, device)
+    jac = field_jacobian_determinant(u, fixed.affine)  # finite differences of u, physical space
     v = invert_displacement(u, fixed.affine, device, settings.inverse_iterations)
     consistency = inverse_consistency(u, v, fixed.affine, device, sampling_mask)
     warped = sample_array(moving.data, moving.affine, apply_affine(affine, grid + u), device)

@@ -40,6 +40,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from .images import save_nifti
+
 __all__ = [
     "ras_to_lps_matrix",
     "affine_ras_to_lps",
@@ -322,7 +324,7 @@ def write_ants_displacement_field(path: PathLike, field_ras: np.ndarray, grid_af
     ext = _lower_ext(path)
     if ext not in _NIFTI_EXTS:
         raise ValueError(f"displacement field path must end in .nii or .nii.gz, got {os.fspath(path)!r}")
-    lps = (f.astype(np.float64) * _flip(d)).astype(np.float32)
+    lps = np.asarray(f, dtype=np.float32) * _flip(d).astype(np.float32)  # sign flips: exact in float32
     spatial = f.shape[:d]
     data = lps.reshape(*spatial, *([1] * (3 - d)), 1, d)
     aff4 = _embed_affine_4x4(a)
@@ -333,7 +335,7 @@ def write_ants_displacement_field(path: PathLike, field_ras: np.ndarray, grid_af
     img.set_qform(aff4, code=1)
     img.set_sform(aff4, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    nib.save(img, os.fspath(path))
+    save_nifti(img, path)
 
 
 def read_ants_displacement_field(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -392,8 +394,10 @@ def _sitk_field_transform(field_ras: np.ndarray, grid_affine: np.ndarray) -> sit
     """``sitk.DisplacementFieldTransform`` (LPS, float64, linear interpolation) from a RAS field."""
     f, a, d = _check_field(field_ras, grid_affine)
     origin, spacing, direction = affine_to_itk_geometry(a)
-    lps = np.asarray(f, dtype=np.float64) * _flip(d)
-    arr = np.ascontiguousarray(np.transpose(lps, tuple(range(d - 1, -1, -1)) + (d,)))  # (Z, Y, X, d)
+    # LPS, float64, (Z, Y, X, d) in one pass (no intermediate copy of the field)
+    axes = tuple(range(d - 1, -1, -1)) + (d,)
+    arr = np.empty(tuple(f.shape[i] for i in axes), dtype=np.float64)
+    np.multiply(np.transpose(f, axes), _flip(d), out=arr)
     img = sitk.GetImageFromArray(arr, isVector=True)
     img.SetOrigin(origin)
     img.SetSpacing(spacing)
