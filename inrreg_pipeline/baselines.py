@@ -65,7 +65,7 @@ from .cli import SEED_MAX
 from .greedy import GREEDY_PRESETS, is_greedy_preset, run_greedy
 from .io.images import InputError, StagedOutputs, load_pair, staging_prefix
 from .io.itk import read_itk_affine, write_itk_affine
-from .register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions
+from .register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions, recorded_inputs
 
 __all__ = ["ANTS_PRESETS", "BASELINE_PRESETS", "is_ants_preset", "is_baseline_preset", "antsregistration_arguments",
            "scaled_iterations", "run_ants", "run_baseline"]
@@ -478,9 +478,7 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
         versions = {**library_versions(), "antspyx": antspyx_version, "ANTs": version.group(1) if version else None}
         placeholders = {v: f"{{{k}}}" for k, v in names.items() if v is not None}
         metadata = {
-            "inputs": {"fixed": str(Path(fixed).resolve()), "moving": str(Path(moving).resolve()),
-                       "fixed_mask": str(Path(fixed_mask).resolve()) if fixed_mask else None,
-                       "moving_mask": str(Path(moving_mask).resolve()) if moving_mask else None},
+            "inputs": recorded_inputs(fixed, moving, fixed_mask, moving_mask),
             "method": "ants",
             "preset": preset,
             "parameters": copy.deepcopy(params),

@@ -46,7 +46,7 @@ from .baseline_outputs import check_baseline_arguments, substitute_paths, write_
 from .cli import SEED_MAX
 from .io.images import InputError, StagedOutputs, load_pair, staging_prefix
 from .io.itk import write_itk_affine
-from .register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions
+from .register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions, recorded_inputs
 
 __all__ = ["GREEDY_PRESETS", "is_greedy_preset", "greedy_commands", "run_greedy"]
 
@@ -206,9 +206,7 @@ def run_greedy(fixed: str, moving: str, prefix: str, preset: str = "greedy", thr
         placeholders = {str(v): f"{{{k}}}" for k, v in names.items()}
         placeholders.update({v: f"{{{k}}}" for k, v in files.items()})
         metadata = {
-            "inputs": {"fixed": str(Path(fixed).resolve()), "moving": str(Path(moving).resolve()),
-                       "fixed_mask": str(Path(fixed_mask).resolve()) if fixed_mask else None,
-                       "moving_mask": str(Path(moving_mask).resolve()) if moving_mask else None},
+            "inputs": recorded_inputs(fixed, moving, fixed_mask, moving_mask),
             "method": "greedy",
             "preset": preset,
             "parameters": copy.deepcopy(GREEDY_PRESETS[preset]),

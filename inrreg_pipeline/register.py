@@ -68,6 +68,16 @@ def check_prefix_outputs(prefix: str, fixed: str, moving: str, fixed_mask: str |
                                        "moving mask": moving_mask, "preset file": preset_file})
 
 
+def recorded_inputs(fixed: str, moving: str, fixed_mask: str | None = None, moving_mask: str | None = None
+                    ) -> dict[str, str | None]:
+    """The ``inputs`` entry of ``Pregistration.json``: absolute paths of the images and masks given."""
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path else None
+
+    return {"fixed": absolute(fixed), "moving": absolute(moving), "fixed_mask": absolute(fixed_mask),
+            "moving_mask": absolute(moving_mask)}
+
+
 def library_versions() -> dict[str, str]:
     import nibabel
     import SimpleITK
@@ -149,9 +159,7 @@ def register_files(fixed: str, moving: str, prefix: str, preset: str | Registrat
             bars.close()
         write_outputs(stage, result, fixed_img, moving_img)
         metadata = {
-            "inputs": {"fixed": str(Path(fixed).resolve()), "moving": str(Path(moving).resolve()),
-                       "fixed_mask": str(Path(fixed_mask).resolve()) if fixed_mask else None,
-                       "moving_mask": str(Path(moving_mask).resolve()) if moving_mask else None},
+            "inputs": recorded_inputs(fixed, moving, fixed_mask, moving_mask),
             "method": settings.method,
             "preset": settings.name,
             "settings": settings.to_dict(),
