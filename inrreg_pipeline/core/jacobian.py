@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .geometry import affine_problem
+
 #: Voxels per slab (along array axis 0) evaluated at once: bounds the float64 temporaries
 #: to about ``slab * prod(shape[1:]) * 8 * (2 d + 2)`` bytes (~40 MB for a 256 x 160 slab of 16).
 SLAB = 16
@@ -63,8 +65,9 @@ def jacobian_determinant_fd(field: np.ndarray, affine: np.ndarray, dtype: type =
     if affine.shape != (d + 1, d + 1):
         raise ValueError(f"affine must be ({d + 1}, {d + 1}) for a {d}-D field, got {affine.shape}")
     linear = affine[:d, :d]
-    if not np.all(np.isfinite(linear)) or abs(np.linalg.det(linear)) < 1e-12:
-        raise ValueError("the grid affine is singular or not finite")
+    problem = affine_problem(affine)
+    if problem is not None:  # relative to the voxel size: micrometre grids are grids too
+        raise ValueError(f"the grid affine cannot describe a grid: {problem}")
     rinv = np.linalg.inv(linear)
     out = np.empty(shape, dtype=dtype)
     n0 = shape[0]
