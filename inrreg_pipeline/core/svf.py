@@ -279,7 +279,8 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
         for _ in range(n_steps):
             v = model.velocity()
             half = 0.5 if s.symmetric else 1.0
-            u = model.at(model.displacement(s.squaring_steps, half, v), points)
+            phi_half = model.displacement(s.squaring_steps, half, v)  # exp(v) itself when not symmetric
+            u = model.at(phi_half, points)
             mapped = (points + u) @ a[:d, :d].T + a[:d, d]
             warped = moving_sampler(moving_volume, mapped)[0]
             target = f_crop
@@ -291,7 +292,8 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
                 warped, target = warped * inside_m, target * inside_m
             sim = _masked_similarity(settings.loss.similarity, target, warped, mask_crop, window)
             if settings.loss.regulariser == "jacobian":
-                reg = model.log_jacobian_energy(model.displacement(s.squaring_steps, 1.0, v))
+                phi = phi_half if not s.symmetric else model.displacement(s.squaring_steps, 1.0, v)
+                reg = model.log_jacobian_energy(phi)
             else:
                 reg = model.diffusion(v)
             total = sim + settings.loss.alpha * reg
