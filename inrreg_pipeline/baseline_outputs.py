@@ -15,6 +15,7 @@ direction cosines), so folding figures compare across tools.
 from __future__ import annotations
 
 import math
+import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from .io.images import InputError, StagedOutputs, load_image, save_image
 from .io.itk import read_ants_displacement_field, write_itk_composite_h5, write_itk_inverse_composite_h5
 from .metrics import jacobian_determinant_from_displacement
 from .register import OUTPUT_SUFFIXES
+
+TRANSFORM_CONVENTION = "ANTs: apply [1Warp, 0GenericAffine] to map fixed points to moving points"
 
 
 def write_inputs(work: Path, fixed: SpatialImage, moving: SpatialImage, fixed_mask: np.ndarray | None,
@@ -97,3 +100,14 @@ def substitute_paths(text: str, placeholders: dict[str, str]) -> str:
     for path in sorted(placeholders, key=len, reverse=True):
         text = text.replace(path, placeholders[path])
     return text
+
+
+def baseline_metadata(stage: StagedOutputs, affine_ras: np.ndarray, jacobian: dict, threads: int,
+                      runtime_s: dict[str, float], dimension: int) -> dict[str, Any]:
+    """The ``registration.json`` entries every baseline shares (CPU device, output names, affine, folding,
+    runtimes in s, dimension); each tool adds its own parameters, versions and memory."""
+    return {"threads": int(threads), "device": "cpu", "device_name": platform.processor() or "cpu",
+            "transform_convention": TRANSFORM_CONVENTION,
+            "outputs": {key: stage.final(suffix).name for key, suffix in OUTPUT_SUFFIXES.items()},
+            "affine_matrix_ras": np.asarray(affine_ras).tolist(), "jacobian": jacobian, "runtime_s": runtime_s,
+            "dimension": int(dimension)}

@@ -47,7 +47,6 @@ import copy
 import importlib.metadata
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -60,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from .baseline_outputs import check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
+from .baseline_outputs import baseline_metadata, check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
 from .cli import SEED_MAX
 from .greedy import GREEDY_PRESETS, is_greedy_preset, run_greedy
 from .io.images import InputError, StagedOutputs, load_pair, staging_prefix
@@ -492,21 +491,13 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
                 "warped": "-> outputs.warped", "inverse_warped": "-> outputs.inverse_warped"},
             "seed": int(seed),
             "ants_random_seed": int(seed) + 1,
-            "threads": int(n_threads),
-            "device": "cpu",
-            "device_name": platform.processor() or "cpu",
             "versions": versions,
-            "transform_convention": "ANTs: apply [1Warp, 0GenericAffine] to map fixed points to moving points",
-            "outputs": {key: stage.final(suffix).name for key, suffix in OUTPUT_SUFFIXES.items()},
-            "affine_matrix_ras": affine.tolist(),
-            "jacobian": jacobian,
-            "runtime_s": {"registration": reg_seconds, "outputs": output_seconds,
-                          "total": time.perf_counter() - start},
             "memory": {"peak_rss_mb": child_peak_mb,
                        "peak_rss_mb_caller": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                        "measured": "peak_rss_mb: the antsRegistration child process (VmHWM); "
                                    "peak_rss_mb_caller: this Python process (getrusage)"},
-            "dimension": d,
+            **baseline_metadata(stage, affine, jacobian, n_threads, {
+                "registration": reg_seconds, "outputs": output_seconds, "total": time.perf_counter() - start}, d),
         }
         stage.path(s["metadata"]).write_text(json.dumps(metadata, indent=2))
     return {key: stage.final(suffix) for key, suffix in OUTPUT_SUFFIXES.items()}

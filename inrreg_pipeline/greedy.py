@@ -32,7 +32,6 @@ import importlib.metadata
 import io
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .baseline_outputs import check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
+from .baseline_outputs import baseline_metadata, check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
 from .cli import SEED_MAX
 from .io.images import InputError, StagedOutputs, load_pair, staging_prefix
 from .io.itk import write_itk_affine
@@ -213,19 +212,11 @@ def run_greedy(fixed: str, moving: str, prefix: str, preset: str = "greedy", thr
             "scale_iterations": scale,
             "greedy_commands": [substitute_paths(c, placeholders) for c in commands],
             "seed": int(seed),
-            "threads": int(n_threads),
-            "device": "cpu",
-            "device_name": platform.processor() or "cpu",
             "versions": {**library_versions(), "picsl-greedy": importlib.metadata.version("picsl-greedy")},
-            "transform_convention": "ANTs: apply [1Warp, 0GenericAffine] to map fixed points to moving points",
-            "outputs": {key: stage.final(suffix).name for key, suffix in OUTPUT_SUFFIXES.items()},
-            "affine_matrix_ras": affine.tolist(),
-            "jacobian": jacobian,
-            "runtime_s": {"registration": reg_seconds, "outputs": output_seconds,
-                          "total": time.perf_counter() - start},
             "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                        "measured": "peak_rss_mb: this process (getrusage), greedy running in it"},
-            "dimension": d,
+            **baseline_metadata(stage, affine, jacobian, n_threads, {
+                "registration": reg_seconds, "outputs": output_seconds, "total": time.perf_counter() - start}, d),
         }
         stage.path(s["metadata"]).write_text(json.dumps(metadata, indent=2))
     return {key: stage.final(suffix) for key, suffix in OUTPUT_SUFFIXES.items()}

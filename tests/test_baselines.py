@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import mni_slice
+from helpers import masked_ncc as ncc, mni_slice
 
 from inrreg_pipeline import baselines
 from inrreg_pipeline.baselines import ANTS_PRESETS, antsregistration_arguments, is_ants_preset, run_ants
@@ -33,11 +33,6 @@ SCALE = {"ants-syn": 0.1, "ants-syn-cc": 0.05, "ants-precise": 0.05, "antspyx-sy
 #: ANTs' own interpolator for PWarped (antspyx spelling)
 INTERPOLATOR = {"ants-syn": "linear", "ants-syn-cc": "linear", "ants-precise": "lanczosWindowedSinc",
                 "antspyx-syn-s": "linear", "antspyx-synquick-s": "linear"}
-
-
-def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 @pytest.fixture(scope="module", params=list(ANTS_PRESETS))
