@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from .baseline_outputs import baseline_metadata, check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
-from .cli import SEED_MAX
+from .core.choices import SEED_MAX
 from .greedy import GREEDY_PRESETS, is_greedy_preset, run_greedy
 from .io.images import InputError, StagedOutputs, load_pair, staging_prefix
 from .io.itk import read_itk_affine, write_itk_affine

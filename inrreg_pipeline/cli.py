@@ -12,21 +12,14 @@ import sys
 import traceback
 
 from . import __version__
-from .core.config import VARIANT_METHODS, available_presets
-
-# inrreg_pipeline.core.networks' ACTIVATIONS and OMEGA_MODES, spelled out so that parsing the
-# command line does not import torch (tests/test_variants.py checks they agree).
-ACTIVATIONS = ("relu", "sine", "snake", "sine+", "chirp", "morlet")
-OMEGA_MODES = ("fixed", "trainable", "width", "attention")
+from .core.choices import ACTIVATIONS, OMEGA_MODES, SEED_MAX, VARIANT_METHODS
+from .core.config import available_presets
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 #: 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 EXIT_INTERRUPTED = 130
 #: 128 + SIGTERM, what schedulers send at a time limit
 EXIT_TERMINATED = 143
-#: ``--seed`` range, one for every preset: ANTs reads ``--random-seed`` (inrreg's seed + 1) as a C int
-#: and NumPy's legacy seeding takes [0, 2**32 - 1], so [0, 2**31 - 2] is what every method accepts.
-SEED_MAX = 2 ** 31 - 2
 
 
 def _register_parser(sub) -> None:

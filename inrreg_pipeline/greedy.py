@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .baseline_outputs import baseline_metadata, check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
-from .cli import SEED_MAX
+from .core.choices import SEED_MAX
 from .io.images import InputError, StagedOutputs, load_pair, staging_prefix
 from .io.itk import write_itk_affine
 from .register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions, recorded_inputs

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .cli import SEED_MAX
+from .core.choices import SEED_MAX
 from .core.config import RegistrationSettings, load_preset, validate
 from .core.registration import RegistrationResult, register
 from .core.space import resolve_device

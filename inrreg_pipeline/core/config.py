@@ -17,15 +17,10 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from .choices import (ACTIVATIONS, BACKENDS, LR_SCHEDULES, METHODS, MOTIONS, OMEGA_MODES, OPTIMIZERS, PERIODIC,
+                      REGULARISERS, SIMILARITIES, SVF_REGULARISERS, VARIANT_METHODS)
+
 PRESET_DIR = Path(__file__).parent / "presets"
-#: Registration methods: the deformation INR (methods.md section 1), the two-network method (section 2) and
-#: the diffeomorphic velocity INR (``svf``: a stationary velocity field integrated by scaling and squaring).
-METHODS = ("siren", "two-network", "svf")
-#: Learning-rate schedules of the INR optimisation.
-LR_SCHEDULES = ("constant", "cosine")
-#: The deformation-INR variants of methods.md section 1 (:mod:`inrreg_pipeline.core.variants`),
-#: also values of ``method``.
-VARIANT_METHODS = ("joint-affine", "ensemble", "cascade", "cycle", "fusion")
 
 
 @dataclass
@@ -309,9 +304,6 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
 
 def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
     """Check values (names, ranges, list lengths) before any work starts; ``ValueError`` otherwise."""
-    from .losses import REGULARISERS, SIMILARITIES
-    from .networks import ACTIVATIONS
-
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise ValueError(f"preset '{settings.name}': {message}")
@@ -329,7 +321,7 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
     need(n.omega > 0 and n.fourier_frequencies >= 0, "network.omega must be > 0, fourier_frequencies >= 0")
     need(o.iterations >= 1 and o.patches >= 1 and o.patch_size >= 2, "optimisation: iterations >= 1, patches >= 1, "
          "patch_size >= 2")
-    need(o.optimizer.lower() in ("adam", "adamw"), "optimisation.optimizer must be adam or adamw")
+    need(o.optimizer.lower() in OPTIMIZERS, f"optimisation.optimizer must be one of {', '.join(OPTIMIZERS)}")
     need(o.lr > 0 and o.weight_decay >= 0, "optimisation.lr must be > 0 and weight_decay >= 0")
     need(o.regulariser_points >= 0, "optimisation.regulariser_points must be >= 0")
     need(len(o.smoothing_mm) >= 1 and all(v >= 0 for v in o.smoothing_mm),
@@ -355,12 +347,9 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
         need(v.lr > 0 and 0 < v.lr_final_fraction <= 1, "svf.lr must be > 0 and lr_final_fraction in (0, 1]")
         need(v.lncc_window_mm > 0 and v.velocity_smoothing_mm >= 0 and v.diffusion_alpha >= 0,
              "svf.lncc_window_mm must be > 0, velocity_smoothing_mm and diffusion_alpha >= 0")
-        need(settings.loss.regulariser in ("diffusion", "jacobian"),
-             "method svf regularises with loss.regulariser 'diffusion' or 'jacobian'")
+        need(settings.loss.regulariser in SVF_REGULARISERS,
+             f"method svf regularises with loss.regulariser {' or '.join(map(repr, SVF_REGULARISERS))}")
     if settings.method == "two-network":
-        from .hash_encoding import BACKENDS
-        from .two_network import MOTIONS
-
         t = settings.two_network
         need(t.motion in MOTIONS, f"two_network.motion must be one of {', '.join(MOTIONS)}")
         need(t.backend in BACKENDS, f"two_network.backend must be one of {', '.join(BACKENDS)}")
@@ -398,8 +387,6 @@ def _numbers(settings: Any, where: str):
 
 def _validate_variants(settings: "RegistrationSettings", need) -> None:
     """Checks of :class:`VariantSettings` (only where the method uses them)."""
-    from .networks import OMEGA_MODES, PERIODIC
-
     v = settings.variants
     need(v.omega_mode in OMEGA_MODES, f"variants.omega_mode must be one of {', '.join(OMEGA_MODES)}")
     if settings.method == "two-network":

@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .choices import BACKENDS
+
 #: Spatial-hash primes per dimension (instant-NGP / tiny-cuda-nn's ``CoherentPrime``).
 PRIMES = (1, 2654435761, 805459861)
-BACKENDS = ("auto", "torch", "tcnn")
 
 
 def tcnn_available() -> bool:

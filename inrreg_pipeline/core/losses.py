@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as nnf
 
+from .choices import REGULARISERS, SIMILARITIES
+
 EPS = 1e-6
 
 
@@ -85,7 +87,7 @@ def mutual_information(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 32
     return (joint * (torch.log(joint + EPS) - torch.log(pa @ pb + EPS))).sum()
 
 
-SIMILARITIES = ("ncc+lncc", "ncc", "mse", "mi")
+__all__ = ["SIMILARITIES", "REGULARISERS", "similarity_loss", "regulariser_loss"]
 
 
 def similarity_loss(name: str, fixed: torch.Tensor, warped: torch.Tensor, lncc_window: int = 9) -> torch.Tensor:
@@ -139,7 +141,6 @@ def bending_energy(grad_u: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return total.mean()
 
 
-REGULARISERS = ("jacobian", "bending", "diffusion", "none")
 
 
 def regulariser_loss(name: str, grad_u: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

@@ -11,16 +11,16 @@ import math
 import torch
 from torch import nn
 
+from .choices import ACTIVATIONS, OMEGA_MODES, PERIODIC
 from .encodings import FourierFeatures, NormalisedBox
 
-ACTIVATIONS = ("relu", "sine", "snake", "sine+", "chirp", "morlet")
-#: Activations whose layers use the SIREN initialisation (they oscillate with frequency omega).
-PERIODIC = {"sine", "snake", "sine+", "chirp", "morlet"}
+# ACTIVATIONS; PERIODIC: activations whose layers use the SIREN initialisation (they oscillate with
+# frequency omega). Both in .choices.
 #: How a layer's frequency omega is set (methods.md section 1, "omega variants"):
 #: ``fixed`` (one constant), ``trainable`` (one learned scalar per layer, initialised at omega),
 #: ``width`` (constant, linear across the layer's units from omega - delta to omega + delta),
 #: ``attention`` (per point: omega + delta * tanh(a / n * sum_i |z_i| + b), learned a, b per layer).
-OMEGA_MODES = ("fixed", "trainable", "width", "attention")
+# (OMEGA_MODES, in .choices)
 
 
 def activation_value(name: str, z: torch.Tensor, omega: float | torch.Tensor, chirp_a: float = 10.0

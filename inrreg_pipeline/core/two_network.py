@@ -83,6 +83,7 @@ import torch
 from torch import nn
 
 from .affine import AffineModel
+from .choices import MOTIONS
 from .config import HashSettings, RegistrationSettings, TwoNetworkSettings
 from .encodings import NormalisedBox
 from .fields import (evaluate_displacement, field_jacobian_determinant, inverse_consistency, invert_displacement,
@@ -92,7 +93,6 @@ from .registration import RegistrationResult, _peak_memory_mb, prepare_pair
 from .space import (SpatialImage, apply_affine, foreground_mask, sample_array,
                     voxel_grid_to_world, world_bounding_box)
 
-MOTIONS = ("rigid", "deformable", "affine-param")
 
 
 class EncodingDomain(nn.Module):
