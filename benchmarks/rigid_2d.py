@@ -62,7 +62,7 @@ import report  # noqa: E402
 
 from inrreg_pipeline.core import load_preset, register  # noqa: E402
 from inrreg_pipeline.core.affine import register_affine  # noqa: E402
-from inrreg_pipeline.core.registration import prepare_pair  # noqa: E402
+from inrreg_pipeline.core.pair import prepare_pair  # noqa: E402
 from inrreg_pipeline.core.space import SpatialImage, apply_affine, rescale_intensity  # noqa: E402
 from inrreg_pipeline.core.two_network import kabsch  # noqa: E402
 from inrreg_pipeline.io.images import load_image, save_image  # noqa: E402
@@ -156,9 +156,9 @@ def run_two_network(fixed, moving, modality, args, device):
 
 def run_inr_affine(fixed, moving, modality, args, device):
     settings = load_preset("multimodal" if modality == "multi" else "default")
-    _, rng, f_norm, m_norm, mask = prepare_pair(fixed, moving, device, args.seed, None, None)
-    affine, _ = register_affine(f_norm, m_norm, settings.affine, device, rng)
-    grid = fixed.world_grid()[mask]
+    pair = prepare_pair(fixed, moving, device, args.seed)
+    affine, _ = register_affine(pair.fixed_norm, pair.moving_norm, settings.affine, device, pair.rng)
+    grid = fixed.world_grid()[pair.sampling_mask]
     return kabsch(grid, apply_affine(affine, grid))
 
 

@@ -1,10 +1,18 @@
 """The registration core: PyTorch + NumPy only (no Nipype, no file formats).
 
-Modules, one idea each: :mod:`.space` (physical space, sampling), :mod:`.encodings`,
-:mod:`.networks`, :mod:`.losses`, :mod:`.affine`, :mod:`.optimisation`, :mod:`.fields`,
-:mod:`.jacobian` (finite-difference Jacobian determinant, NumPy only), :mod:`.config` (presets),
-:mod:`.variants` (the INR variants of methods.md section 1) and :mod:`.registration` (one pair
-end to end).
+Modules, one idea each (each importing only the ones above it in this list):
+
+* :mod:`.choices` -- the allowed value of every setting (imports nothing); :mod:`.config` -- the
+  settings, one section per method, their validation and the JSON presets (torch-free);
+* :mod:`.geometry` (images and grids, NumPy), :mod:`.jacobian` (finite-difference det J, NumPy),
+  :mod:`.space` (sampling on a device), :mod:`.encodings`, :mod:`.networks`, :mod:`.hash_encoding`,
+  :mod:`.losses`, :mod:`.fields` (dense fields, inverse, consistency);
+* :mod:`.engine` -- the one optimisation loop; :mod:`.pair` -- the prepared pair every method starts
+  from; :mod:`.method` -- the method protocol; :mod:`.result` -- the result, dense outputs, summary;
+* :mod:`.affine` -- the affine stage; the methods: :mod:`.displacement` (the displacement INR, with
+  :mod:`.optimisation` its patch loop and :mod:`.variants` its variants), :mod:`.svf` (the
+  velocity INR), :mod:`.two_network` (the two-network method);
+* :mod:`.registration` -- the dispatch table and :func:`register`, imported by no method.
 
 The names below are imported on first use (PEP 562), so importing a NumPy-only submodule such as
 :mod:`.jacobian` (as :mod:`inrreg_pipeline.metrics` does) does not import torch.
@@ -15,7 +23,7 @@ import importlib
 from typing import Any
 
 #: public name -> submodule that defines it
-_EXPORTS = {"RegistrationResult": "registration", "register": "registration",
+_EXPORTS = {"RegistrationResult": "result", "register": "registration",
             "RegistrationSettings": "config", "available_presets": "config", "load_preset": "config",
             "SpatialImage": "space", "resolve_device": "space"}
 

@@ -12,12 +12,11 @@ meaning on any grid. ``t`` starts at the difference of the centres of mass.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
 from .config import AffineSettings
+from .engine import Progress, optimise
 from .losses import similarity_loss
 from .space import DeviceImage, SpatialImage, apply_affine, downsample, world_bounding_box
 
@@ -76,7 +75,7 @@ class AffineModel(torch.nn.Module):
 def register_affine(fixed: SpatialImage, moving: SpatialImage, settings: AffineSettings, device: torch.device,
                     rng: np.random.Generator, fixed_mask: np.ndarray | None = None,
                     moving_mask: np.ndarray | None = None,
-                    progress: Callable[[int, float], None] | None = None) -> tuple[np.ndarray, list[float]]:
+                    progress: Progress | None = None) -> tuple[np.ndarray, list[float]]:
     """Estimate ``A`` (fixed -> moving, RAS) and return it with the per-iteration loss history.
 
     ``fixed``/``moving`` intensities should be comparable in range (inrreg rescales them to
@@ -89,9 +88,9 @@ def register_affine(fixed: SpatialImage, moving: SpatialImage, settings: AffineS
     lower, upper = world_bounding_box(fixed.shape, fixed.affine)
     scale = float(np.max(upper - lower) / 2.0)
     model = AffineModel(d, c_fixed, scale, c_moving - c_fixed).to(device)
-    history: list[float] = []
+    history: dict[str, list[float]] = {"total": []}
     if not settings.enabled:
-        return model.matrix().detach().cpu().double().numpy(), history
+        return model.matrix().detach().cpu().double().numpy(), history["total"]
 
     if fixed_mask is not None:
         fixed = fixed.with_data(fixed.data * (fixed_mask > 0))
@@ -112,18 +111,15 @@ def register_affine(fixed: SpatialImage, moving: SpatialImage, settings: AffineS
         params = [model.rotation, model.translation] if rigid_only else list(model.parameters())
         optimiser = torch.optim.Adam(params, lr=settings.lr)
         f_values_all = torch.as_tensor(f_low.data, dtype=torch.float32, device=device)
-        for _ in range(iterations):
+
+        def step(f_low=f_low, m_low=m_low, candidates=candidates, f_values_all=f_values_all) -> dict:
             pick = candidates[rng.integers(0, len(candidates), size=min(settings.samples, len(candidates)))]
             idx = torch.as_tensor(pick, device=device)
             f_values = f_values_all[tuple(idx.T)]
             points = torch.as_tensor(apply_affine(f_low.affine, pick.astype(np.float64)), dtype=torch.float32,
                                      device=device)
             warped = m_low.sample(model(points))
-            loss = similarity_loss(settings.similarity, f_values, warped)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            history.append(float(loss.detach()))
-            if progress is not None:
-                progress(1, history[-1])
-    return model.matrix().detach().cpu().double().numpy(), history
+            return {"total": similarity_loss(settings.similarity, f_values, warped)}
+
+        optimise(step, optimiser, iterations, history, progress=progress)
+    return model.matrix().detach().cpu().double().numpy(), history["total"]

@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .choices import (ACTIVATIONS, BACKENDS, LR_SCHEDULES, METHODS, MOTIONS, OMEGA_MODES, OPTIMIZERS, PERIODIC,
                       REGULARISERS, SIMILARITIES, SVF_REGULARISERS, VARIANT_METHODS)
@@ -302,23 +302,25 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
     return value
 
 
-def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
-    """Check values (names, ranges, list lengths) before any work starts; ``ValueError`` otherwise."""
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ValueError(f"preset '{settings.name}': {message}")
+#: ``need(ok, message)``: raise the settings' ``ValueError`` when ``ok`` is false (see :func:`validate`).
+Need = Callable[[bool, str], None]
 
-    for where, value in _numbers(settings, ""):
-        need(math.isfinite(value), f"{where} must be a finite number, got {value!r}")
-    a, n, o, l = settings.affine, settings.network, settings.optimisation, settings.loss
+
+def _check_affine(a: AffineSettings, need: Need) -> None:
     need(a.similarity in SIMILARITIES, f"affine.similarity must be one of {', '.join(SIMILARITIES)}")
     need(len(a.shrink_factors) == len(a.iterations), "affine.shrink_factors and affine.iterations differ in length")
     need(all(f >= 1 for f in a.shrink_factors), "affine.shrink_factors must be >= 1")
     need(all(i >= 0 for i in a.iterations) and a.rigid_iterations >= 0, "affine iterations must be >= 0")
     need(a.samples >= 10 and a.lr > 0, "affine.samples must be >= 10 and affine.lr > 0")
+
+
+def _check_network(n: NetworkSettings, need: Need) -> None:
     need(n.activation in ACTIVATIONS, f"network.activation must be one of {', '.join(ACTIVATIONS)}")
     need(n.hidden_layers >= 1 and n.hidden_features >= 1, "network sizes must be >= 1")
     need(n.omega > 0 and n.fourier_frequencies >= 0, "network.omega must be > 0, fourier_frequencies >= 0")
+
+
+def _check_optimisation(o: OptimisationSettings, need: Need) -> None:
     need(o.iterations >= 1 and o.patches >= 1 and o.patch_size >= 2, "optimisation: iterations >= 1, patches >= 1, "
          "patch_size >= 2")
     need(o.optimizer.lower() in OPTIMIZERS, f"optimisation.optimizer must be one of {', '.join(OPTIMIZERS)}")
@@ -329,64 +331,54 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
     need(len(o.smoothing_mm) <= o.iterations, "optimisation.smoothing_mm has more levels than iterations")
     need(o.lr_schedule in LR_SCHEDULES, f"optimisation.lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
     need(0 < o.lr_final_fraction <= 1, "optimisation.lr_final_fraction must be in (0, 1]")
+
+
+def _check_loss(l: LossSettings, need: Need) -> None:
     need(l.similarity in SIMILARITIES, f"loss.similarity must be one of {', '.join(SIMILARITIES)}")
     need(l.regulariser in REGULARISERS, f"loss.regulariser must be one of {', '.join(REGULARISERS)}")
     need(l.alpha >= 0 and l.lncc_window >= 1, "loss.alpha must be >= 0 and lncc_window >= 1")
-    need(settings.inverse_iterations >= 0, "inverse_iterations must be >= 0")
-    need(settings.method in METHODS + VARIANT_METHODS,
-         f"method must be one of {', '.join(METHODS + VARIANT_METHODS)}")
-    _validate_variants(settings, need)
-    if settings.method == "svf":
-        v = settings.svf
-        need(v.control_spacing_mm > 0 and v.margin_mm >= 0, "svf.control_spacing_mm must be > 0 and margin_mm >= 0")
-        need(0 <= v.squaring_steps <= 20, "svf.squaring_steps must be in 0..20")
-        need(len(v.shrink_factors) >= 1 and len(v.shrink_factors) == len(v.iterations),
-             "svf.shrink_factors and svf.iterations must be non-empty lists of the same length")
-        need(all(f >= 1 for f in v.shrink_factors) and all(i >= 0 for i in v.iterations),
-             "svf.shrink_factors must be >= 1 and svf.iterations >= 0")
-        need(v.lr > 0 and 0 < v.lr_final_fraction <= 1, "svf.lr must be > 0 and lr_final_fraction in (0, 1]")
-        need(v.lncc_window_mm > 0 and v.velocity_smoothing_mm >= 0 and v.diffusion_alpha >= 0,
-             "svf.lncc_window_mm must be > 0, velocity_smoothing_mm and diffusion_alpha >= 0")
-        need(settings.loss.regulariser in SVF_REGULARISERS,
-             f"method svf regularises with loss.regulariser {' or '.join(map(repr, SVF_REGULARISERS))}")
-    if settings.method == "two-network":
-        t = settings.two_network
-        need(t.motion in MOTIONS, f"two_network.motion must be one of {', '.join(MOTIONS)}")
-        need(t.backend in BACKENDS, f"two_network.backend must be one of {', '.join(BACKENDS)}")
-        for key in ("motion_hash", "image_hash"):
-            h = getattr(t, key)
-            need(h.levels >= 1 and h.features_per_level >= 1, f"two_network.{key}: levels and "
-                 "features_per_level must be >= 1")
-            need(4 <= h.log2_table_size <= 30, f"two_network.{key}.log2_table_size must be in 4..30")
-            need(h.base_resolution >= 2 and h.growth_factor >= 1.0, f"two_network.{key}: base_resolution must be "
-                 ">= 2 and growth_factor >= 1")
-        need(t.hidden_features >= 1 and t.hidden_layers >= 1, "two_network network sizes must be >= 1")
-        need(t.iterations >= 1 and t.points >= 1, "two_network: iterations and points must be >= 1")
-        need(t.motion_hidden_features >= 1 and t.motion_hidden_layers >= 1, "two_network motion network sizes "
-             "must be >= 1")
-        need(t.lr > 0 and t.motion_lr > 0, "two_network: lr and motion_lr must be > 0")
-        need(0 <= t.motion_warmup <= 1, "two_network.motion_warmup must be in [0, 1]")
-        need(0 < t.coarse_to_fine_target <= 1, "two_network.coarse_to_fine_target must be in (0, 1]")
-        need(t.domain_margin >= 0, "two_network.domain_margin must be >= 0")
-    return settings
 
 
-def _numbers(settings: Any, where: str):
-    """``(key path, value)`` of every float setting, lists element by element, sections recursively
-    (JSON reads ``1e309`` as inf and Python's JSON takes ``NaN``/``Infinity``: no range check sees those)."""
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        key = f"{where}.{f.name}" if where else f.name
-        if is_dataclass(value):
-            yield from _numbers(value, key)
-        elif isinstance(value, float):
-            yield key, value
-        elif isinstance(value, list):
-            yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float))
+def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
+    """The ``svf`` method's own section, and the loss it supports."""
+    v = settings.svf
+    need(v.control_spacing_mm > 0 and v.margin_mm >= 0, "svf.control_spacing_mm must be > 0 and margin_mm >= 0")
+    need(0 <= v.squaring_steps <= 20, "svf.squaring_steps must be in 0..20")
+    need(len(v.shrink_factors) >= 1 and len(v.shrink_factors) == len(v.iterations),
+         "svf.shrink_factors and svf.iterations must be non-empty lists of the same length")
+    need(all(f >= 1 for f in v.shrink_factors) and all(i >= 0 for i in v.iterations),
+         "svf.shrink_factors must be >= 1 and svf.iterations >= 0")
+    need(v.lr > 0 and 0 < v.lr_final_fraction <= 1, "svf.lr must be > 0 and lr_final_fraction in (0, 1]")
+    need(v.lncc_window_mm > 0 and v.velocity_smoothing_mm >= 0 and v.diffusion_alpha >= 0,
+         "svf.lncc_window_mm must be > 0, velocity_smoothing_mm and diffusion_alpha >= 0")
+    need(settings.loss.regulariser in SVF_REGULARISERS,
+         f"method svf regularises with loss.regulariser {' or '.join(map(repr, SVF_REGULARISERS))}")
 
 
-def _validate_variants(settings: "RegistrationSettings", need) -> None:
-    """Checks of :class:`VariantSettings` (only where the method uses them)."""
+def _check_two_network(settings: "RegistrationSettings", need: Need) -> None:
+    """The two-network method's own section."""
+    t = settings.two_network
+    need(t.motion in MOTIONS, f"two_network.motion must be one of {', '.join(MOTIONS)}")
+    need(t.backend in BACKENDS, f"two_network.backend must be one of {', '.join(BACKENDS)}")
+    for key in ("motion_hash", "image_hash"):
+        h = getattr(t, key)
+        need(h.levels >= 1 and h.features_per_level >= 1, f"two_network.{key}: levels and "
+             "features_per_level must be >= 1")
+        need(4 <= h.log2_table_size <= 30, f"two_network.{key}.log2_table_size must be in 4..30")
+        need(h.base_resolution >= 2 and h.growth_factor >= 1.0, f"two_network.{key}: base_resolution must be "
+             ">= 2 and growth_factor >= 1")
+    need(t.hidden_features >= 1 and t.hidden_layers >= 1, "two_network network sizes must be >= 1")
+    need(t.iterations >= 1 and t.points >= 1, "two_network: iterations and points must be >= 1")
+    need(t.motion_hidden_features >= 1 and t.motion_hidden_layers >= 1, "two_network motion network sizes "
+         "must be >= 1")
+    need(t.lr > 0 and t.motion_lr > 0, "two_network: lr and motion_lr must be > 0")
+    need(0 <= t.motion_warmup <= 1, "two_network.motion_warmup must be in [0, 1]")
+    need(0 < t.coarse_to_fine_target <= 1, "two_network.coarse_to_fine_target must be in (0, 1]")
+    need(t.domain_margin >= 0, "two_network.domain_margin must be >= 0")
+
+
+def _check_variants(settings: "RegistrationSettings", need: Need) -> None:
+    """The variants' section (omega control for every single-network method, and the variant's own keys)."""
     v = settings.variants
     need(v.omega_mode in OMEGA_MODES, f"variants.omega_mode must be one of {', '.join(OMEGA_MODES)}")
     if settings.method == "two-network":
@@ -406,6 +398,47 @@ def _validate_variants(settings: "RegistrationSettings", need) -> None:
                                           and all(i >= 0 for i in v.cascade_iterations)),
              "variants.cascade_iterations must be empty or hold one count >= 0 per stage")
     need(v.cycle_alpha >= 0 and v.fusion_sigma_mm > 0, "variants.cycle_alpha must be >= 0 and fusion_sigma_mm > 0")
+
+
+#: ``method`` -> the check of its own settings section (the common sections are checked for all)
+METHOD_CHECKS: dict[str, Callable[["RegistrationSettings", Need], None]] = {
+    "svf": _check_svf, "two-network": _check_two_network}
+
+
+def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
+    """Check values (names, ranges, list lengths) before any work starts; ``ValueError`` otherwise."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(f"preset '{settings.name}': {message}")
+
+    for where, value in _numbers(settings, ""):
+        need(math.isfinite(value), f"{where} must be a finite number, got {value!r}")
+    _check_affine(settings.affine, need)
+    _check_network(settings.network, need)
+    _check_optimisation(settings.optimisation, need)
+    _check_loss(settings.loss, need)
+    need(settings.inverse_iterations >= 0, "inverse_iterations must be >= 0")
+    need(settings.method in METHODS + VARIANT_METHODS,
+         f"method must be one of {', '.join(METHODS + VARIANT_METHODS)}")
+    _check_variants(settings, need)
+    if settings.method in METHOD_CHECKS:
+        METHOD_CHECKS[settings.method](settings, need)
+    return settings
+
+
+def _numbers(settings: Any, where: str):
+    """``(key path, value)`` of every float setting, lists element by element, sections recursively
+    (JSON reads ``1e309`` as inf and Python's JSON takes ``NaN``/``Infinity``: no range check sees those)."""
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        key = f"{where}.{f.name}" if where else f.name
+        if is_dataclass(value):
+            yield from _numbers(value, key)
+        elif isinstance(value, float):
+            yield key, value
+        elif isinstance(value, list):
+            yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float))
 
 
 def available_presets() -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .jacobian import jacobian_determinant_fd
+from .jacobian import jacobian_determinant_fd, jacobian_summary  # noqa: F401 (re-exported)
 from .losses import displacement_jacobian, jacobian_determinant
 from .space import DeviceImage, voxel_grid_to_world
 
@@ -142,10 +142,3 @@ def inverse_consistency(field: np.ndarray, inverse: np.ndarray, affine: np.ndarr
         values = torch.linalg.norm(y + v.sample(y) - x, dim=-1).cpu().numpy()
     return {"mean_mm": float(values.mean()), "p95_mm": float(np.percentile(values, 95)),
             "max_mm": float(values.max()), "n_points": int(len(index))}
-
-
-def jacobian_summary(jacobian: np.ndarray, inside: np.ndarray) -> dict[str, float]:
-    """Folding (% of voxels with det J <= 0) inside a mask and over the field of view, min and max."""
-    return {"percent_nonpositive_in_mask": float(100.0 * np.mean(jacobian[inside] <= 0)),
-            "percent_nonpositive_fov": float(100.0 * np.mean(jacobian <= 0)),
-            "min": float(jacobian.min()), "max": float(jacobian.max())}

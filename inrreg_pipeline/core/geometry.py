@@ -1,9 +1,18 @@
-"""Grid geometry checks that need NumPy only (no torch), shared by :mod:`.space` and :mod:`.jacobian`."""
+"""Images and grids in physical space, NumPy only (no torch): :class:`SpatialImage`, voxel -> world
+maps and the grid checks shared by :mod:`.space`, :mod:`.jacobian` and :mod:`inrreg_pipeline.io`.
+
+World space is RAS+ millimetres (the NIfTI/nibabel convention); an image of dimension ``d`` (2 or
+3) is an array ``(n_0, ..., n_{d-1})`` and a ``(d+1) x (d+1)`` affine from voxel indices (voxel
+centres at integers) to world mm. See :mod:`.space` for the conventions of sampling.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MIN_AXES_DETERMINANT", "affine_problem"]
+__all__ = ["MIN_AXES_DETERMINANT", "affine_problem", "SpatialImage", "voxel_grid_to_world", "apply_affine",
+           "world_bounding_box"]
 
 
 #: Smallest ``|det|`` of an affine's unit-length voxel axes (1 for orthogonal axes; 1e-6 is axes within
@@ -29,3 +38,75 @@ def affine_problem(affine: np.ndarray) -> str | None:
     if abs(np.linalg.det(a[:d, :d] / sizes)) < MIN_AXES_DETERMINANT:
         return "its voxel axes are (nearly) parallel"
     return None
+
+
+@dataclass
+class SpatialImage:
+    """A scalar image in physical space.
+
+    Attributes
+    ----------
+    data:
+        Voxel values, shape ``(n_0, ..., n_{d-1})``, ``d`` in {2, 3}.
+    affine:
+        ``(d+1, d+1)`` voxel index -> world (RAS mm) matrix.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.data = np.asarray(self.data)
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        d = self.data.ndim
+        if d not in (2, 3):
+            raise ValueError(f"images must be 2-D or 3-D, got {d}-D data")
+        if self.affine.shape != (d + 1, d + 1):
+            raise ValueError(f"a {d}-D image needs a {d + 1}x{d + 1} affine, got {self.affine.shape}")
+        problem = affine_problem(self.affine)
+        if problem:
+            raise ValueError(f"the image affine is singular or non-finite ({problem})")
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimension ``d``."""
+        return self.data.ndim
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along each array axis (column norms of the affine)."""
+        d = self.ndim
+        return np.linalg.norm(self.affine[:d, :d], axis=0)
+
+    def world_grid(self) -> np.ndarray:
+        """World coordinates (mm) of every voxel centre, shape ``(*shape, d)``."""
+        return voxel_grid_to_world(self.shape, self.affine)
+
+    def with_data(self, data: np.ndarray) -> "SpatialImage":
+        """A new image on the same grid."""
+        return SpatialImage(np.asarray(data), self.affine.copy())
+
+
+def voxel_grid_to_world(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """World coordinates (mm) of the voxel centres of a grid, shape ``(*shape, d)``."""
+    d = len(shape)
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1)
+    return idx @ affine[:d, :d].T + affine[:d, d]
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a homogeneous ``(d+1, d+1)`` matrix to points of shape ``(..., d)``."""
+    d = matrix.shape[0] - 1
+    return points @ matrix[:d, :d].T + matrix[:d, d]
+
+
+def world_bounding_box(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned world bounding box (min, max corners, mm) of a grid's voxel centres."""
+    d = len(shape)
+    corners = np.stack(np.meshgrid(*[[0.0, n - 1.0] for n in shape], indexing="ij"), -1).reshape(-1, d)
+    world = apply_affine(affine, corners)
+    return world.min(0), world.max(0)

@@ -103,3 +103,10 @@ def _determinant(block: np.ndarray, rinv: np.ndarray, crop: slice) -> np.ndarray
     return (jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
             - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
             + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0]))
+
+
+def jacobian_summary(jacobian: np.ndarray, inside: np.ndarray) -> dict[str, float]:
+    """Folding (% of voxels with det J <= 0) inside a mask and over the field of view, min and max."""
+    return {"percent_nonpositive_in_mask": float(100.0 * np.mean(jacobian[inside] <= 0)),
+            "percent_nonpositive_fov": float(100.0 * np.mean(jacobian <= 0)),
+            "min": float(jacobian.min()), "max": float(jacobian.max())}

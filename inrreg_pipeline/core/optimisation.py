@@ -16,21 +16,35 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
-from .config import LossSettings, NetworkSettings, OptimisationSettings
+from .config import LossSettings, NetworkSettings, OptimisationSettings, VariantSettings
 from .encodings import NormalisedBox
+from .engine import Progress, level_iterations, make_optimiser, make_schedule, optimise
 from .losses import displacement_jacobian, regulariser_loss, similarity_loss
 from .networks import DeformationINR
 from .space import DeviceImage, SpatialImage, smooth, world_bounding_box
 
 
-def build_network(fixed: SpatialImage, settings: NetworkSettings) -> DeformationINR:
-    """A fresh deformation network over the fixed image's world bounding box."""
-    lower, upper = world_bounding_box(fixed.shape, fixed.affine)
-    return DeformationINR(NormalisedBox(lower, upper), fixed.ndim, hidden_layers=settings.hidden_layers,
-                          hidden_features=settings.hidden_features, activation=settings.activation,
-                          omega=settings.omega, fourier_frequencies=settings.fourier_frequencies,
-                          skip_connection=settings.skip_connection)
+def build_network(image: SpatialImage, network: NetworkSettings, variants: VariantSettings | None = None,
+                  omega: float | None = None, zero_last: bool = False, omega_mode: str | None = None
+                  ) -> DeformationINR:
+    """A fresh deformation network over ``image``'s world bounding box (the network's ``[-1, 1]`` box).
+
+    ``variants``: its omega control (``omega_mode``, ``omega_delta``; default fixed omega);
+    ``omega`` / ``omega_mode`` override the settings' (ensemble members); ``zero_last``: the output
+    layer starts at 0 (a cascade stage starts from the previous stages' field). Torch's global RNG
+    must be seeded by the caller (initialisation).
+    """
+    variants = variants or VariantSettings()
+    lower, upper = world_bounding_box(image.shape, image.affine)
+    return DeformationINR(NormalisedBox(lower, upper), image.ndim, hidden_layers=network.hidden_layers,
+                          hidden_features=network.hidden_features, activation=network.activation,
+                          omega=network.omega if omega is None else omega,
+                          fourier_frequencies=network.fourier_frequencies,
+                          skip_connection=network.skip_connection,
+                          omega_mode=variants.omega_mode if omega_mode is None else omega_mode,
+                          omega_delta=variants.omega_delta, zero_last=zero_last)
 
 
 class PatchSampler:
@@ -104,130 +118,122 @@ class LossContext:
     alpha: float
 
 
-def make_optimiser(params, settings: OptimisationSettings) -> torch.optim.Optimizer:
-    name = settings.optimizer.lower()
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    raise ValueError(f"unknown optimizer '{settings.optimizer}' (choose adam or adamw)")
+class DeformationModel(nn.Module):
+    """What :func:`fit_deformation` optimises: a module mapping fixed-space world points ``(N, d)``
+    (RAS mm) to displacements ``u`` (mm), ``phi(x) = A(x + u(x))``.
+
+    The defaults describe a plain network; the variants of :mod:`.variants` override them:
+    ``parameter_groups(lr)`` (optimiser groups, frozen parameters left out), ``similarity_weight``
+    (weight of the loop's similarity term), ``uses_fixed_image`` (whether :meth:`extra_losses` samples
+    the fixed image, which the loop then keeps on the device), ``extra_losses(ctx)`` (weighted terms
+    added to the loss, recorded under their names) and ``summary()`` (what the model learned, for
+    ``registration.json``).
+    """
+
+    similarity_weight: float = 1.0
+    uses_fixed_image: bool = False
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+    def extra_losses(self, ctx: LossContext) -> dict[str, torch.Tensor]:
+        return {}
+
+    def summary(self) -> dict:
+        return {}
 
 
-def make_schedule(optimiser: torch.optim.Optimizer, settings: OptimisationSettings
-                  ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """``cosine``: decay from ``lr`` to ``lr * lr_final_fraction`` over the iterations; else none."""
-    if settings.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=settings.iterations,
-                                                          eta_min=settings.lr * settings.lr_final_fraction)
-    return None
-
-
-def level_iterations(total: int, levels: int) -> list[int]:
-    """``total`` iterations split as evenly as possible over ``levels`` (later levels take the rest)."""
-    base, rest = divmod(total, levels)
-    return [base + (1 if i >= levels - rest else 0) for i in range(levels)]
-
-
-def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, network: NetworkSettings,
+def fit_deformation(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, model: DeformationModel,
                     optimisation: OptimisationSettings, loss: LossSettings, device: torch.device,
                     rng: np.random.Generator, sampling_mask: np.ndarray,
-                    moving_mask: np.ndarray | None = None,
-                    progress: Callable[[int, float], None] | None = None,
-                    model: torch.nn.Module | None = None
-                    ) -> tuple[DeformationINR, dict[str, list[float]]]:
-    """Optimise a new :class:`DeformationINR` for the pair; returns it and the loss history.
-
-    ``model``: optimise this deformation model instead of a new network (the variants of
-    :mod:`.variants`). A deformation model maps world points ``(N, d)`` (mm) to displacements
-    (mm) and may define ``parameter_groups(lr) -> list[dict]`` (optimiser groups; frozen
-    parameters left out), ``similarity_weight: float`` (weight of the loop's similarity term,
-    default 1) and ``extra_losses(ctx: LossContext) -> dict[str, Tensor]`` (weighted terms added
-    to the loss and recorded in the history under their names).
+                    moving_mask: np.ndarray | None = None, progress: Progress | None = None,
+                    history: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Optimise ``model`` on the pair with :func:`~.engine.optimise`; returns the loss history.
 
     ``affine``: ``(d+1, d+1)`` RAS fixed -> moving from the affine stage (identity if none).
     ``sampling_mask``: fixed-grid voxels where patches are centred. ``moving_mask`` (moving grid),
     when given, multiplies both intensities at the mapped points so only its inside is compared.
-    Torch's global RNG must be seeded by the caller (network initialisation).
+    ``history``: appended to (a cascade's stages share one). Torch's global RNG must be seeded by
+    the caller (network initialisation).
     """
-    model = build_network(fixed, network).to(device) if model is None else model
-    groups = model.parameter_groups(optimisation.lr) if hasattr(model, "parameter_groups") else model.parameters()
-    optimiser = make_optimiser(groups, optimisation)
+    optimiser = make_optimiser(model.parameter_groups(optimisation.lr), optimisation)
     schedule = make_schedule(optimiser, optimisation)
-    with_extras = hasattr(model, "extra_losses")
     sampler = PatchSampler(fixed, sampling_mask, optimisation.patch_size, device)
     mask_dev = DeviceImage(moving_mask.astype(np.float32), moving.affine, device) if moving_mask is not None else None
     a = torch.as_tensor(affine, dtype=torch.float32, device=device)
-    history: dict[str, list[float]] = {"similarity": [], "regulariser": [], "total": []}
+    history = {"similarity": [], "regulariser": [], "total": []} if history is None else history
     use_reg = loss.regulariser != "none" and loss.alpha > 0
     levels = optimisation.smoothing_mm
-    steps = [(sigma, n) for sigma, n in zip(levels, level_iterations(optimisation.iterations, len(levels)))]
-    for sigma, n_steps in steps:
+    for sigma, n_steps in zip(levels, level_iterations(optimisation.iterations, len(levels))):
         fixed_level = smooth(fixed, sigma)
         sampler.set_values(fixed_level.data, device)
         moving_dev = DeviceImage.from_image(smooth(moving, sigma), device)
-        fixed_dev = DeviceImage.from_image(fixed_level, device) if with_extras else None
-        for _ in range(n_steps):
-            _step(model, optimiser, sampler, moving_dev, fixed_dev, mask_dev, a, optimisation, loss, use_reg, rng,
-                  history)
-            if schedule is not None:
-                schedule.step()
-            if progress is not None:
-                progress(1, history["total"][-1])
-    return model, history
+        fixed_dev = DeviceImage.from_image(fixed_level, device) if model.uses_fixed_image else None
+        step = _PatchStep(model, sampler, moving_dev, fixed_dev, mask_dev, a, optimisation, loss, use_reg, rng)
+        optimise(step, optimiser, n_steps, history, schedule=schedule, progress=progress)
+    return history
 
 
-def _step(model: torch.nn.Module, optimiser: torch.optim.Optimizer, sampler: PatchSampler, moving_dev: DeviceImage,
-          fixed_dev: DeviceImage | None, mask_dev: DeviceImage | None, a: torch.Tensor,
-          optimisation: OptimisationSettings, loss: LossSettings, use_reg: bool, rng: np.random.Generator,
-          history: dict[str, list[float]]) -> None:
-    """One optimisation step on freshly sampled patches; appends the losses to ``history``.
+@dataclass
+class _PatchStep:
+    """The loss terms of one iteration on freshly sampled patches (``similarity``, ``regulariser``,
+    the model's extra terms and ``total``)."""
 
-    ``fixed_dev`` is given for models with ``extra_losses`` (the variants), whose terms are added.
-    """
-    d = sampler.d
-    device = a.device
-    points, fixed_values = sampler.sample(optimisation.patches, rng)
-    reg_on_patches = use_reg and optimisation.regulariser_points == 0
-    points.requires_grad_(reg_on_patches)
-    u = model(points)
-    mapped = (points + u) @ a[:d, :d].T + a[:d, d]
-    warped = moving_dev.sample(mapped).reshape(fixed_values.shape)
-    inside = None
-    if mask_dev is not None:
-        inside = mask_dev.sample(mapped).reshape(fixed_values.shape)
-        warped, fixed_values = warped * inside, fixed_values * inside
-    sim = similarity_loss(loss.similarity, fixed_values, warped, loss.lncc_window)
-    reg_points = None
-    if use_reg:
-        if reg_on_patches:
-            reg_points, reg_u = points, u
+    model: DeformationModel
+    sampler: PatchSampler
+    moving_dev: DeviceImage
+    fixed_dev: DeviceImage | None
+    mask_dev: DeviceImage | None
+    a: torch.Tensor
+    optimisation: OptimisationSettings
+    loss: LossSettings
+    use_reg: bool
+    rng: np.random.Generator
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        model, loss, a = self.model, self.loss, self.a
+        d = self.sampler.d
+        points, fixed_values = self.sampler.sample(self.optimisation.patches, self.rng)
+        reg_on_patches = self.use_reg and self.optimisation.regulariser_points == 0
+        points.requires_grad_(reg_on_patches)
+        u = model(points)
+        mapped = (points + u) @ a[:d, :d].T + a[:d, d]
+        warped = self.moving_dev.sample(mapped).reshape(fixed_values.shape)
+        inside = None
+        if self.mask_dev is not None:
+            inside = self.mask_dev.sample(mapped).reshape(fixed_values.shape)
+            warped, fixed_values = warped * inside, fixed_values * inside
+        sim = similarity_loss(loss.similarity, fixed_values, warped, loss.lncc_window)
+        reg_points = None
+        if self.use_reg:
+            if reg_on_patches:
+                reg_points, reg_u = points, u
+            else:
+                reg_points = self.sampler.random_points(self.optimisation.regulariser_points, self.rng)
+                reg_points.requires_grad_(True)
+                reg_u = model(reg_points)
+            reg = regulariser_loss(loss.regulariser, displacement_jacobian(reg_u, reg_points), reg_points)
+            total = sim + loss.alpha * reg
         else:
-            reg_points = sampler.random_points(optimisation.regulariser_points, rng).requires_grad_(True)
-            reg_u = model(reg_points)
-        grad_u = displacement_jacobian(reg_u, reg_points)
-        reg = regulariser_loss(loss.regulariser, grad_u, reg_points)
-        total = sim + loss.alpha * reg
-    else:
-        reg = torch.zeros(())
-        total = sim
-    if fixed_dev is not None:  # a variant's extra loss terms (LossContext)
-        total = total + (getattr(model, "similarity_weight", 1.0) - 1.0) * sim
+            reg = torch.zeros(())
+            total = sim
+        if model.similarity_weight != 1.0:
+            total = total + (model.similarity_weight - 1.0) * sim
+        terms: dict[str, torch.Tensor] = {}
+        for name, term in model.extra_losses(self._context(points, u, mapped, fixed_values, inside, reg_points)).items():
+            total = total + term
+            terms[name] = term
+        return {"similarity": sim, "regulariser": reg, **terms, "total": total}
 
-        def regularise(fn, pts=reg_points):
-            pts = pts.detach().requires_grad_(True)
+    def _context(self, points, u, mapped, fixed_values, inside, reg_points) -> LossContext:
+        loss, use_reg = self.loss, self.use_reg
+
+        def regularise(fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            if not use_reg:
+                return torch.zeros((), device=self.a.device)
+            pts = reg_points.detach().requires_grad_(True)
             return regulariser_loss(loss.regulariser, displacement_jacobian(fn(pts), pts), pts)
 
-        extra = model.extra_losses(LossContext(
-            points, u, mapped, fixed_values, inside, a, moving_dev, fixed_dev, mask_dev,
-            lambda f, w: similarity_loss(loss.similarity, f, w, loss.lncc_window),
-            regularise if use_reg else (lambda fn: torch.zeros((), device=device)),
-            loss.alpha if use_reg else 0.0))
-        for name, term in extra.items():
-            total = total + term
-            history.setdefault(name, []).append(float(term.detach()))
-    optimiser.zero_grad(set_to_none=True)
-    total.backward()
-    optimiser.step()
-    history["similarity"].append(float(sim.detach()))
-    history["regulariser"].append(float(reg.detach()))
-    history["total"].append(float(total.detach()))
+        return LossContext(points, u, mapped, fixed_values, inside, self.a, self.moving_dev, self.fixed_dev,
+                           self.mask_dev, lambda f, w: similarity_loss(loss.similarity, f, w, loss.lncc_window),
+                           regularise, loss.alpha if use_reg else 0.0)

@@ -13,85 +13,17 @@ Conventions used throughout :mod:`inrreg_pipeline.core`:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as nnf
+from scipy.ndimage import gaussian_filter
 
-from .geometry import affine_problem
+# the torch-free part of physical space (images, grids, affine maps), re-exported here
+from .geometry import SpatialImage, affine_problem, apply_affine, voxel_grid_to_world, world_bounding_box
 
-
-@dataclass
-class SpatialImage:
-    """A scalar image in physical space.
-
-    Attributes
-    ----------
-    data:
-        Voxel values, shape ``(n_0, ..., n_{d-1})``, ``d`` in {2, 3}.
-    affine:
-        ``(d+1, d+1)`` voxel index -> world (RAS mm) matrix.
-    """
-
-    data: np.ndarray
-    affine: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.data = np.asarray(self.data)
-        self.affine = np.asarray(self.affine, dtype=np.float64)
-        d = self.data.ndim
-        if d not in (2, 3):
-            raise ValueError(f"images must be 2-D or 3-D, got {d}-D data")
-        if self.affine.shape != (d + 1, d + 1):
-            raise ValueError(f"a {d}-D image needs a {d + 1}x{d + 1} affine, got {self.affine.shape}")
-        problem = affine_problem(self.affine)
-        if problem:
-            raise ValueError(f"the image affine is singular or non-finite ({problem})")
-
-    @property
-    def ndim(self) -> int:
-        """Spatial dimension ``d``."""
-        return self.data.ndim
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
-
-    @property
-    def spacing(self) -> np.ndarray:
-        """Voxel size in mm along each array axis (column norms of the affine)."""
-        d = self.ndim
-        return np.linalg.norm(self.affine[:d, :d], axis=0)
-
-    def world_grid(self) -> np.ndarray:
-        """World coordinates (mm) of every voxel centre, shape ``(*shape, d)``."""
-        return voxel_grid_to_world(self.shape, self.affine)
-
-    def with_data(self, data: np.ndarray) -> "SpatialImage":
-        """A new image on the same grid."""
-        return SpatialImage(np.asarray(data), self.affine.copy())
-
-
-def voxel_grid_to_world(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
-    """World coordinates (mm) of the voxel centres of a grid, shape ``(*shape, d)``."""
-    d = len(shape)
-    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), -1)
-    return idx @ affine[:d, :d].T + affine[:d, d]
-
-
-def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a homogeneous ``(d+1, d+1)`` matrix to points of shape ``(..., d)``."""
-    d = matrix.shape[0] - 1
-    return points @ matrix[:d, :d].T + matrix[:d, d]
-
-
-def world_bounding_box(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Axis-aligned world bounding box (min, max corners, mm) of a grid's voxel centres."""
-    d = len(shape)
-    corners = np.stack(np.meshgrid(*[[0.0, n - 1.0] for n in shape], indexing="ij"), -1).reshape(-1, d)
-    world = apply_affine(affine, corners)
-    return world.min(0), world.max(0)
+__all__ = ["SpatialImage", "affine_problem", "apply_affine", "voxel_grid_to_world", "world_bounding_box", "DeviceImage", "downsample",
+           "smooth", "sample_array", "sample_labels", "rescale_intensity", "foreground_mask", "resolve_device",
+           "world_to_grid_map"]
 
 
 def downsample(image: SpatialImage, factor: int) -> SpatialImage:
@@ -102,8 +34,6 @@ def downsample(image: SpatialImage, factor: int) -> SpatialImage:
     """
     if factor <= 1:
         return image
-    from scipy.ndimage import gaussian_filter
-
     smoothed = gaussian_filter(image.data.astype(np.float32), sigma=factor / 2.0, mode="constant")
     sl = tuple(slice(0, None, factor) for _ in range(image.ndim))
     scale = np.diag([float(factor)] * image.ndim + [1.0])
@@ -116,8 +46,6 @@ def smooth(image: SpatialImage, sigma_mm: float) -> SpatialImage:
     physical width); ``sigma_mm <= 0`` returns the image unchanged."""
     if sigma_mm <= 0:
         return image
-    from scipy.ndimage import gaussian_filter
-
     sigma_vox = sigma_mm / image.spacing
     return image.with_data(gaussian_filter(image.data.astype(np.float32), sigma=sigma_vox, mode="nearest"))
 

@@ -39,12 +39,15 @@ import torch
 import torch.nn.functional as nnf
 
 from .config import RegistrationSettings
+from .engine import Progress, optimise, tail_mean
 from .losses import box_mean, lncc_map, ncc, similarity_loss
+from .method import Fields, Fit
 from .networks import DeformationINR
 from .optimisation import build_network
+from .pair import PreparedPair
 from .space import SpatialImage, downsample, voxel_grid_to_world, world_to_grid_map
 
-__all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations"]
+__all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations", "VelocityINR"]
 
 
 @dataclass
@@ -236,7 +239,7 @@ def _masked_similarity(name: str, fixed: torch.Tensor, warped: torch.Tensor, mas
 
 def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, settings: RegistrationSettings,
             device: torch.device, sampling_mask: np.ndarray, moving_mask: np.ndarray | None = None,
-            progress=None) -> tuple[VelocityField, dict[str, list[float]]]:
+            progress: Progress | None = None) -> tuple[VelocityField, dict[str, list[float]]]:
     """Optimise a velocity INR for the pair (intensities already rescaled); returns it and the loss history.
 
     ``affine``: ``(d+1, d+1)`` RAS fixed -> moving from the affine stage. ``sampling_mask``: fixed
@@ -276,7 +279,10 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
             mm = downsample(moving.with_data(moving_mask.astype(np.float32)), factor)
             mmask = torch.as_tensor(mm.data, dtype=torch.float32, device=device)[None, None]
         window = _odd_window(s.lncc_window_mm, f_level.spacing)
-        for _ in range(n_steps):
+
+        def step(level=level, f_crop=f_crop, mask_crop=mask_crop, points=points, moving_sampler=moving_sampler,
+                 moving_volume=moving_volume, fixed_sampler=fixed_sampler, fixed_volume=fixed_volume, mmask=mmask,
+                 window=window) -> dict:
             v = model.velocity()
             half = 0.5 if s.symmetric else 1.0
             phi_half = model.displacement(s.squaring_steps, half, v)  # exp(v) itself when not symmetric
@@ -299,16 +305,9 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
             total = sim + settings.loss.alpha * reg
             if s.diffusion_alpha > 0:
                 total = total + s.diffusion_alpha * model.diffusion(v)
-            optimiser.zero_grad(set_to_none=True)
-            total.backward()
-            optimiser.step()
-            schedule.step()
-            history["similarity"].append(float(sim.detach()))
-            history["regulariser"].append(float(reg.detach()))
-            history["total"].append(float(total.detach()))
-            history["level"].append(level)
-            if progress is not None:
-                progress(1, history["total"][-1])
+            return {"similarity": sim, "regulariser": reg, "total": total, "level": level}
+
+        optimise(step, optimiser, n_steps, history, schedule=schedule, progress=progress)
     return model, history
 
 
@@ -337,3 +336,31 @@ def svf_iterations(settings: RegistrationSettings) -> int:
     """Total optimisation steps (for progress bars)."""
     return int(sum(settings.svf.iterations))
 
+
+
+class VelocityINR:
+    """:class:`~.method.RegistrationMethod` of ``svf``: fit the velocity, integrate ``exp(v)`` and ``exp(-v)``."""
+
+    stage = "deformable"
+    uses_affine_stage = True
+
+    def iterations(self, settings: RegistrationSettings) -> int:
+        return svf_iterations(settings)
+
+    def fit(self, pair: PreparedPair, affine: np.ndarray, settings: RegistrationSettings, use_affine: bool,
+            progress: Progress | None) -> Fit:
+        model, history = fit_svf(pair.fixed_norm, pair.moving_norm, affine, settings, pair.device,
+                                 pair.sampling_mask, pair.moving_mask, progress)
+        return Fit(model, history)
+
+    def fields(self, fit: Fit, pair: PreparedPair, affine: np.ndarray, settings: RegistrationSettings) -> Fields:
+        fit.model.eval()
+        u, v = dense_fields(fit.model, pair.fixed, settings.svf.squaring_steps, pair.device)
+        return Fields(u, v)
+
+    def loss_summary(self, history: dict[str, list[float]]) -> dict:
+        return {"similarity_final": tail_mean(history["similarity"]),
+                "regulariser_final": tail_mean(history["regulariser"])}
+
+
+METHOD = VelocityINR()

@@ -76,7 +76,6 @@ multi-modal image network stores both images as they are and the motion does not
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import numpy as np
 import torch
@@ -86,12 +85,12 @@ from .affine import AffineModel
 from .choices import MOTIONS
 from .config import HashSettings, RegistrationSettings, TwoNetworkSettings
 from .encodings import NormalisedBox
-from .fields import (evaluate_displacement, field_jacobian_determinant, inverse_consistency, invert_displacement,
-                     jacobian_summary)
+from .engine import Progress, optimise, tail_mean
+from .fields import evaluate_displacement, invert_displacement
 from .hash_encoding import HashEncoding, coarse_to_fine_weights
-from .registration import RegistrationResult, _peak_memory_mb, prepare_pair
-from .space import (SpatialImage, apply_affine, foreground_mask, sample_array,
-                    voxel_grid_to_world, world_bounding_box)
+from .method import Fields, Fit
+from .pair import PreparedPair
+from .space import SpatialImage, apply_affine, foreground_mask, voxel_grid_to_world, world_bounding_box
 
 
 
@@ -330,7 +329,7 @@ def build_networks(fixed: SpatialImage, settings: TwoNetworkSettings, device: to
 def fit_two_networks(fixed: SpatialImage, moving: SpatialImage, settings: TwoNetworkSettings,
                      device: torch.device, rng: np.random.Generator, fixed_candidates: np.ndarray | None = None,
                      moving_candidates: np.ndarray | None = None,
-                     progress: Callable[[int, float], None] | None = None
+                     progress: Progress | None = None
                      ) -> tuple[nn.Module, ImageNetwork, dict[str, list[float]]]:
     """Optimise a new motion model and image network on the pair (intensities already in [0, 1]).
 
@@ -359,131 +358,105 @@ def fit_two_networks(fixed: SpatialImage, moving: SpatialImage, settings: TwoNet
     target = settings.coarse_to_fine_target * settings.iterations
     history: dict[str, list[float]] = {"moving_term": [], "fixed_term": [], "total": []}
     n = settings.points
-    for it in range(settings.iterations):
+
+    def before_step(it: int) -> None:
         alpha = it / target if settings.coarse_to_fine else None
         image.set_alpha(alpha)
         motion.set_alpha(alpha)
         if len(optimiser.param_groups) > 1:
             ramp = settings.motion_warmup * settings.iterations
             optimiser.param_groups[1]["lr"] = settings.motion_lr * (min(1.0, it / ramp) if ramp > 0 else 1.0)
+
+    def step() -> dict[str, torch.Tensor]:
         y, m_values = moving_sampler.sample(n, rng)
         x, f_values = fixed_sampler.sample(n, rng)
         mapped = x + motion(x)
         out = image(torch.cat([y, mapped], 0))
         moving_term = ((out[:n, 0] - m_values) ** 2).mean()
         fixed_term = ((out[n:, fixed_channel] - f_values) ** 2).mean()
-        total = moving_term + fixed_term
-        optimiser.zero_grad(set_to_none=True)
-        total.backward()
-        optimiser.step()
-        history["moving_term"].append(float(moving_term.detach()))
-        history["fixed_term"].append(float(fixed_term.detach()))
-        history["total"].append(float(total.detach()))
-        if progress is not None:
-            progress(1, history["total"][-1])
+        return {"moving_term": moving_term, "fixed_term": fixed_term, "total": moving_term + fixed_term}
+
+    optimise(step, optimiser, settings.iterations, history, before_step=before_step, progress=progress)
     image.set_alpha(None)
     motion.set_alpha(None)
     return motion, image, history
 
 
-def register_two_network(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSettings,
-                         device: torch.device, seed: int = 0, fixed_mask: np.ndarray | None = None,
-                         moving_mask: np.ndarray | None = None, use_affine: bool = True,
-                         progress: Callable[[str, int], Callable[[int, float], None] | None] | None = None
-                         ) -> RegistrationResult:
-    """Register ``moving`` to ``fixed`` with the two-network method (``settings.two_network``).
+class TwoNetwork:
+    """:class:`~.method.RegistrationMethod` of ``two-network`` (``settings.two_network``).
 
-    Same inputs and :class:`~inrreg_pipeline.core.registration.RegistrationResult` as
-    :func:`~inrreg_pipeline.core.registration.register` (which dispatches here for
-    ``settings.method == "two-network"``); ``result.model`` is a :class:`DisplacementModel` giving
-    ``u`` at any world point, with the motion and image networks as ``.motion`` and ``.image``.
+    No affine stage runs before it: its global part comes from the fitted motion (``rigid``: the
+    Kabsch fit of ``x -> x + m(x)`` over the mask; ``affine-param``: the explicit affine; ``deformable``:
+    the identity, the whole motion being the field). ``result.model`` is a :class:`DisplacementModel`
+    giving ``u`` at any world point, with the motion and image networks as ``.motion`` and ``.image``.
 
-    ``summary`` has the core's keys (``loss.similarity_final`` is the two-term L2 loss averaged over
-    the last 20 iterations; ``loss.affine_final`` and ``loss.regulariser_final`` are ``None``: there is
-    no affine stage and no regulariser; ``runtime_s.affine`` is the Kabsch fit, ``runtime_s.deformable``
-    the joint fit) plus ``method`` (``"two-network"``), ``rigid_matrix_ras`` (Kabsch fit of
-    ``x -> x + m(x)`` over the mask, fixed -> moving, RAS), ``loss.moving_term_final`` /
+    ``registration.json`` has the core's keys (``loss.similarity_final`` is the two-term L2 loss
+    averaged over the last 20 iterations; ``loss.affine_final`` and ``loss.regulariser_final`` are
+    ``None``: there is no affine stage and no regulariser; ``runtime_s.affine`` is the Kabsch fit,
+    ``runtime_s.deformable`` the joint fit) plus ``method`` (``"two-network"``), ``rigid_matrix_ras``
+    (Kabsch fit of ``x -> x + m(x)`` over the mask, fixed -> moving, RAS), ``loss.moving_term_final`` /
     ``loss.fixed_term_final`` (the two terms) and ``two_network`` (motion model, levels in use, hash
     backend, mean and max ``|m|`` in mm over the mask).
     """
-    if fixed.ndim != moving.ndim:
-        raise ValueError(f"fixed image is {fixed.ndim}-D but moving image is {moving.ndim}-D")
-    t_set = settings.two_network
-    start, rng, f_norm, m_norm, sampling_mask = prepare_pair(fixed, moving, device, seed, fixed_mask, moving_mask)
-    d = fixed.ndim
 
-    # 1. the two networks, jointly
-    t0 = time.perf_counter()
-    callback = progress("two-network", t_set.iterations) if progress is not None else None
-    motion, image, history = fit_two_networks(
-        f_norm, m_norm, t_set, device, rng,
-        fixed_candidates=fixed_mask > 0 if fixed_mask is not None else None,
-        moving_candidates=moving_mask > 0 if moving_mask is not None else None, progress=callback)
-    fit_seconds = time.perf_counter() - t0
-    motion.eval()
-    image.eval()
+    stage = "two-network"
+    uses_affine_stage = False
 
-    # 2. global part: Kabsch fit of x -> x + m(x) over the mask (or the explicit affine)
-    t0 = time.perf_counter()
-    m_field = evaluate_displacement(motion, fixed.shape, fixed.affine, device).astype(np.float64)
-    grid = voxel_grid_to_world(fixed.shape, fixed.affine)
-    inside = sampling_mask > 0
-    rigid = kabsch(grid[inside], grid[inside] + m_field[inside])
-    if not use_affine:
-        affine = np.eye(d + 1)
-    elif t_set.motion == "rigid":
-        affine = rigid
-    elif t_set.motion == "affine-param":
-        affine = motion.matrix()
-    else:
-        affine = np.eye(d + 1)
-    affine_seconds = time.perf_counter() - t0
+    def iterations(self, settings: RegistrationSettings) -> int:
+        return settings.two_network.iterations
 
-    # 3. dense outputs on the fixed grid (as the core's register())
-    t0 = time.perf_counter()
-    model = DisplacementModel(motion, image, affine).to(device).eval()
-    u = evaluate_displacement(model, fixed.shape, fixed.affine, device)
-    jac = field_jacobian_determinant(u, fixed.affine)  # finite differences of u, physical space
-    v = invert_displacement(u, fixed.affine, device, settings.inverse_iterations)
-    consistency = inverse_consistency(u, v, fixed.affine, device, sampling_mask)
-    warped = sample_array(moving.data, moving.affine, apply_affine(affine, grid + u), device)
-    z = apply_affine(np.linalg.inv(affine), voxel_grid_to_world(moving.shape, moving.affine))
-    v_at_z = sample_array(v, fixed.affine, z, device, vector=True)
-    inverse_warped = sample_array(fixed.data, fixed.affine, z + v_at_z, device)
-    dense_seconds = time.perf_counter() - t0
+    def fit(self, pair: PreparedPair, affine: np.ndarray, settings: RegistrationSettings, use_affine: bool,
+            progress: Progress | None) -> Fit:
+        t_set = settings.two_network
+        motion, image, history = fit_two_networks(
+            pair.fixed_norm, pair.moving_norm, t_set, pair.device, pair.rng,
+            fixed_candidates=pair.fixed_mask > 0 if pair.fixed_mask is not None else None,
+            moving_candidates=pair.moving_mask > 0 if pair.moving_mask is not None else None, progress=progress)
+        motion.eval()
+        image.eval()
+        # the global part: Kabsch fit of x -> x + m(x) over the mask (or the explicit affine)
+        t0 = time.perf_counter()
+        fixed, d = pair.fixed, pair.ndim
+        m_field = evaluate_displacement(motion, fixed.shape, fixed.affine, pair.device).astype(np.float64)
+        grid = voxel_grid_to_world(fixed.shape, fixed.affine)
+        inside = pair.sampling_mask > 0
+        rigid = kabsch(grid[inside], grid[inside] + m_field[inside])
+        if use_affine and t_set.motion == "rigid":
+            global_part = rigid
+        elif use_affine and t_set.motion == "affine-param":
+            global_part = motion.matrix()
+        else:
+            global_part = np.eye(d + 1)
+        model = DisplacementModel(motion, image, global_part).to(pair.device).eval()
+        m_norm_mm = np.linalg.norm(m_field, axis=-1)[inside]
+        learned = {
+            "method": "two-network",
+            "rigid_matrix_ras": rigid.tolist(),
+            "two_network": {
+                "motion": t_set.motion,
+                "multimodal": t_set.multimodal,
+                "coarse_to_fine": t_set.coarse_to_fine,
+                "centre_of_mass_init": t_set.centre_of_mass_init,
+                "shared_latent": t_set.shared_latent if t_set.multimodal else 0,
+                "hash_backend": image.encoding.backend,
+                "image_levels": image.n_levels,
+                "motion_levels": motion.n_levels if isinstance(motion, HashMLP) else 0,
+                "motion_mean_mm": float(m_norm_mm.mean()) if m_norm_mm.size else 0.0,
+                "motion_max_mm": float(m_norm_mm.max()) if m_norm_mm.size else 0.0,
+            },
+        }
+        return Fit(model, history, affine=global_part, affine_seconds=time.perf_counter() - t0, summary=learned)
 
-    def tail(values: list[float]) -> float | None:
-        return float(np.mean(values[-20:])) if values else None
+    def fields(self, fit: Fit, pair: PreparedPair, affine: np.ndarray, settings: RegistrationSettings) -> Fields:
+        fixed = pair.fixed
+        u = evaluate_displacement(fit.model, fixed.shape, fixed.affine, pair.device)
+        v = invert_displacement(u, fixed.affine, pair.device, settings.inverse_iterations)
+        return Fields(u, v, summary=fit.summary)
 
-    m_norm_mm = np.linalg.norm(m_field, axis=-1)[inside]
-    summary = {
-        "method": "two-network",
-        "affine_matrix_ras": affine.tolist(),
-        "rigid_matrix_ras": rigid.tolist(),
-        "loss": {
-            "affine_final": None,
-            "similarity_final": tail(history["total"]),
-            "regulariser_final": None,
-            "moving_term_final": tail(history["moving_term"]),
-            "fixed_term_final": tail(history["fixed_term"]),
-        },
-        "jacobian": jacobian_summary(jac, inside),
-        "inverse_consistency": consistency,
-        "runtime_s": {"affine": affine_seconds, "deformable": fit_seconds, "dense_outputs": dense_seconds,
-                      "total": time.perf_counter() - start},
-        "memory": _peak_memory_mb(device),
-        "dimension": d,
-        "two_network": {
-            "motion": t_set.motion,
-            "multimodal": t_set.multimodal,
-            "coarse_to_fine": t_set.coarse_to_fine,
-            "centre_of_mass_init": t_set.centre_of_mass_init,
-            "shared_latent": t_set.shared_latent if t_set.multimodal else 0,
-            "hash_backend": image.encoding.backend,
-            "image_levels": image.n_levels,
-            "motion_levels": motion.n_levels if isinstance(motion, HashMLP) else 0,
-            "motion_mean_mm": float(m_norm_mm.mean()) if m_norm_mm.size else 0.0,
-            "motion_max_mm": float(m_norm_mm.max()) if m_norm_mm.size else 0.0,
-        },
-    }
-    return RegistrationResult(affine, u, v, warped, inverse_warped, jac, summary, model)
+    def loss_summary(self, history: dict[str, list[float]]) -> dict:
+        return {"similarity_final": tail_mean(history["total"]), "regulariser_final": None,
+                "moving_term_final": tail_mean(history["moving_term"]),
+                "fixed_term_final": tail_mean(history["fixed_term"])}
+
+
+METHOD = TwoNetwork()

@@ -3,7 +3,8 @@
 Every variant is a *deformation model*: an ``nn.Module`` mapping fixed-space world points
 ``(N, d)`` (RAS mm) to displacements ``u`` (mm), with ``phi(x) = A(x + u(x))`` and ``A`` the affine
 stage's fixed -> moving map, trained by the one training loop
-:func:`~inrreg_pipeline.core.optimisation.fit_deformation`. A model may add loss terms
+:func:`~inrreg_pipeline.core.optimisation.fit_deformation`. Every model is a
+:class:`~inrreg_pipeline.core.optimisation.DeformationModel`: it may add loss terms
 (``extra_losses``), weight the loop's similarity (``similarity_weight``) and give optimiser
 groups (``parameter_groups``; frozen parameters left out, omega-control parameters at their own
 step ``omega_lr``).
@@ -11,7 +12,7 @@ step ``omega_lr``).
 =================  ========================================================================
 ``method``         model
 =================  ========================================================================
-``siren``          one network (:class:`SingleDeformation` when omega is not fixed)
+``siren``          one network (:class:`SingleDeformation`)
 ``joint-affine``   network + 12 (2-D: 6) affine parameters, identity start (:class:`JointAffineDeformation`)
 ``ensemble``       mean of N networks of different omegas, trained jointly (:class:`EnsembleDeformation`)
 ``cascade``        K networks trained one after the other, ``u_C = u_1 + ... + u_K``, earlier
@@ -27,17 +28,19 @@ method except the ensemble, whose members have the fixed omegas ``ensemble_omega
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
 
-from .config import VARIANT_METHODS, NetworkSettings, RegistrationSettings, VariantSettings
+from .choices import VARIANT_METHODS
+from .config import RegistrationSettings
 from .encodings import NormalisedBox
+from .engine import Progress
+from .fields import evaluate_displacement
 from .networks import DeformationINR
-from .optimisation import LossContext, fit_deformation
+from .optimisation import DeformationModel, LossContext, build_network, fit_deformation
 from .space import DeviceImage, SpatialImage, rescale_intensity, voxel_grid_to_world, world_bounding_box
 
 
@@ -58,23 +61,7 @@ def _cascade_iterations(settings: RegistrationSettings) -> list[int]:
     return list(v.cascade_iterations) or [settings.optimisation.iterations] * len(v.cascade_alphas)
 
 
-def make_network(image: SpatialImage, network: NetworkSettings, variants: VariantSettings,
-                 omega: float | None = None, zero_last: bool = False, omega_mode: str | None = None
-                 ) -> DeformationINR:
-    """A deformation network over ``image``'s world bounding box (as
-    :func:`~inrreg_pipeline.core.optimisation.build_network`) with the omega control of ``variants``.
-    ``omega`` / ``omega_mode`` override the settings' (ensemble members)."""
-    lower, upper = world_bounding_box(image.shape, image.affine)
-    return DeformationINR(NormalisedBox(lower, upper), image.ndim, hidden_layers=network.hidden_layers,
-                          hidden_features=network.hidden_features, activation=network.activation,
-                          omega=network.omega if omega is None else omega,
-                          fourier_frequencies=network.fourier_frequencies,
-                          skip_connection=network.skip_connection,
-                          omega_mode=variants.omega_mode if omega_mode is None else omega_mode,
-                          omega_delta=variants.omega_delta, zero_last=zero_last)
-
-
-class VariantModel(nn.Module):
+class VariantModel(DeformationModel):
     """Base of the variant models: optimiser groups with the omega-control parameters apart."""
 
     def __init__(self, omega_lr: float):
@@ -203,6 +190,8 @@ class CycleDeformation(VariantModel):
     field written to ``1InverseWarp`` (``phi^-1(y) = z + v(z)``).
     """
 
+    uses_fixed_image = True
+
     def __init__(self, forward_net: DeformationINR, backward_net: DeformationINR, cycle_alpha: float,
                  omega_lr: float):
         super().__init__(omega_lr)
@@ -298,13 +287,13 @@ def build_model(fixed: SpatialImage, moving: SpatialImage, settings: Registratio
     """A fresh model for ``settings.method`` (not ``cascade``, built stage by stage in :func:`fit_variant`)."""
     n, v = settings.network, settings.variants
     if settings.method == "ensemble":
-        return EnsembleDeformation([make_network(fixed, n, v, omega=w, omega_mode="fixed")
+        return EnsembleDeformation([build_network(fixed, n, v, omega=w, omega_mode="fixed")
                                     for w in v.ensemble_omegas], v.omega_lr).to(device)
-    network = make_network(fixed, n, v)
+    network = build_network(fixed, n, v)
     if settings.method == "joint-affine":
         return JointAffineDeformation(network, v.omega_lr).to(device)
     if settings.method == "cycle":
-        return CycleDeformation(network, make_network(fixed, n, v), v.cycle_alpha, v.omega_lr).to(device)
+        return CycleDeformation(network, build_network(fixed, n, v), v.cycle_alpha, v.omega_lr).to(device)
     if settings.method == "fusion":
         lower, upper = world_bounding_box(moving.shape, moving.affine)
         weight_net = WeightINR(NormalisedBox(lower, upper), moving.ndim, 3, hidden_layers=n.hidden_layers,
@@ -317,18 +306,17 @@ def build_model(fixed: SpatialImage, moving: SpatialImage, settings: Registratio
 
 def fit_variant(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, settings: RegistrationSettings,
                 device: torch.device, rng: np.random.Generator, sampling_mask: np.ndarray,
-                moving_mask: np.ndarray | None = None, progress: Callable[[int, float], None] | None = None
+                moving_mask: np.ndarray | None = None, progress: Progress | None = None
                 ) -> tuple[VariantModel, dict[str, list[float]]]:
-    """Build and train the variant's model with :func:`fit_deformation` (same arguments, intensities
-    already rescaled); cascades train stage by stage. Returns the model and the loss history
-    (cascades: the stages' histories one after the other, plus ``stage_start_gap_mm``, the largest
-    ``|u_C - u_previous|`` (mm) at 4096 mask points when each stage starts)."""
-    fit = dict(network=settings.network, device=device, rng=rng, sampling_mask=sampling_mask,
-               moving_mask=moving_mask, progress=progress)
+    """Build ``settings.method``'s model and train it with :func:`fit_deformation` (intensities already
+    rescaled; the plain ``siren`` too); cascades train stage by stage. Returns the model and the loss
+    history (cascades: the stages' histories one after the other, plus ``stage_start_gap_mm``, the
+    largest ``|u_C - u_previous|`` (mm) at 4096 mask points when each stage starts)."""
+    fit = dict(optimisation=settings.optimisation, loss=settings.loss, device=device, rng=rng,
+               sampling_mask=sampling_mask, moving_mask=moving_mask, progress=progress)
     if settings.method != "cascade":
         model = build_model(fixed, moving, settings, device)
-        return fit_deformation(fixed, moving, affine, optimisation=settings.optimisation, loss=settings.loss,
-                               model=model, **fit)
+        return model, fit_deformation(fixed, moving, affine, model, **fit)
     v = settings.variants
     history: dict[str, list[float]] = {"stage_start_gap_mm": []}
     probe = voxel_grid_to_world(fixed.shape, fixed.affine)[sampling_mask > 0]
@@ -340,15 +328,16 @@ def fit_variant(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, s
         for stage in stages:
             stage.requires_grad_(False)
         previous = model
-        stages.append(make_network(fixed, settings.network, v, zero_last=k > 0).to(device))
+        stages.append(build_network(fixed, settings.network, v, zero_last=k > 0).to(device))
         model = CascadeDeformation(list(stages), v.omega_lr).to(device)
         if previous is not None:
             with torch.no_grad():
                 gap = float((model(probe) - previous(probe)).abs().max())
             history["stage_start_gap_mm"].append(gap)
-        model, stage_history = fit_deformation(
-            fixed, moving, affine, optimisation=dataclasses.replace(settings.optimisation, iterations=iterations),
-            loss=dataclasses.replace(settings.loss, alpha=alpha), model=model, **fit)
+        stage_history = fit_deformation(
+            fixed, moving, affine, model, **{**fit, "optimisation": dataclasses.replace(settings.optimisation,
+                                                                                        iterations=iterations),
+                                             "loss": dataclasses.replace(settings.loss, alpha=alpha)})
         for key, values in stage_history.items():
             history.setdefault(key, []).extend(values)
     assert model is not None
@@ -363,8 +352,6 @@ def variant_outputs(model: nn.Module, fixed: SpatialImage, moving: SpatialImage,
     None (use the numerical inverse). ``extras``: ``fusion_weights``, ``(*moving.shape, 3)``
     weights ``(s_M, s_L, s_G)`` on the moving grid. ``summary``: what the model learned.
     """
-    from .fields import evaluate_displacement
-
     summary = model.summary() if isinstance(model, VariantModel) else {}
     inverse, extras = None, {}
     if isinstance(model, CycleDeformation):

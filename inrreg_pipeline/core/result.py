@@ -1,0 +1,88 @@
+"""What a registration returns, and the dense outputs and summary every method shares.
+
+:func:`dense_outputs` turns a method's dense fields into the images and checks ANTs users expect
+(warped and inverse-warped images, the finite-difference Jacobian determinant, inverse
+consistency); :func:`summarise` writes the ``registration.json`` entries every method has.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .fields import field_jacobian_determinant, inverse_consistency, jacobian_summary
+from .pair import PreparedPair, peak_memory_mb
+from .space import apply_affine, sample_array, voxel_grid_to_world
+
+
+@dataclass
+class RegistrationResult:
+    """Everything a registration produces, in RAS mm.
+
+    ``affine`` maps fixed points to moving points; ``displacement`` (fixed grid) is ``u`` with
+    ``phi(x) = A(x + u(x))``; ``inverse_displacement`` (fixed grid) is ``v`` with
+    ``phi^-1(y) = z + v(z)``, ``z = A^-1 y``. ``warped`` is the moving image on the fixed grid,
+    ``inverse_warped`` the fixed image on the moving grid, ``jacobian`` is ``det(I + du/dx)``
+    on the fixed grid, by finite differences of ``displacement`` in physical space
+    (:func:`inrreg_pipeline.core.fields.field_jacobian_determinant`).
+    """
+
+    affine: np.ndarray
+    displacement: np.ndarray
+    inverse_displacement: np.ndarray
+    warped: np.ndarray
+    inverse_warped: np.ndarray
+    jacobian: np.ndarray
+    summary: dict = field(default_factory=dict)
+    model: torch.nn.Module | None = None
+    #: Variant outputs (:func:`inrreg_pipeline.core.variants.variant_outputs`): ``fusion_weights``
+    #: ``(*moving.shape, 3)`` on the moving grid.
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class DenseOutputs:
+    """:func:`dense_outputs`' images (``warped`` on the fixed grid, ``inverse_warped`` on the moving
+    grid, ``jacobian`` on the fixed grid) and ``inverse_consistency`` (:func:`.fields.inverse_consistency`)."""
+
+    warped: np.ndarray
+    inverse_warped: np.ndarray
+    jacobian: np.ndarray
+    inverse_consistency: dict
+
+
+def dense_outputs(pair: PreparedPair, affine: np.ndarray, u: np.ndarray, v: np.ndarray) -> DenseOutputs:
+    """Resample both images through ``A(x + u(x))`` and its inverse, and measure the transform.
+
+    ``u`` / ``v``: forward / inverse displacements on the fixed grid (mm); the moving image is sampled
+    at ``A(x + u(x))``; the fixed image on the moving grid at ``z + v(z)``, ``z = A^-1 y`` (``v``
+    interpolated on the fixed grid). Original intensities, not the rescaled ones.
+    """
+    fixed, moving, device = pair.fixed, pair.moving, pair.device
+    jac = field_jacobian_determinant(u, fixed.affine)  # finite differences of u, physical space
+    consistency = inverse_consistency(u, v, fixed.affine, device, pair.sampling_mask)
+    grid = voxel_grid_to_world(fixed.shape, fixed.affine)
+    warped = sample_array(moving.data, moving.affine, apply_affine(affine, grid + u), device)
+    z = apply_affine(np.linalg.inv(affine), voxel_grid_to_world(moving.shape, moving.affine))
+    v_at_z = sample_array(v, fixed.affine, z, device, vector=True)
+    inverse_warped = sample_array(fixed.data, fixed.affine, z + v_at_z, device)
+    return DenseOutputs(warped, inverse_warped, jac, consistency)
+
+
+def summarise(pair: PreparedPair, affine: np.ndarray, loss: dict, outputs: DenseOutputs,
+              seconds: dict[str, float], method_summary: dict) -> dict:
+    """The ``registration.json`` entries of every method: affine (RAS), final losses, Jacobian summary
+    inside the sampling mask, inverse consistency, runtimes (s; ``total`` since preparation), peak
+    memory (MB) and dimension, then the method's own entries."""
+    return {
+        "affine_matrix_ras": np.asarray(affine).tolist(),
+        "loss": loss,
+        "jacobian": jacobian_summary(outputs.jacobian, pair.sampling_mask > 0),
+        "inverse_consistency": outputs.inverse_consistency,
+        "runtime_s": {**seconds, "total": time.perf_counter() - pair.start},
+        "memory": peak_memory_mb(pair.device),
+        "dimension": pair.ndim,
+        **method_summary,
+    }
