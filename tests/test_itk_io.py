@@ -407,24 +407,24 @@ def test_field_reader_follows_itk_when_sform_and_qform_disagree(tmp_path):
 # ------------------------------------------------------------------------------------------
 # agreement with ANTs (antsApplyTransforms via antspyx)
 # ------------------------------------------------------------------------------------------
-def test_ants_forward_warp_then_affine(scen):
-    got = _ants_apply(scen.fixed_path, scen.moving_path, [scen.warp, scen.mat])
-    _assert_agree(got, scen.fwd_expected, scen.fwd_inside, scen.fwd_wrong, scen.fwd_wrong_mask)
+#: (ANTs reference, input, transforms, whichtoinvert, expectation prefix on the scenario) of each
+#: written chain: the forward files and composite, the inverse files and composite
+ANTS_CHAINS = {
+    "forward-files": lambda s: (s.fixed_path, s.moving_path, [s.warp, s.mat], None, "fwd"),
+    "forward-h5": lambda s: (s.fixed_path, s.moving_path, [s.h5], None, "fwd"),
+    "inverse-files": lambda s: (s.moving_path, s.fixed_path, [s.mat, s.invwarp], [True, False], "inv"),
+    "inverse-h5": lambda s: (s.moving_path, s.fixed_path, [s.inv_h5], None, "inv"),
+}
 
 
-def test_ants_forward_composite_h5(scen):
-    got = _ants_apply(scen.fixed_path, scen.moving_path, [scen.h5])
-    _assert_agree(got, scen.fwd_expected, scen.fwd_inside, scen.fwd_wrong, scen.fwd_wrong_mask)
-
-
-def test_ants_inverse_chain(scen):
-    got = _ants_apply(scen.moving_path, scen.fixed_path, [scen.mat, scen.invwarp], whichtoinvert=[True, False])
-    _assert_agree(got, scen.inv_expected, scen.inv_inside, scen.inv_wrong, scen.inv_wrong_mask)
-
-
-def test_ants_inverse_composite_h5(scen):
-    got = _ants_apply(scen.moving_path, scen.fixed_path, [scen.inv_h5])
-    _assert_agree(got, scen.inv_expected, scen.inv_inside, scen.inv_wrong, scen.inv_wrong_mask)
+@pytest.mark.parametrize("chain", sorted(ANTS_CHAINS))
+def test_ants_applies_the_written_chain(scen, chain):
+    """antsApplyTransforms with the written files gives our NumPy prediction, not the wrong-order one."""
+    reference, moving, transforms, invert, key = ANTS_CHAINS[chain](scen)
+    kwargs = {} if invert is None else {"whichtoinvert": invert}
+    got = _ants_apply(reference, moving, transforms, **kwargs)
+    _assert_agree(got, getattr(scen, f"{key}_expected"), getattr(scen, f"{key}_inside"),
+                  getattr(scen, f"{key}_wrong"), getattr(scen, f"{key}_wrong_mask"))
 
 
 def test_ants_list_order_is_point_order(scen):
