@@ -21,7 +21,6 @@ from inrreg_pipeline.io import frames
 from inrreg_pipeline.io.images import load_image
 from inrreg_pipeline.io.nifti import save_nifti
 from inrreg_pipeline.io.itk import (
-    affine_ras_to_lps,
     affine_to_itk_geometry,
     itk_geometry_to_affine,
     ras_to_lps_matrix,
