@@ -47,7 +47,9 @@ import report  # noqa: E402
 
 from inrreg_pipeline.core.space import apply_affine  # noqa: E402
 from inrreg_pipeline.io.itk import read_ants_displacement_field, read_itk_affine  # noqa: E402
-from inrreg_pipeline.metrics import read_landmarks, target_registration_error, tre_summary, write_rows_tsv  # noqa: E402
+from inrreg_pipeline.io.landmarks import read_landmarks  # noqa: E402
+from inrreg_pipeline.io.tsv import write_rows_tsv  # noqa: E402
+from inrreg_pipeline.metrics import target_registration_error, tre_summary  # noqa: E402
 
 SUITE = "brats-longitudinal"
 METHODS = ("ants-syn", "inr", "two-network")

@@ -46,8 +46,9 @@ import report  # noqa: E402
 
 from inrreg_pipeline.apply import apply_transforms
 from inrreg_pipeline.io.itk import read_ants_displacement_field
+from inrreg_pipeline.io.tsv import write_rows_tsv
 from inrreg_pipeline.metrics import (folding_fraction, jacobian_determinant_from_displacement, label_overlap,
-                                     log_jacobian_std, summarise_overlap, write_rows_tsv)
+                                     log_jacobian_std, summarise_overlap)
 
 
 def labels_path(data: Path, sub: str, label_set: str) -> Path:

@@ -14,7 +14,7 @@ For every slice of ``--data`` (``*.nii.gz``, 2-D, any affine) in a seeded subset
   matter -- by default, or :func:`sin_remap`) applied to the fixed slice before the motion, a
   synthetic second contrast (the TSV's ``remap`` column names it);
 * each method of ``--methods`` estimates the fixed -> moving rigid map; the error is the corner
-  relative distance of methods.md section 2 (:func:`inrreg_pipeline.metrics.corner_relative_distance`,
+  relative distance of methods.md section 2 (:func:`rigid_protocol.corner_relative_distance`,
   the 4 corners mapped by the estimate and the truth, mean distance / image side) and success
   is a distance below 2%.
 
@@ -59,6 +59,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
+from rigid_protocol import corner_relative_distance, rigid_success_rate  # noqa: E402
 
 from inrreg_pipeline.core import load_preset, register  # noqa: E402
 from inrreg_pipeline.core.affine import register_affine  # noqa: E402
@@ -66,7 +67,7 @@ from inrreg_pipeline.core.pair import prepare_pair  # noqa: E402
 from inrreg_pipeline.core.space import SpatialImage, apply_affine, rescale_intensity  # noqa: E402
 from inrreg_pipeline.core.two_network import kabsch  # noqa: E402
 from inrreg_pipeline.io.images import load_image, save_image  # noqa: E402
-from inrreg_pipeline.metrics import corner_relative_distance, rigid_success_rate, write_rows_tsv  # noqa: E402
+from inrreg_pipeline.io.tsv import write_rows_tsv  # noqa: E402
 from inrreg_pipeline.synthetic import KnownDeformation, deform  # noqa: E402
 
 SUITE = "rigid-2d"

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from .io.images import InputError, check_outputs_not_inputs, load_image, load_mask
+from .io.tsv import write_rows_tsv
 from .metrics import (OVERLAP_COLUMNS, folding_fraction, label_overlap, log_jacobian_std, spacing_from_affine,
-                      summarise_overlap, write_rows_tsv)
+                      summarise_overlap)
 
 COLUMNS = ("row", "label", "name") + tuple(c for c in OVERLAP_COLUMNS if c != "label") + ("value",)
 

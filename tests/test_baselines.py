@@ -1,14 +1,21 @@
-"""ANTs baselines (real antsRegistration through antspyx) write what ``inrreg register`` writes.
+"""Classical baselines write what ``inrreg register`` writes: every preset, ANTs (real antsRegistration
+through antspyx) and greedy (picsl-greedy), checked the same way; then the ANTs-only checks.
 
 A small real pair: nilearn's MNI152 at 6 mm and a copy under a known smooth deformation, small
-rotation and shift.  Iterations are scaled down so the whole file runs in well under a minute on
-one core; the checks are about files, conventions and bookkeeping, not about ANTs' accuracy.
+rotation and shift.  Iterations are scaled down so each run takes seconds on one core; the checks
+are about files, conventions and bookkeeping, not about the tools' accuracy.  ANTs is the
+independent reader for every tool's files (antsApplyTransforms, its Jacobian).  greedy's own
+checks (its command lines, 2-D masks, the command line) are in ``test_greedy.py``.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
+import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +24,9 @@ import pytest
 from helpers import masked_ncc as ncc, mni_slice
 
 from inrreg_pipeline import baselines
-from inrreg_pipeline.baselines import ANTS_PRESETS, antsregistration_arguments, is_ants_preset, run_ants
+from inrreg_pipeline.baselines import (ANTS_PRESETS, BASELINE_PRESETS, GREEDY_PRESETS, antsregistration_arguments,
+                                       is_ants_preset, is_greedy_preset, run_ants, run_baseline)
+from inrreg_pipeline.baselines import ants as ants_baseline
 from inrreg_pipeline.core.space import downsample, foreground_mask
 from inrreg_pipeline.demo import oblique_grid
 from inrreg_pipeline.io.images import InputError, save_image
@@ -27,21 +36,58 @@ from inrreg_pipeline.synthetic import deform, random_deformation, sample_image
 
 ants = pytest.importorskip("ants")
 
-#: iteration scaling per preset: enough for SyN to move, a few seconds each on one core
+HAS_GREEDY = importlib.util.find_spec("picsl_greedy") is not None
+
+#: iteration scaling per preset: enough for SyN / greedy to move, a few seconds each on one core
 SCALE = {"ants-syn": 0.1, "ants-syn-cc": 0.05, "ants-precise": 0.05, "antspyx-syn-s": 0.2,
-         "antspyx-synquick-s": 0.2}  # antspyx-*: at 0.05 their MI affine stage diverges on 6 mm
-#: ANTs' own interpolator for PWarped (antspyx spelling)
-INTERPOLATOR = {"ants-syn": "linear", "ants-syn-cc": "linear", "ants-precise": "lanczosWindowedSinc",
-                "antspyx-syn-s": "linear", "antspyx-synquick-s": "linear"}
+         "antspyx-synquick-s": 0.2,  # antspyx-*: at 0.05 their MI affine stage diverges on 6 mm
+         "greedy": 0.5, "greedy-permissive": 0.5}
+#: the tool's own interpolator for PWarped (antspyx spelling); linear where not listed
+INTERPOLATOR = {"ants-precise": "lanczosWindowedSinc"}
+#: presets whose field is rough on the 6 mm grid (SyN[0.2] with CC radius 2; greedy's permissive
+#: smoothing), where ANTs' and our difference schemes part at a few kinks: compared by the median
+ROUGH_FIELDS = {"antspyx-syn-s", "antspyx-synquick-s", "greedy-permissive"}
 
 
-@pytest.fixture(scope="module", params=list(ANTS_PRESETS))
+def _preset_param(name: str):
+    return pytest.param(name, marks=pytest.mark.skipif(is_greedy_preset(name) and not HAS_GREEDY,
+                                                       reason="picsl-greedy is not installed"))
+
+
+@pytest.fixture(scope="module", params=[_preset_param(name) for name in BASELINE_PRESETS])
 def run(request, pair):
     tmp, fixed, moving = pair
     preset = request.param
-    out = run_ants(str(tmp / "fixed.nii.gz"), str(tmp / "moving.nii.gz"), str(tmp / f"{preset}_"), preset=preset,
-                   seed=0, scale_iterations=SCALE[preset])
+    out = run_baseline(str(tmp / "fixed.nii.gz"), str(tmp / "moving.nii.gz"), str(tmp / f"{preset}_"),
+                       preset=preset, seed=0, scale_iterations=SCALE[preset])
     return tmp, preset, out
+
+
+# ---------------------------------------------------------------------------------------------
+def test_presets_are_data_files_with_their_source():
+    """Every preset is ``presets/<name>.json`` (package data), listed once in ``index.json``, and
+    states what it is and where its parameters come from."""
+    folder = resources.files("inrreg_pipeline.baselines") / "presets"
+    files = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json") and p.name != "index.json"}
+    index = json.loads((folder / "index.json").read_text())
+    listed = index["ants"] + index["greedy"]
+    assert sorted(listed) == sorted(files) and len(set(listed)) == len(listed)
+    assert tuple(listed) == BASELINE_PRESETS and list(ANTS_PRESETS) == index["ants"]
+    assert list(GREEDY_PRESETS) == index["greedy"]
+    for name in listed:
+        preset = json.loads((folder / f"{name}.json").read_text())
+        assert preset == {**ANTS_PRESETS, **GREEDY_PRESETS}[name]
+        assert preset["description"] and preset["source"], name
+
+
+def test_ants_child_is_a_module_that_loads_no_torch():
+    """antsRegistration runs in ``python -m inrreg_pipeline._ants_child``, whose import stays light
+    (its peak memory is the registration's)."""
+    code = "import sys, inrreg_pipeline._ants_child; print(sorted(m for m in ('torch', 'ants', 'numpy') if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert res.stdout.strip() == "[]"
+    assert ants_baseline.CHILD_MODULE == "inrreg_pipeline._ants_child"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,10 +192,12 @@ def test_warped_is_much_closer_to_fixed(run, pair):
 
 
 def test_ants_reproduces_warped_images_from_the_outputs(run, pair):
+    """The written ``[1Warp, 0GenericAffine]`` (and the composites) are, to antsApplyTransforms, the
+    chain the tool itself applied: for greedy, its RAS text affine and LPS warp as written."""
     tmp, preset, out = run
     _, fixed, moving = pair
     f, m = ants.image_read(str(tmp / "fixed.nii.gz")), ants.image_read(str(tmp / "moving.nii.gz"))
-    interp = INTERPOLATOR[preset]
+    interp = INTERPOLATOR.get(preset, "linear")
     inside, inside_m = foreground_mask(fixed.data), foreground_mask(moving.data)
     warped = nib.load(str(out["warped"])).get_fdata()
     by_files = ants.apply_transforms(f, m, [str(out["warp"]), str(out["affine"])], interpolator=interp,
@@ -175,32 +223,38 @@ def test_jacobian_agrees_with_ants(run, pair):
     assert ours.shape == fixed.shape
     assert np.corrcoef(ours[inside], theirs[inside])[0, 1] > 0.99
     difference = np.abs(ours - theirs)[inside]
-    if preset.startswith("antspyx-"):  # SyN[0.2] with CC radius 2 leaves a rough field on the 6 mm grid,
-        assert np.median(difference) < 0.05  # where the two difference schemes part at a few kinks
+    if preset in ROUGH_FIELDS:
+        assert np.median(difference) < 0.05
     else:
         assert difference.max() < 0.1
 
 
 def test_metadata_records_preset_runtime_and_folding(run):
-    _, preset, out = run
+    tmp, preset, out = run
     md = json.loads(out["metadata"].read_text())
-    assert md["method"] == "ants" and md["preset"] == preset
-    assert md["parameters"] == json.loads(json.dumps(ANTS_PRESETS[preset]))
-    assert md["scale_iterations"] == SCALE[preset]
-    assert md["iterations_used"] == [baselines.scaled_iterations(s["iterations"], SCALE[preset])
-                                     for s in ANTS_PRESETS[preset]["stages"]]
-    args = md["antsRegistration_arguments"]
-    assert args[:2] == ["--dimensionality", "3"] and "{fixed}" in " ".join(args)
-    assert args[args.index("--random-seed") + 1] == "1" and md["seed"] == 0 and md["threads"] == 1
-    assert md["versions"]["antspyx"] == ants.__version__ and md["versions"]["ANTs"]
+    tool = "greedy" if is_greedy_preset(preset) else "ants"
+    assert md["method"] == tool and md["preset"] == preset
+    assert md["parameters"] == json.loads(json.dumps({**ANTS_PRESETS, **GREEDY_PRESETS}[preset]))
+    assert md["scale_iterations"] == SCALE[preset] and md["seed"] == 0 and md["threads"] == 1
     assert md["runtime_s"]["total"] > 0 and md["memory"]["peak_rss_mb"] > 0
     jac = md["jacobian"]
     for key in ("percent_nonpositive_in_mask", "percent_nonpositive_fov", "min", "max"):
         assert isinstance(jac[key], float) and np.isfinite(jac[key])
     assert 0.0 <= jac["percent_nonpositive_in_mask"] <= 100.0
-    assert np.allclose(md["affine_matrix_ras"], read_itk_affine(out["affine"]), atol=1e-6)
+    assert np.allclose(md["affine_matrix_ras"], read_itk_affine(out["affine"]), atol=1e-5 if tool == "greedy" else 1e-6)
     field, grid = read_ants_displacement_field(out["warp"])
-    assert field.shape[-1] == 3 and np.abs(field).max() > 0.1  # SyN did move
+    assert field.shape[-1] == 3 and np.abs(field).max() > 0.1  # the tool did move
+    if tool == "greedy":
+        assert all(str(tmp) not in c for c in md["greedy_commands"])  # placeholders, no temporary paths
+        assert md["greedy_commands"][2].startswith("-d 3 -threads 1 -i {fixed} {moving} -it {affine}")
+        assert md["versions"]["picsl-greedy"]
+        return
+    assert md["iterations_used"] == [baselines.scaled_iterations(s["iterations"], SCALE[preset])
+                                     for s in ANTS_PRESETS[preset]["stages"]]
+    args = md["antsRegistration_arguments"]
+    assert args[:2] == ["--dimensionality", "3"] and "{fixed}" in " ".join(args)
+    assert args[args.index("--random-seed") + 1] == "1"
+    assert md["versions"]["antspyx"] == ants.__version__ and md["versions"]["ANTs"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +330,7 @@ def test_bad_inputs_raise_input_error_and_write_nothing(pair, tmp_path):
 
 def test_ants_failure_leaves_no_outputs(pair, tmp_path, monkeypatch):
     src, _, _ = pair
-    monkeypatch.setattr(baselines, "antsregistration_arguments", lambda *a, **k: ["--dimensionality", "3"])
+    monkeypatch.setattr(ants_baseline, "antsregistration_arguments", lambda *a, **k: ["--dimensionality", "3"])
     with pytest.raises(RuntimeError, match="antsRegistration failed"):
         run_ants(str(src / "fixed.nii.gz"), str(src / "moving.nii.gz"), str(tmp_path / "fail_"))
     assert list(tmp_path.iterdir()) == []

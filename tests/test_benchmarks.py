@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import report  # noqa: E402
 
-from inrreg_pipeline.metrics import write_rows_tsv  # noqa: E402
+from inrreg_pipeline.io.tsv import write_rows_tsv  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 

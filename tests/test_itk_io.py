@@ -8,20 +8,27 @@ The ANTs-agreement tests use oblique, anisotropic grids with non-zero origins an
 
 from __future__ import annotations
 
-import numpy as np
+import gzip
+
 import nibabel as nib
+import numpy as np
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from inrreg_pipeline.cli import main
+from inrreg_pipeline.io import frames
+from inrreg_pipeline.io.images import load_image
+from inrreg_pipeline.io.nifti import save_nifti
 from inrreg_pipeline.io.itk import (
-    affine_ras_to_lps,
     affine_to_itk_geometry,
     itk_geometry_to_affine,
     ras_to_lps_matrix,
     read_ants_displacement_field,
+    read_chain_transform,
     read_itk_affine,
     transform_chain_to_points,
+    transform_points_through_chain,
     write_ants_displacement_field,
     write_itk_affine,
     write_itk_composite_h5,
@@ -270,6 +277,13 @@ def _assert_agree(got, expected, mask, wrong=None, wrong_mask=None):
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("d", [2, 3])
 def test_ras_lps_helpers(d):
+    assert ras_to_lps_matrix is frames.ras_to_lps_matrix  # one home for the change of frame
+    pts = np.arange(2.0 * d).reshape(2, d) + 1.0
+    lps = frames.ras_to_lps_points(pts)
+    np.testing.assert_array_equal(lps[:, :2], -pts[:, :2])
+    np.testing.assert_array_equal(lps[:, 2:], pts[:, 2:])
+    np.testing.assert_array_equal(frames.lps_to_ras_points(lps), pts)  # an involution
+    np.testing.assert_array_equal(frames.frame_signs(d), np.diag(ras_to_lps_matrix(d))[:d])
     D = ras_to_lps_matrix(d)
     assert D.shape == (d + 1, d + 1)
     assert np.allclose(np.diag(D), [-1, -1] + [1] * (d - 1))
@@ -392,24 +406,24 @@ def test_field_reader_follows_itk_when_sform_and_qform_disagree(tmp_path):
 # ------------------------------------------------------------------------------------------
 # agreement with ANTs (antsApplyTransforms via antspyx)
 # ------------------------------------------------------------------------------------------
-def test_ants_forward_warp_then_affine(scen):
-    got = _ants_apply(scen.fixed_path, scen.moving_path, [scen.warp, scen.mat])
-    _assert_agree(got, scen.fwd_expected, scen.fwd_inside, scen.fwd_wrong, scen.fwd_wrong_mask)
+#: (ANTs reference, input, transforms, whichtoinvert, expectation prefix on the scenario) of each
+#: written chain: the forward files and composite, the inverse files and composite
+ANTS_CHAINS = {
+    "forward-files": lambda s: (s.fixed_path, s.moving_path, [s.warp, s.mat], None, "fwd"),
+    "forward-h5": lambda s: (s.fixed_path, s.moving_path, [s.h5], None, "fwd"),
+    "inverse-files": lambda s: (s.moving_path, s.fixed_path, [s.mat, s.invwarp], [True, False], "inv"),
+    "inverse-h5": lambda s: (s.moving_path, s.fixed_path, [s.inv_h5], None, "inv"),
+}
 
 
-def test_ants_forward_composite_h5(scen):
-    got = _ants_apply(scen.fixed_path, scen.moving_path, [scen.h5])
-    _assert_agree(got, scen.fwd_expected, scen.fwd_inside, scen.fwd_wrong, scen.fwd_wrong_mask)
-
-
-def test_ants_inverse_chain(scen):
-    got = _ants_apply(scen.moving_path, scen.fixed_path, [scen.mat, scen.invwarp], whichtoinvert=[True, False])
-    _assert_agree(got, scen.inv_expected, scen.inv_inside, scen.inv_wrong, scen.inv_wrong_mask)
-
-
-def test_ants_inverse_composite_h5(scen):
-    got = _ants_apply(scen.moving_path, scen.fixed_path, [scen.inv_h5])
-    _assert_agree(got, scen.inv_expected, scen.inv_inside, scen.inv_wrong, scen.inv_wrong_mask)
+@pytest.mark.parametrize("chain", sorted(ANTS_CHAINS))
+def test_ants_applies_the_written_chain(scen, chain):
+    """antsApplyTransforms with the written files gives our NumPy prediction, not the wrong-order one."""
+    reference, moving, transforms, invert, key = ANTS_CHAINS[chain](scen)
+    kwargs = {} if invert is None else {"whichtoinvert": invert}
+    got = _ants_apply(reference, moving, transforms, **kwargs)
+    _assert_agree(got, getattr(scen, f"{key}_expected"), getattr(scen, f"{key}_inside"),
+                  getattr(scen, f"{key}_wrong"), getattr(scen, f"{key}_wrong_mask"))
 
 
 def test_ants_list_order_is_point_order(scen):
@@ -449,6 +463,39 @@ def test_transform_chain_to_points_inverse(scen, which):
     pts = transform_chain_to_points(chain, scen.moving_shape, scen.moving_affine)
     assert pts.shape == scen.moving_shape + (scen.d,)
     assert np.abs(pts - scen.inv_points).max() < 1e-3
+
+
+@pytest.mark.parametrize("which", ["files", "h5", "inverse"])
+def test_points_through_chain_are_the_grid_map(scen, which):
+    """Scattered RAS points mapped through a chain land where the grid map puts the voxel centres."""
+    if which == "inverse":
+        chain, shape, affine = [(scen.mat, True), (scen.invwarp, False)], scen.moving_shape, scen.moving_affine
+    else:
+        chain = [(scen.warp, False), (scen.mat, False)] if which == "files" else [(scen.h5, False)]
+        shape, affine = scen.fixed_shape, scen.fixed_affine
+    grid = transform_chain_to_points(chain, shape, affine)
+    x = _grid_points(shape, affine).reshape(-1, scen.d)[::7]
+    mapped = transform_points_through_chain(x, chain)
+    np.testing.assert_allclose(mapped, grid.reshape(-1, scen.d)[::7], atol=1e-6)
+    with pytest.raises(ValueError, match="points"):
+        transform_points_through_chain(x[:, :1], chain)
+
+
+def test_read_chain_transform_is_the_lps_map(scen):
+    """One element of a chain, as ITK reads it: the affine's LPS form, its inverse, and the errors."""
+    x_ras = _grid_points(scen.fixed_shape, scen.fixed_affine).reshape(-1, scen.d)[:5]
+    tx = read_chain_transform(scen.mat, False, scen.d)
+    lps = np.array([tx.TransformPoint(tuple(map(float, p))) for p in frames.ras_to_lps_points(x_ras)])
+    np.testing.assert_allclose(frames.lps_to_ras_points(lps), _apply_affine(scen.A, x_ras), atol=1e-6)
+    inv = read_chain_transform(scen.mat, True, scen.d)
+    back = np.array([inv.TransformPoint(tuple(map(float, p))) for p in lps])
+    np.testing.assert_allclose(frames.lps_to_ras_points(back), x_ras, atol=1e-6)
+    with pytest.raises(ValueError, match="invert"):
+        read_chain_transform(scen.warp, True, scen.d)
+    with pytest.raises(ValueError, match="-D"):
+        read_chain_transform(scen.mat, False, 5 - scen.d)
+    with pytest.raises(FileNotFoundError):
+        read_chain_transform(scen.mat.with_name("missing.mat"), False, scen.d)
 
 
 def test_invert_field_raises(scen):
@@ -531,8 +578,6 @@ def _itk_image(data, affine):
 def test_itk_format_image_loads_like_its_nifti_twin(tmp_path, ext, d):
     """An oblique, anisotropic volume written as ``ext`` (through SimpleITK) and as ``.nii.gz`` (through
     nibabel) with the same geometry loads to the same voxels and the same RAS affine."""
-    from inrreg_pipeline.io.images import load_image
-
     rng = np.random.default_rng(3)
     shape = (9, 7, 5)[:d]
     data = rng.normal(size=shape).astype(np.float32)
@@ -550,8 +595,6 @@ def test_itk_format_image_loads_like_its_nifti_twin(tmp_path, ext, d):
 
 def test_itk_format_inputs_register_and_apply_to_nifti_outputs(tmp_path, capsys):
     """``inrreg apply`` reads an .mha input and .nrrd reference and writes NIfTI; a bad .mha is one line."""
-    from inrreg_pipeline.cli import main
-
     shape = (12, 10, 8)
     i, j, k = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
     data = np.exp(-((i - 6) ** 2 + (j - 5) ** 2 + (k - 4) ** 2) / 8.0).astype(np.float32)
@@ -573,15 +616,11 @@ def test_itk_format_inputs_register_and_apply_to_nifti_outputs(tmp_path, capsys)
 
 
 # ------------------------------------------------------------------------------------------
-# fast gzip NIfTI writing (io.images.save_nifti)
+# fast gzip NIfTI writing (io.nifti.save_nifti, re-exported by io.images)
 # ------------------------------------------------------------------------------------------
 def test_fast_gzip_nifti_holds_the_bytes_nibabel_writes_and_itk_reads_it(tmp_path):
     """Same decompressed bytes (header, extension gap, data) as ``nib.save``; a displacement field
     written through it reads back exactly with nibabel and SimpleITK."""
-    import gzip
-
-    from inrreg_pipeline.io.images import save_nifti
-
     rng = np.random.default_rng(5)
     data = np.cumsum(rng.normal(size=(19, 13, 7)), axis=0).astype(np.float32)
     aff = np.diag([-1.2, 0.9, 2.5, 1.0])

@@ -1,5 +1,7 @@
 """Tests of inrreg_pipeline.metrics against analytic answers, brute-force references and, for the
-surface distances, MONAI (a test-only dependency; those tests skip where MONAI is absent).
+surface distances, MONAI (a test-only dependency; those tests skip where MONAI is absent); of the
+readers and writers it re-exports (inrreg_pipeline.io.landmarks, inrreg_pipeline.io.tsv); and of
+the benchmarks' 2-D rigid success protocol (benchmarks/rigid_protocol.py).
 """
 
 from __future__ import annotations
@@ -7,15 +9,25 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from inrreg_pipeline import metrics as M
+from inrreg_pipeline.io.landmarks import read_landmarks
+from inrreg_pipeline.io.tsv import write_rows_tsv
 
-BRATS = Path("/work/shared/data/brats-reg-002")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import rigid_protocol  # noqa: E402
+
+#: the shared data sit beside the repository (../shared); the tests that need them skip without
+BRATS = ROOT.parent / "shared" / "data" / "brats-reg-002"
 
 
 # --------------------------------------------------------------------------------------
@@ -51,8 +63,6 @@ def _surface_metrics_brute(a, b, spacing):
 def _random_blob_pair(ndim, seed):
     """Two random label maps (labels 0..3, smooth blobs, some touching the array border) and an
     anisotropic voxel spacing (mm)."""
-    from scipy import ndimage
-
     rng = np.random.default_rng(seed)
     shape = (48, 40) if ndim == 2 else (30, 26, 22)
     spacing = (0.8, 1.7) if ndim == 2 else (2.0, 1.0, 1.3)
@@ -161,8 +171,6 @@ def test_hd95_and_assd_agree_with_monai(ndim):
     directed 95th percentiles) and symmetric average surface distance (mean over both surfaces'
     distances), in mm with anisotropic spacing, on blobs that touch the array border."""
     monai_metrics = pytest.importorskip("monai.metrics")
-    import torch
-
     ref, tst, spacing = _random_blob_pair(ndim, seed=11 + ndim)
     rows = _by_label(M.label_overlap(ref, tst, spacing=spacing))
     for lab in (1, 2, 3):
@@ -296,6 +304,18 @@ def test_log_jacobian_std_known_values():
     assert math.isnan(M.log_jacobian_std(np.array([-1.0, 0.0])))
 
 
+def test_jacobian_statistics_is_the_summaries_over_the_mask():
+    det = np.array([[-0.5, 0.0], [2.0, 4.0]])
+    mask = np.array([[True, False], [True, True]])
+    stats = M.jacobian_statistics(det, mask)
+    assert stats == {"folding_percent": M.folding_fraction(det, mask), "log_jacobian_std": M.log_jacobian_std(det, mask),
+                     "jacobian_min": -0.5, "jacobian_max": 4.0}
+    assert stats["folding_percent"] == pytest.approx(100 / 3)
+    assert M.jacobian_statistics(det)["folding_percent"] == 50.0
+    with pytest.raises(ValueError, match="empty"):
+        M.jacobian_statistics(det, np.zeros_like(mask))
+
+
 # --------------------------------------------------------------------------------------
 # landmarks
 # --------------------------------------------------------------------------------------
@@ -303,8 +323,8 @@ def test_log_jacobian_std_known_values():
 def test_read_brats_landmarks_lps_to_ras():
     nib = pytest.importorskip("nibabel")
     lm = BRATS / "derivatives/landmarks/sub-002"
-    base = M.read_landmarks(lm / "ses-baseline/anat/sub-002_ses-baseline_landmarks.csv")
-    follow = M.read_landmarks(lm / "ses-followup/anat/sub-002_ses-followup_landmarks.csv")
+    base = read_landmarks(lm / "ses-baseline/anat/sub-002_ses-baseline_landmarks.csv")
+    follow = read_landmarks(lm / "ses-followup/anat/sub-002_ses-followup_landmarks.csv")
     assert base.shape == (6, 3) and follow.shape == (6, 3)
     # first row of the file is "1,155.0,-68.0,93.0" (LPS) -> RAS (-155, 68, 93)
     np.testing.assert_allclose(base[0], [-155.0, 68.0, 93.0])
@@ -324,28 +344,34 @@ def test_read_brats_landmarks_lps_to_ras():
     assert summ["std_mm"] == pytest.approx(err.std())
 
 
+def test_metrics_re_exports_the_io_readers_and_writers():
+    """``from inrreg_pipeline.metrics import read_landmarks, write_rows_tsv`` keeps working."""
+    assert M.read_landmarks is read_landmarks and M.write_rows_tsv is write_rows_tsv
+    assert set(M.__all__) <= set(dir(M))
+
+
 def test_read_landmarks_formats_and_conventions(tmp_path):
     itk = tmp_path / "itk.csv"
     itk.write_text("x,y,z,t,label,comment\n1.5,-2,3,0,1,\n-4,5,6.25,0,2,\n")
-    np.testing.assert_allclose(M.read_landmarks(itk), [[-1.5, 2, 3], [4, -5, 6.25]])
-    np.testing.assert_allclose(M.read_landmarks(itk, "ras"), [[1.5, -2, 3], [-4, 5, 6.25]])
+    np.testing.assert_allclose(read_landmarks(itk), [[-1.5, 2, 3], [4, -5, 6.25]])
+    np.testing.assert_allclose(read_landmarks(itk, "ras"), [[1.5, -2, 3], [-4, 5, 6.25]])
 
     plain = tmp_path / "points.tsv"
     plain.write_text("index\tx\ty\tz\n0\t1\t2\t3\n1\t-1\t-2\t-3\n")
     with pytest.raises(ValueError, match="convention"):
-        M.read_landmarks(plain)
-    np.testing.assert_allclose(M.read_landmarks(plain, "ras"), [[1, 2, 3], [-1, -2, -3]])
-    np.testing.assert_allclose(M.read_landmarks(plain, "LPS"), [[-1, -2, 3], [1, 2, -3]])
+        read_landmarks(plain)
+    np.testing.assert_allclose(read_landmarks(plain, "ras"), [[1, 2, 3], [-1, -2, -3]])
+    np.testing.assert_allclose(read_landmarks(plain, "LPS"), [[-1, -2, 3], [1, 2, -3]])
 
     noheader = tmp_path / "p.csv"
     noheader.write_text("10,20\n30,40\n")
-    np.testing.assert_allclose(M.read_landmarks(noheader, "lps"), [[-10, -20], [-30, -40]])
+    np.testing.assert_allclose(read_landmarks(noheader, "lps"), [[-10, -20], [-30, -40]])
     with pytest.raises(ValueError):
-        M.read_landmarks(noheader, "mni")
+        read_landmarks(noheader, "mni")
 
     brats_like = tmp_path / "lm.csv"
     brats_like.write_text("Landmark,X,Y,Z\n1,155.0,-68.0,93.0\n")
-    np.testing.assert_allclose(M.read_landmarks(brats_like), [[-155.0, 68.0, 93.0]])
+    np.testing.assert_allclose(read_landmarks(brats_like), [[-155.0, 68.0, 93.0]])
 
     with pytest.raises(ValueError):
         M.target_registration_error(np.zeros((3, 3)), np.zeros((4, 3)))
@@ -364,14 +390,14 @@ def _rigid(theta, t):
 
 def test_corner_distance_identity_translation_rotation():
     T = _rigid(0.1, (3.0, -2.0))
-    assert M.corner_relative_distance(T, T.copy(), (128, 128), (0.5, 0.5)) == 0.0
+    assert rigid_protocol.corner_relative_distance(T, T.copy(), (128, 128), (0.5, 0.5)) == 0.0
     # pure translation error t along x, side L = 128 * 0.5 = 64 mm -> |t| / L
     shifted = T.copy()
     shifted[0, 2] += 1.6
-    assert M.corner_relative_distance(shifted, T, (128, 128), (0.5, 0.5)) == pytest.approx(1.6 / 64)
+    assert rigid_protocol.corner_relative_distance(shifted, T, (128, 128), (0.5, 0.5)) == pytest.approx(1.6 / 64)
     # non-square: L is the mean of the two sides (100 mm and 200 mm -> 150 mm)
     tr = _rigid(0.0, (0.0, 3.0))
-    assert M.corner_relative_distance(tr, np.eye(3), (100, 200)) == pytest.approx(3.0 / 150)
+    assert rigid_protocol.corner_relative_distance(tr, np.eye(3), (100, 200)) == pytest.approx(3.0 / 150)
     # rotation by phi about the grid centre: every corner moves 2 R sin(phi / 2)
     n, sp, phi = 64, 1.0, 0.05
     centre = np.array([(n - 1) / 2 * sp] * 2)
@@ -382,14 +408,14 @@ def test_corner_distance_identity_translation_rotation():
     rot = back @ _rigid(phi, (0, 0)) @ to_c
     radius = np.linalg.norm(centre)
     expected = 2 * radius * math.sin(phi / 2) / (n * sp)
-    assert M.corner_relative_distance(rot, np.eye(3), (n, n), (sp, sp)) == pytest.approx(expected)
+    assert rigid_protocol.corner_relative_distance(rot, np.eye(3), (n, n), (sp, sp)) == pytest.approx(expected)
 
 
 def test_rigid_success_rate():
-    assert M.rigid_success_rate([0.01, 0.03, float("nan"), 0.019]) == 0.5
-    assert M.rigid_success_rate([0.05], threshold=0.1) == 1.0
+    assert rigid_protocol.rigid_success_rate([0.01, 0.03, float("nan"), 0.019]) == 0.5
+    assert rigid_protocol.rigid_success_rate([0.05], threshold=0.1) == 1.0
     with pytest.raises(ValueError):
-        M.rigid_success_rate([])
+        rigid_protocol.rigid_success_rate([])
 
 
 # --------------------------------------------------------------------------------------
@@ -402,7 +428,7 @@ def test_write_rows_tsv_round_trip_and_atomic(tmp_path):
     ]
     out = tmp_path / "overlap.tsv"
     out.write_text("stale\n")
-    M.write_rows_tsv(rows, out)
+    write_rows_tsv(rows, out)
     with open(out, newline="") as fh:
         table = list(csv.reader(fh, delimiter="\t"))
     assert table[0] == ["label", "dice", "hd95_mm", "status", "extra"]
@@ -410,18 +436,18 @@ def test_write_rows_tsv_round_trip_and_atomic(tmp_path):
     assert table[2] == ["2", "0.25", "n/a", "missing_in_test", "n/a"]
     assert os.listdir(tmp_path) == ["overlap.tsv"]  # no temporary left behind
 
-    M.write_rows_tsv(rows[:1], out, columns=["status", "label", "dice", "hd95_mm"])
+    write_rows_tsv(rows[:1], out, columns=["status", "label", "dice", "hd95_mm"])
     assert out.read_text().splitlines()[0] == "status\tlabel\tdice\thd95_mm"
     with pytest.raises(ValueError):
-        M.write_rows_tsv(rows, out, columns=["label"])
+        write_rows_tsv(rows, out, columns=["label"])
     with pytest.raises(ValueError):
-        M.write_rows_tsv([{"a": "x\ty"}], tmp_path / "bad.tsv")
+        write_rows_tsv([{"a": "x\ty"}], tmp_path / "bad.tsv")
     assert sorted(os.listdir(tmp_path)) == ["overlap.tsv"]
 
     # overlap rows go straight to a TSV
     ref = np.zeros((10, 10), np.int8)
     ref[2:6, 2:6] = 1
-    M.write_rows_tsv(M.label_overlap(ref, ref, labels=[1, 2]), tmp_path / "o.tsv")
+    write_rows_tsv(M.label_overlap(ref, ref, labels=[1, 2]), tmp_path / "o.tsv")
     lines = (tmp_path / "o.tsv").read_text().splitlines()
     assert lines[0].split("\t") == list(M.OVERLAP_COLUMNS)
     assert lines[2].split("\t")[:3] == ["2", "missing_in_both", "n/a"]

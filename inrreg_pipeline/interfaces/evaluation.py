@@ -1,7 +1,8 @@
 """Evaluation interfaces: label overlap, transform quality, landmark error, and table merging.
 
-Numbers come from :mod:`inrreg_pipeline.metrics` (physical units, documented definitions). Tables
-are BIDS-style TSV (``n/a`` for missing values). ``tags`` (e.g. ``{"method": "inr"}``) are written
+Numbers come from :mod:`inrreg_pipeline.metrics` (physical units, documented definitions); files
+are read and written by :mod:`inrreg_pipeline.io` (landmarks into RAS mm, transforms in ITK's LPS
+converted there, tables as BIDS-style TSV with ``n/a`` for missing values). ``tags`` (e.g. ``{"method": "inr"}``) are written
 as the first columns of every row, so tables of several methods can be merged with
 :class:`MergeTables`.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
+from typing import Any
 
 import numpy as np
 from nipype.interfaces.base import (
@@ -22,7 +23,18 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ..io.itk import read_ants_displacement_field, transform_points_through_chain
+from ..io.landmarks import read_landmarks
+from ..io.tsv import read_rows_tsv, write_rows_tsv
+from ..metrics import (jacobian_determinant_from_displacement, jacobian_statistics, label_overlap,
+                       summarise_overlap, target_registration_error, tre_summary)
+from ..metrics.overlap import STATUS_MISSING_IN_TEST, STATUS_OK
 from .base import fail, optional, output_path
+
+# Kept inside the functions that need them: inrreg_pipeline.io.images and inrreg_pipeline.core.space
+# import torch (core.space holds SpatialImage beside torch sampling), and importing the interfaces
+# must not (tests/test_interfaces.py::test_interfaces_import_without_heavy_modules). They move to
+# module level once SpatialImage has a torch-free home in the core.
 
 
 def _tags(value) -> dict:
@@ -35,8 +47,9 @@ def _finite(value) -> float:
     return value if math.isfinite(value) else float("nan")
 
 
-def _load_labels(path: str, name: str):
-    from ..io.images import InputError, load_image
+def _load_labels(path: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Integer labels and voxel -> RAS affine of a label map; :func:`fail` for a bad file."""
+    from ..io.images import InputError, load_image  # torch, see above
 
     try:
         img = load_image(path, name)
@@ -73,8 +86,6 @@ class LabelOverlap(SimpleInterface):
     output_spec = LabelOverlapOutputSpec
 
     def _run_interface(self, runtime):
-        from ..metrics import label_overlap, summarise_overlap, write_rows_tsv
-
         ref, ref_aff = _load_labels(self.inputs.reference, "reference")
         test, test_aff = _load_labels(self.inputs.test, "test")
         if ref.shape != test.shape or not np.allclose(ref_aff, test_aff, atol=1e-3):
@@ -88,7 +99,7 @@ class LabelOverlap(SimpleInterface):
             raise fail("labels", str(err)) from None
         tags = _tags(self.inputs.tags)
         summary = summarise_overlap(rows)
-        present = [r for r in rows if r["status"] in ("ok", "missing_in_test")]
+        present = [r for r in rows if r["status"] in (STATUS_OK, STATUS_MISSING_IN_TEST)]
         summary["mean_jaccard"] = (float(np.mean([float(r["jaccard"]) for r in present]))
                                    if present else float("nan"))
         out_labels = output_path(runtime.cwd, "label_overlap.tsv")
@@ -132,14 +143,11 @@ class TransformQuality(SimpleInterface):
     output_spec = TransformQualityOutputSpec
 
     def _run_interface(self, runtime):
-        from ..io.images import save_image
-        from ..metrics import folding_fraction, jacobian_determinant_from_displacement, log_jacobian_std, write_rows_tsv
+        from ..io.images import InputError, load_image, save_image  # torch, see above
 
         u, grid = _read_field(self.inputs.warp, "warp")
         mask = None
         if optional(self.inputs.mask):
-            from ..io.images import InputError, load_image
-
             try:
                 mask_img = load_image(self.inputs.mask, "mask")
             except InputError as err:
@@ -151,11 +159,7 @@ class TransformQuality(SimpleInterface):
             if not mask.any():
                 raise fail("mask", f"'{self.inputs.mask}' is empty")
         det = jacobian_determinant_from_displacement(u, affine=grid)
-        row = {**_tags(self.inputs.tags),
-               "folding_percent": folding_fraction(det, mask),
-               "log_jacobian_std": log_jacobian_std(det, mask),
-               "jacobian_min": float(det[mask].min() if mask is not None else det.min()),
-               "jacobian_max": float(det[mask].max() if mask is not None else det.max())}
+        row = {**_tags(self.inputs.tags), **jacobian_statistics(det, mask)}
         ic_mean = ic_p95 = float("nan")
         if optional(self.inputs.inverse_warp):
             v, grid_v = _read_field(self.inputs.inverse_warp, "inverse_warp")
@@ -178,9 +182,8 @@ class TransformQuality(SimpleInterface):
         return runtime
 
 
-def _read_field(path: str, name: str):
-    from ..io.itk import read_ants_displacement_field
-
+def _read_field(path: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(field RAS mm (*shape, d), grid affine)`` of an ANTs warp; :func:`fail` for a bad file."""
     try:
         return read_ants_displacement_field(path)
     except Exception as err:  # ValueError for a wrong layout, nibabel errors for non-images
@@ -188,8 +191,9 @@ def _read_field(path: str, name: str):
                    f"'{path}' is not a readable displacement field ({type(err).__name__})") from None
 
 
-def _inverse_consistency(u, grid_u, v, grid_v) -> np.ndarray:
-    import torch
+def _inverse_consistency(u: np.ndarray, grid_u: np.ndarray, v: np.ndarray, grid_v: np.ndarray) -> np.ndarray:
+    """``|u(x) + v(x + u(x))|`` (mm) at every voxel centre ``x`` of ``u``'s grid, ``v`` interpolated."""
+    import torch  # see above
 
     from ..core.space import sample_array, voxel_grid_to_world
 
@@ -198,7 +202,7 @@ def _inverse_consistency(u, grid_u, v, grid_v) -> np.ndarray:
     return np.linalg.norm(u + v_at, axis=-1)
 
 
-def _read_metadata(path: str) -> dict:
+def _read_metadata(path: str) -> dict[str, Any]:
     try:
         meta = json.loads(open(path).read())
     except (OSError, ValueError):
@@ -247,8 +251,6 @@ class LandmarkError(SimpleInterface):
     output_spec = LandmarkErrorOutputSpec
 
     def _run_interface(self, runtime):
-        from ..metrics import read_landmarks, target_registration_error, tre_summary, write_rows_tsv
-
         pts = {}
         for name in ("fixed_landmarks", "moving_landmarks"):
             try:
@@ -282,25 +284,13 @@ class LandmarkError(SimpleInterface):
 
 
 def transform_points(points_ras: np.ndarray, chain: list[tuple[str, bool]]) -> np.ndarray:
-    """Map RAS points through an antsApplyTransforms-order chain (fixed -> moving for a registration).
-
-    Uses the same transform reader as :func:`inrreg_pipeline.io.itk.transform_chain_to_points`.
-    """
-    import SimpleITK as sitk
-
-    from ..io.itk import _load_chain_element  # the reader used by transform_chain_to_points
-
-    d = points_ras.shape[1]
-    comp = sitk.CompositeTransform(d)
+    """Map RAS mm points ``(N, d)`` through an antsApplyTransforms-order chain (fixed -> moving for a
+    registration): :func:`inrreg_pipeline.io.itk.transform_points_through_chain`, the reader
+    ``inrreg apply`` uses, with a bad transform reported against the ``transforms`` input."""
     try:
-        for path, invert in reversed(chain):  # ITK applies the last added first
-            comp.AddTransform(_load_chain_element(os.fspath(path), bool(invert), d))
+        return transform_points_through_chain(points_ras, chain)
     except (ValueError, RuntimeError) as err:
         raise fail("transforms", str(err)) from None
-    flip = np.ones(d)
-    flip[:2] = -1.0
-    out = np.array([comp.TransformPoint(tuple(float(c) for c in p * flip)) for p in points_ras])
-    return out * flip
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,11 +305,6 @@ class MergeTablesOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="merged TSV")
 
 
-def read_tsv(path: str) -> list[dict]:
-    with open(path, newline="") as fh:
-        return [dict(row) for row in csv.DictReader(fh, delimiter="\t")]
-
-
 class MergeTables(SimpleInterface):
     """Stack TSV tables (union of columns), or merge their rows by key columns (``join_on``)."""
 
@@ -327,14 +312,12 @@ class MergeTables(SimpleInterface):
     output_spec = MergeTablesOutputSpec
 
     def _run_interface(self, runtime):
-        from ..metrics import write_rows_tsv
-
         keys = optional(self.inputs.join_on) or []
         merged: dict[tuple, dict] = {}
         stacked: list[dict] = []
         for path in self.inputs.in_files:
             try:
-                rows = read_tsv(path)
+                rows = read_rows_tsv(path)
             except (OSError, UnicodeDecodeError, csv.Error) as err:
                 raise fail("in_files", f"'{path}' is not a readable TSV ({type(err).__name__})") from None
             for row in rows:

@@ -40,7 +40,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from .images import save_nifti
+from .frames import frame_signs, lps_to_ras_points, ras_to_lps_matrix, ras_to_lps_points
+from .nifti import save_nifti
 
 __all__ = [
     "ras_to_lps_matrix",
@@ -54,7 +55,10 @@ __all__ = [
     "read_ants_displacement_field",
     "write_itk_composite_h5",
     "write_itk_inverse_composite_h5",
+    "read_chain_transform",
+    "chain_transform",
     "transform_chain_to_points",
+    "transform_points_through_chain",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -74,23 +78,6 @@ _NIFTI_EXTS = (".nii", ".nii.gz")
 # --------------------------------------------------------------------------------------------
 # Frames and grid geometry
 # --------------------------------------------------------------------------------------------
-def ras_to_lps_matrix(ndim: int) -> np.ndarray:
-    """Homogeneous ``(ndim+1) x (ndim+1)`` RAS<->LPS change of frame (its own inverse).
-
-    ``diag(-1, -1, 1, 1)`` for ``ndim == 3`` and ``diag(-1, -1, 1)`` for ``ndim == 2``
-    (ITK/ANTs 2-D images: both in-plane axes negated).  Its top-left ``ndim x ndim`` block is the
-    matrix that converts point coordinates and vectors (mm) between the two frames.
-    """
-    if ndim not in (2, 3):
-        raise ValueError(f"only 2-D and 3-D are supported, got ndim={ndim}")
-    return np.diag([-1.0, -1.0] + [1.0] * (ndim - 1))
-
-
-def _flip(ndim: int) -> np.ndarray:
-    """Per-axis sign vector RAS<->LPS for points/vectors of dimension ``ndim``."""
-    return np.diag(ras_to_lps_matrix(ndim))[:ndim].copy()
-
-
 def _check_affine(affine: np.ndarray, name: str = "affine") -> tuple[np.ndarray, int]:
     """Return (float64 copy, d) of a homogeneous (d+1)x(d+1) affine, d in {2, 3}."""
     a = np.asarray(affine, dtype=np.float64)
@@ -324,7 +311,7 @@ def write_ants_displacement_field(path: PathLike, field_ras: np.ndarray, grid_af
     ext = _lower_ext(path)
     if ext not in _NIFTI_EXTS:
         raise ValueError(f"displacement field path must end in .nii or .nii.gz, got {os.fspath(path)!r}")
-    lps = np.asarray(f, dtype=np.float32) * _flip(d).astype(np.float32)  # sign flips: exact in float32
+    lps = np.asarray(f, dtype=np.float32) * frame_signs(d).astype(np.float32)  # sign flips: exact in float32
     spatial = f.shape[:d]
     data = lps.reshape(*spatial, *([1] * (3 - d)), 1, d)
     aff4 = _embed_affine_4x4(a)
@@ -379,7 +366,7 @@ def read_ants_displacement_field(path: PathLike) -> tuple[np.ndarray, np.ndarray
             stacklevel=2,
         )
         grid_affine = itk_affine
-    return data * _flip(d), grid_affine
+    return data * frame_signs(d), grid_affine
 
 
 def _itk_header_affine(path: PathLike) -> np.ndarray:
@@ -397,7 +384,7 @@ def _sitk_field_transform(field_ras: np.ndarray, grid_affine: np.ndarray) -> sit
     # LPS, float64, (Z, Y, X, d) in one pass (no intermediate copy of the field)
     axes = tuple(range(d - 1, -1, -1)) + (d,)
     arr = np.empty(tuple(f.shape[i] for i in axes), dtype=np.float64)
-    np.multiply(np.transpose(f, axes), _flip(d), out=arr)
+    np.multiply(np.transpose(f, axes), frame_signs(d), out=arr)
     img = sitk.GetImageFromArray(arr, isVector=True)
     img.SetOrigin(origin)
     img.SetSpacing(spacing)
@@ -481,7 +468,37 @@ def write_itk_inverse_composite_h5(
 # --------------------------------------------------------------------------------------------
 # Transform chains -> points
 # --------------------------------------------------------------------------------------------
-def _load_chain_element(path: str, invert: bool, d: int) -> sitk.Transform:
+def read_chain_transform(path: PathLike, invert: bool, ndim: int) -> sitk.Transform:
+    """One element of an ANTs transform list as the SimpleITK transform antsApplyTransforms uses (LPS mm).
+
+    Parameters
+    ----------
+    path
+        ``.mat``/``.txt``/``.tfm`` (linear), ``.h5`` (single or composite) or a displacement-field
+        NIfTI (5-D vector image, LPS mm, as ANTs writes ``1Warp.nii.gz``).
+    invert
+        ANTs' ``[file,1]``: the inverse, for linear transforms only (a field cannot be inverted
+        here; use its inverse warp).
+    ndim
+        Dimension ``d`` (2 or 3) of the reference grid the chain is used with.
+
+    Returns
+    -------
+    SimpleITK.Transform
+        A transform mapping LPS mm points of the fixed space to LPS mm points of the moving space
+        (for ``invert``: the reverse). Convert points with :mod:`inrreg_pipeline.io.frames`.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        A wrong dimension, an inverted non-linear transform, or an unsupported extension.
+    RuntimeError
+        SimpleITK cannot read the file.
+    """
+    path = os.fspath(path)
+    d = int(ndim)
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     ext = _lower_ext(path)
@@ -515,6 +532,16 @@ def _load_chain_element(path: str, invert: bool, d: int) -> sitk.Transform:
     raise ValueError(f"unsupported transform file {path!r} (expected .mat, .txt, .tfm, .h5 or .nii[.gz])")
 
 
+def chain_transform(transforms: Sequence[tuple[PathLike, bool]], ndim: int) -> sitk.CompositeTransform:
+    """An ANTs transform list ``[(path, invert), ...]`` (antsApplyTransforms order) as one ITK
+    ``CompositeTransform`` (LPS mm, fixed -> moving). ITK applies the last added transform first, so
+    the list is added in reverse. Elements are read with :func:`read_chain_transform`."""
+    comp = sitk.CompositeTransform(int(ndim))
+    for path, invert in reversed(list(transforms)):  # ITK: last added is applied first
+        comp.AddTransform(read_chain_transform(path, bool(invert), ndim))
+    return comp
+
+
 def transform_chain_to_points(
     transforms: Sequence[tuple[PathLike, bool]],
     reference_shape: tuple[int, ...],
@@ -544,9 +571,7 @@ def transform_chain_to_points(
     """
     ref = _reference_image(reference_shape, reference_affine)
     d = ref.GetDimension()
-    comp = sitk.CompositeTransform(d)
-    for path, invert in reversed(list(transforms)):  # ITK: last added is applied first
-        comp.AddTransform(_load_chain_element(os.fspath(path), bool(invert), d))
+    comp = chain_transform(transforms, d)
     disp = sitk.TransformToDisplacementField(
         comp,
         sitk.sitkVectorFloat64,
@@ -558,5 +583,21 @@ def transform_chain_to_points(
     arr = sitk.GetArrayFromImage(disp)  # (Z, Y, X, d) LPS mm displacements
     disp_lps = np.transpose(arr, tuple(range(d - 1, -1, -1)) + (d,))
     grid_ras = _grid_points_ras(reference_shape, reference_affine)
-    flip = _flip(d)
-    return grid_ras + disp_lps * flip  # x_ras + D (T(x_lps) - x_lps) = D T(x_lps)
+    return grid_ras + lps_to_ras_points(disp_lps)  # x_ras + D (T(x_lps) - x_lps) = D T(x_lps)
+
+
+def transform_points_through_chain(points_ras: np.ndarray, transforms: Sequence[tuple[PathLike, bool]]) -> np.ndarray:
+    """Map RAS mm points ``(N, d)`` through an ANTs transform list (antsApplyTransforms order).
+
+    ``transforms`` is as in :func:`transform_chain_to_points` (``[(path, invert), ...]``, points go
+    through the first element first; for a registration's fixed -> moving map,
+    ``[(1Warp, False), (0GenericAffine, False)]`` or ``[(Composite.h5, False)]``). The points are
+    converted to LPS, mapped by ITK and converted back: the result is ``(N, d)`` RAS mm points in
+    the moving space. Errors as :func:`read_chain_transform`.
+    """
+    pts = np.asarray(points_ras, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] not in (2, 3):
+        raise ValueError(f"points must be an (N, 2) or (N, 3) array, got shape {pts.shape}")
+    comp = chain_transform(transforms, pts.shape[1])
+    mapped = [comp.TransformPoint(tuple(float(c) for c in p)) for p in ras_to_lps_points(pts)]
+    return lps_to_ras_points(np.asarray(mapped, dtype=np.float64).reshape(pts.shape))

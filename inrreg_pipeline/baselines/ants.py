@@ -21,7 +21,8 @@ The inputs are validated with :func:`~inrreg_pipeline.io.images.load_image` (bad
 :class:`~inrreg_pipeline.io.images.InputError`), re-written as float32 NIfTI (qform = sform, so ANTs
 reads the grid inrreg reads) into a private temporary folder, and the antsRegistration argument list
 built by :func:`antsregistration_arguments` is passed to antspyx's bundled ``antsRegistration``
-library function in a child Python process.  The child process makes the thread count exact
+library function in a child Python process, the module :mod:`inrreg_pipeline._ants_child` run with
+``python -m``.  The child process makes the thread count exact
 (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` is read once per process by ITK, so it cannot be changed
 after ITK has started in this one), lets ``peak_rss_mb`` be that of the registration alone (the
 child's ``VmHWM``), and keeps a crash inside ANTs from taking the caller down.
@@ -29,7 +30,8 @@ child's ``VmHWM``), and keeps a crash inside ANTs from taking the caller down.
 Seeds: ANTs ignores ``--random-seed 0`` (0 means "do not reseed"), so ``seed`` ``s`` is passed as
 ``--random-seed s+1``; with one thread the result is then reproducible run to run.
 
-Preset dictionaries (:data:`ANTS_PRESETS`) are recorded verbatim in the metadata.  Global keys:
+Presets (:data:`ANTS_PRESETS`) are data: one JSON file each, ``inrreg_pipeline/baselines/presets/<name>.json``
+(:mod:`inrreg_pipeline.baselines.presets`), recorded verbatim in the metadata.  Global keys:
 ``float``, ``collapse_output_transforms``, ``write_composite_transform``,
 ``initialize_transforms_per_stage``, ``interpolation``, ``winsorize_image_intensities``
 (``[lower, upper]``), ``use_histogram_matching`` (one bool for all stages, or one per stage),
@@ -59,169 +61,25 @@ from typing import Any
 
 import numpy as np
 
-from .baseline_outputs import baseline_metadata, check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
-from .core.choices import SEED_MAX
-from .greedy import GREEDY_PRESETS, is_greedy_preset, run_greedy
-from .io.images import InputError, StagedOutputs, load_pair, staging_prefix
-from .io.itk import read_itk_affine, write_itk_affine
-from .register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions, recorded_inputs
+from ..core.choices import SEED_MAX
+from ..io.images import InputError, StagedOutputs, load_pair, staging_prefix
+from ..io.itk import read_itk_affine, write_itk_affine
+from ..register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions, recorded_inputs
+from .arguments import check_baseline_arguments, scaled_iterations, substitute_paths
+from .outputs import baseline_metadata, write_baseline_outputs, write_inputs
+from .presets import ANTS_PRESETS, is_ants_preset
 
-__all__ = ["ANTS_PRESETS", "BASELINE_PRESETS", "is_ants_preset", "is_baseline_preset", "antsregistration_arguments",
-           "scaled_iterations", "run_ants", "run_baseline"]
+__all__ = ["ANTS_PRESETS", "is_ants_preset", "antsregistration_arguments", "scaled_iterations", "run_ants"]
 
+#: The child module that runs antsRegistration (``python -m``), and the folder to put on its path so
+#: that it runs this copy of inrreg even from a source checkout that is not installed.
+CHILD_MODULE = "inrreg_pipeline._ants_child"
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
-def _linear_stage(transform: str, step: float, metric: str, bins: int, strategy: str, percentage: float,
-                  iterations: list[int], threshold: float | None, window: int | None, shrink: list[int],
-                  sigmas: list[float], units: str | None) -> dict[str, Any]:
-    return {"transform": transform, "transform_parameters": [step], "metric": metric, "metric_weight": 1,
-            "radius_or_number_of_bins": bins, "sampling_strategy": strategy, "sampling_percentage": percentage,
-            "iterations": iterations, "convergence_threshold": threshold, "convergence_window_size": window,
-            "shrink_factors": shrink, "smoothing_sigmas": sigmas, "sigma_units": units}
-
-
-#: Named antsRegistration set-ups.  Recorded verbatim as ``parameters`` in ``Pregistration.json``.
-ANTS_PRESETS: dict[str, dict[str, Any]] = {
-    "ants-syn": {
-        "description": "antspyx ants.registration(fixed, moving, type_of_transform='SyN') with its defaults: "
-                       "centre-of-mass initialisation, one Affine stage (Mattes MI), SyN with Mattes MI",
-        "source": "antspyx 0.6.3, ants/registration/registration.py, branch type_of_transform == 'SyN' "
-                  "(argument for argument, files instead of in-memory image pointers)",
-        "antspyx_arguments": {"type_of_transform": "SyN", "grad_step": 0.2, "flow_sigma": 3, "total_sigma": 0,
-                              "aff_metric": "mattes", "aff_sampling": 32, "aff_random_sampling_rate": 0.2,
-                              "syn_metric": "mattes", "syn_sampling": 32, "reg_iterations": [40, 20, 0],
-                              "mask_all_stages": False, "singleprecision": True,
-                              "use_legacy_histogram_matching": False, "write_composite_transform": False},
-        "notes": "antspyx hard-codes the affine stage of 'SyN' (2100x1200x1200x0, shrink 4x2x2x1, sigmas 3x2x1x0); "
-                 "its aff_iterations/aff_shrink_factors/aff_smoothing_sigmas arguments do not apply. SyN shrink "
-                 "factors 2**k and sigmas k follow from len(reg_iterations). Masks act on the SyN stage only "
-                 "(mask_all_stages=False).",
-        "float": True,
-        "collapse_output_transforms": True,
-        "write_composite_transform": False,
-        "initialize_transforms_per_stage": None,
-        "initial_moving_transform": "center_of_mass",
-        "interpolation": None,
-        "winsorize_image_intensities": None,
-        "use_histogram_matching": False,
-        "masks": "last_stage",
-        "stages": [
-            _linear_stage("Affine", 0.25, "mattes", 32, "regular", 0.2, [2100, 1200, 1200, 0], None, None,
-                          [4, 2, 2, 1], [3, 2, 1, 0], None),
-            {"transform": "SyN", "transform_parameters": [0.2, 3.0, 0.0], "metric": "mattes", "metric_weight": 1,
-             "radius_or_number_of_bins": 32, "sampling_strategy": None, "sampling_percentage": None,
-             "iterations": [40, 20, 0], "convergence_threshold": 1e-7, "convergence_window_size": 8,
-             "shrink_factors": [4, 2, 1], "smoothing_sigmas": [2, 1, 0], "sigma_units": None},
-        ],
-    },
-    "ants-syn-cc": {
-        "description": "antsRegistrationSyN.sh -t s: Rigid + Affine (Mattes MI) + SyN[0.1,3,0] with CC radius 4",
-        "source": "ANTs Scripts/antsRegistrationSyN.sh -d D -f F -m M -t s with its defaults (-r 4 CC radius, "
-                  "-p d double precision, -j 0 no histogram matching, SyN gradient step 0.1; the level "
-                  "schedule for images of at most 256 voxels per axis)",
-        "notes": "antspyx's type_of_transform='antsRegistrationSyN[s]' is not used: in antspyx 0.6.3 it passes "
-                 "SyN[0.2,3,0] with CC radius 2, no winsorizing and no --use-histogram-matching, unlike the "
-                 "script. The script switches to shrink 12x8x4x2 / SyN 10x6x4x2x1 for images over 256 voxels "
-                 "along an axis; this preset keeps the schedule below.",
-        "float": False,
-        "collapse_output_transforms": True,
-        "write_composite_transform": False,
-        "initialize_transforms_per_stage": None,
-        "initial_moving_transform": "center_of_mass",
-        "interpolation": "Linear",
-        "winsorize_image_intensities": [0.005, 0.995],
-        "use_histogram_matching": False,
-        "masks": "all_stages",
-        "stages": [
-            _linear_stage("Rigid", 0.1, "MI", 32, "Regular", 0.25, [1000, 500, 250, 100], 1e-6, 10,
-                          [8, 4, 2, 1], [3, 2, 1, 0], "vox"),
-            _linear_stage("Affine", 0.1, "MI", 32, "Regular", 0.25, [1000, 500, 250, 100], 1e-6, 10,
-                          [8, 4, 2, 1], [3, 2, 1, 0], "vox"),
-            {"transform": "SyN", "transform_parameters": [0.1, 3, 0], "metric": "CC", "metric_weight": 1,
-             "radius_or_number_of_bins": 4, "sampling_strategy": None, "sampling_percentage": None,
-             "iterations": [100, 70, 50, 20], "convergence_threshold": 1e-6, "convergence_window_size": 10,
-             "shrink_factors": [8, 4, 2, 1], "smoothing_sigmas": [3, 2, 1, 0], "sigma_units": "vox"},
-        ],
-    },
-    "ants-precise": {
-        "description": "niworkflows/fMRIPrep T1w-to-template 'precise' settings: Rigid + Affine (Mattes MI, 56 bins) "
-                       "+ SyN[0.1,3,0] with CC radius 4, histogram matching, winsorizing",
-        "source": "nipreps/niworkflows niworkflows/data/t1w-mni_registration_precise_000.json (commit 52ae8eaa), "
-                  "as nipype's ants.Registration turns it into an antsRegistration command",
-        "notes": "niworkflows initialises with antsAffineInitializer; here the initial moving transform is the "
-                 "centre-of-mass one ([fixed,moving,1]). niworkflows writes a composite transform; here "
-                 "inrreg writes PComposite.h5 from the collapsed transforms. The JSON's "
-                 "use_estimate_learning_rate_once is obsolete (ignored by ANTs >= 2.2) and not passed.",
-        "float": True,
-        "collapse_output_transforms": True,
-        "write_composite_transform": False,
-        "initialize_transforms_per_stage": False,
-        "initial_moving_transform": "center_of_mass",
-        "interpolation": "LanczosWindowedSinc",
-        "winsorize_image_intensities": [0.005, 0.995],
-        "use_histogram_matching": [True, True, True],
-        "masks": "all_stages",
-        "stages": [
-            _linear_stage("Rigid", 0.05, "Mattes", 56, "Regular", 0.25, [100, 100], 1e-6, 20, [2, 1], [2, 1], "vox"),
-            _linear_stage("Affine", 0.08, "Mattes", 56, "Regular", 0.25, [100, 100], 1e-6, 20, [2, 1], [1, 0], "vox"),
-            {"transform": "SyN", "transform_parameters": [0.1, 3.0, 0.0], "metric": "CC", "metric_weight": 1,
-             "radius_or_number_of_bins": 4, "sampling_strategy": "None", "sampling_percentage": 1.0,
-             "iterations": [100, 70, 50, 20], "convergence_threshold": 1e-6, "convergence_window_size": 10,
-             "shrink_factors": [8, 4, 2, 1], "smoothing_sigmas": [3, 2, 1, 0], "sigma_units": "vox"},
-        ],
-    },
-}
-
-def _antspyx_syn_preset(quick: bool) -> dict[str, Any]:
-    """antspyx 0.6.3's ``type_of_transform='antsRegistrationSyN[s]'`` (``quick``: ``...SyNQuick[s]``)."""
-    name = "antsRegistrationSyNQuick[s]" if quick else "antsRegistrationSyN[s]"
-    linear_iterations = [1000, 500, 250, 0] if quick else [1000, 500, 250, 100]
-    syn_metric = ("MI", 32) if quick else ("CC", 2)
-    return {
-        "description": f"antspyx ants.registration(fixed, moving, type_of_transform='{name}') with its defaults: "
-                       f"Rigid + Affine (MI, 32 bins, 25 % regular sampling) + SyN[0.2,3,0] with "
-                       f"{syn_metric[0]} {'32 bins' if quick else 'radius 2'}, shrink 8x4x2x1, sigmas 3x2x1x0 vox",
-        "source": "antspyx 0.6.3, ants/registration/registration.py, branch 'antsRegistrationSyN' in "
-                  f"type_of_transform (do_quick={quick}, subtype 's'), argument for argument",
-        "antspyx_arguments": {"type_of_transform": name, "mask_all_stages": False, "singleprecision": True,
-                              "write_composite_transform": False},
-        "notes": "This is what antspyx users get from that one call; it differs from ANTs' shell script "
-                 "antsRegistrationSyN" + ("Quick" if quick else "") + ".sh (see ants-syn-cc). antspyx passes one "
-                 "--masks after the last stage, which antsRegistration applies to every stage; no "
-                 "--collapse-output-transforms, whose default (1) is written here explicitly.",
-        "float": True,
-        "collapse_output_transforms": True,
-        "write_composite_transform": False,
-        "initialize_transforms_per_stage": None,
-        "initial_moving_transform": "center_of_mass",
-        "interpolation": None,
-        "winsorize_image_intensities": None,
-        "use_histogram_matching": False,
-        "masks": "all_stages",
-        "stages": [
-            _linear_stage("Rigid", 0.1, "MI", 32, "Regular", 0.25, linear_iterations, 1e-6, 10,
-                          [8, 4, 2, 1], [3, 2, 1, 0], "vox"),
-            _linear_stage("Affine", 0.1, "MI", 32, "Regular", 0.25, linear_iterations, 1e-6, 10,
-                          [8, 4, 2, 1], [3, 2, 1, 0], "vox"),
-            {"transform": "SyN", "transform_parameters": [0.2, 3, 0], "metric": syn_metric[0], "metric_weight": 1,
-             "radius_or_number_of_bins": syn_metric[1], "sampling_strategy": None, "sampling_percentage": None,
-             "iterations": [100, 70, 50, 0] if quick else [100, 70, 50, 20], "convergence_threshold": 1e-6,
-             "convergence_window_size": 10, "shrink_factors": [8, 4, 2, 1], "smoothing_sigmas": [3, 2, 1, 0],
-             "sigma_units": "vox"},
-        ],
-    }
-
-
-ANTS_PRESETS["antspyx-syn-s"] = _antspyx_syn_preset(quick=False)
-ANTS_PRESETS["antspyx-synquick-s"] = _antspyx_syn_preset(quick=True)
 
 #: ANTs reads ``--random-seed`` as a C int and treats 0 as "no seed": ``seed + 1`` must fit
 #: (the command line's ``--seed`` range for every preset, :data:`inrreg_pipeline.cli.SEED_MAX`).
 _MAX_SEED = SEED_MAX
-
-
-def is_ants_preset(name: str) -> bool:
-    """Whether ``name`` is one of :data:`ANTS_PRESETS`."""
-    return isinstance(name, str) and name in ANTS_PRESETS
 
 
 def _preset(name: str) -> dict[str, Any]:
@@ -237,11 +95,6 @@ def _num(value: float) -> str:
     if isinstance(value, (int, np.integer)) or float(value).is_integer():
         return str(int(value))
     return format(float(value), "g")
-
-
-def scaled_iterations(iterations: list[int], scale: float) -> list[int]:
-    """Iterations per level times ``scale``, rounded, at least 1 (levels with 0 iterations stay 0)."""
-    return [0 if int(n) == 0 else max(1, int(round(int(n) * scale))) for n in iterations]
 
 
 def _stage_arguments(stage: dict[str, Any], fixed: str, moving: str, scale: float) -> list[str]:
@@ -314,51 +167,6 @@ def antsregistration_arguments(preset: str, ndim: int, fixed: str, moving: str, 
 # --------------------------------------------------------------------------------------------
 # Running antsRegistration (antspyx's bundled library) in a child process
 # --------------------------------------------------------------------------------------------
-_CHILD = r"""
-import glob, importlib.machinery, importlib.util, json, os, sys
-
-def antsregistration():
-    # Load antspyx's compiled extension alone (importing the whole ants package takes seconds).
-    try:
-        spec = importlib.util.find_spec("ants")
-        for folder in spec.submodule_search_locations:
-            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-                path = os.path.join(folder, "lib" + suffix)
-                if os.path.exists(path):
-                    lib_spec = importlib.util.spec_from_file_location("ants.lib", path)
-                    lib = importlib.util.module_from_spec(lib_spec)
-                    lib_spec.loader.exec_module(lib)
-                    return lib.antsRegistration
-    except Exception:
-        pass
-    from ants.internal import get_lib_fn
-    return get_lib_fn("antsRegistration")
-
-def peak_rss_kb():
-    # VmHWM belongs to this process's own memory map; ru_maxrss would include the parent's size
-    # at fork (Linux carries it over exec).
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-fn = antsregistration()
-with open(sys.argv[1]) as fh:
-    args = json.load(fh)
-fn(["--version"])
-sys.stdout.flush()
-rc = int(fn(args) or 0)
-sys.stdout.flush()
-with open(sys.argv[2], "w") as fh:
-    json.dump({"exit_status": rc, "peak_rss_kb": peak_rss_kb()}, fh)
-sys.exit(rc)
-"""
-
-
 def _antspyx_version() -> str:
     try:
         return importlib.metadata.version("antspyx")
@@ -373,10 +181,11 @@ def _run_child(args: list[str], work: Path, threads: int) -> tuple[float, float 
     env = dict(os.environ)
     env["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     env["OMP_NUM_THREADS"] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     log_path, result_path = work / "antsRegistration.log", work / "result.json"
     start = time.perf_counter()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(args_file), str(result_path)], stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", CHILD_MODULE, str(args_file), str(result_path)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(work))
         try:
             proc.wait()
@@ -501,22 +310,3 @@ def run_ants(fixed: str, moving: str, prefix: str, preset: str = "ants-syn-cc", 
         }
         stage.path(s["metadata"]).write_text(json.dumps(metadata, indent=2))
     return {key: stage.final(suffix) for key, suffix in OUTPUT_SUFFIXES.items()}
-
-
-
-#: Every classical baseline preset: ANTs (antsRegistration through antspyx) and greedy.
-BASELINE_PRESETS: tuple[str, ...] = (*ANTS_PRESETS, *GREEDY_PRESETS)
-
-
-def is_baseline_preset(name: str) -> bool:
-    """Whether ``name`` names a classical baseline (ANTs or greedy) rather than an INR preset."""
-    return is_ants_preset(name) or is_greedy_preset(name)
-
-
-def run_baseline(fixed: str, moving: str, prefix: str, preset: str, threads: int | None = None, seed: int = 0,
-                 fixed_mask: str | None = None, moving_mask: str | None = None,
-                 scale_iterations: float = 1.0) -> dict[str, Path]:
-    """Run the baseline ``preset`` (a key of :data:`BASELINE_PRESETS`) with :func:`run_ants`'s arguments."""
-    runner = run_greedy if is_greedy_preset(preset) else run_ants
-    return runner(fixed, moving, prefix, preset=preset, threads=threads, seed=seed, fixed_mask=fixed_mask,
-                  moving_mask=moving_mask, scale_iterations=scale_iterations)

@@ -1,6 +1,6 @@
 """The outputs every classical baseline writes, from the files its own tool wrote.
 
-ANTs (:mod:`inrreg_pipeline.baselines`) and greedy (:mod:`inrreg_pipeline.greedy`) both write an
+ANTs (:mod:`inrreg_pipeline.baselines.ants`) and greedy (:mod:`inrreg_pipeline.baselines.greedy`) both write an
 ITK displacement field (LPS mm, 5-D NIfTI on the fixed grid) for the deformable part, its inverse,
 a linear transform, and the moving image resampled onto the fixed grid (and the reverse). From those
 :func:`write_baseline_outputs` writes ``inrreg register``'s file set
@@ -10,11 +10,11 @@ float32 NIfTI, and ``det(I + du/dx)`` of the forward warp on the fixed grid.
 
 The Jacobian is computed from the written warp by the same finite differences for every method
 (:func:`~inrreg_pipeline.metrics.jacobian_determinant_from_displacement`, which honours the grid's
-direction cosines), so folding figures compare across tools.
+direction cosines), and summarised by the core's :func:`~inrreg_pipeline.core.fields.jacobian_summary`,
+so folding figures compare across tools.
 """
 from __future__ import annotations
 
-import math
 import platform
 import shutil
 from pathlib import Path
@@ -22,11 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from .core.space import SpatialImage, foreground_mask
-from .io.images import InputError, StagedOutputs, load_image, save_image
-from .io.itk import read_ants_displacement_field, write_itk_composite_h5, write_itk_inverse_composite_h5
-from .metrics import jacobian_determinant_from_displacement
-from .register import OUTPUT_SUFFIXES
+from ..core.fields import jacobian_summary
+from ..core.space import SpatialImage, foreground_mask
+from ..io.images import StagedOutputs, load_image, save_image
+from ..io.itk import read_ants_displacement_field, write_itk_composite_h5, write_itk_inverse_composite_h5
+from ..metrics import jacobian_determinant_from_displacement
+from ..register import OUTPUT_SUFFIXES
+
+__all__ = ["TRANSFORM_CONVENTION", "write_inputs", "write_baseline_outputs", "baseline_metadata"]
 
 TRANSFORM_CONVENTION = "ANTs: apply [1Warp, 0GenericAffine] to map fixed points to moving points"
 
@@ -47,7 +50,7 @@ def write_inputs(work: Path, fixed: SpatialImage, moving: SpatialImage, fixed_ma
 
 def write_baseline_outputs(stage: StagedOutputs, fixed: SpatialImage, fixed_mask: np.ndarray | None,
                            warp: Path, inverse_warp: Path, warped: Path, inverse_warped: Path,
-                           affine_ras: np.ndarray) -> dict:
+                           affine_ras: np.ndarray) -> dict[str, float]:
     """Write the shared outputs into ``stage``; return the ``jacobian`` summary for the metadata.
 
     ``warp``/``inverse_warp``: the tool's ITK displacement fields (copied unchanged);
@@ -71,38 +74,10 @@ def write_baseline_outputs(stage: StagedOutputs, fixed: SpatialImage, fixed_mask
         raise RuntimeError(f"the warp's grid {jac.shape} differs from the fixed image grid {fixed.shape}")
     save_image(jac, fixed.affine, stage.path(s["jacobian"]))
     inside = fixed_mask if fixed_mask is not None else foreground_mask(fixed.data, 0.1)
-    return {"percent_nonpositive_in_mask": float(100.0 * np.mean(jac[inside] <= 0)),
-            "percent_nonpositive_fov": float(100.0 * np.mean(jac <= 0)),
-            "min": float(jac.min()), "max": float(jac.max())}
+    return jacobian_summary(jac, inside)
 
 
-def check_baseline_arguments(threads: Any, seed: Any, scale_iterations: Any, max_seed: int) -> tuple[int, float]:
-    """Validate a baseline's ``threads`` (``None`` = 1), ``seed`` (0..``max_seed``) and
-    ``scale_iterations`` (a positive finite number); return ``(threads, scale)`` or raise
-    :class:`InputError`."""
-    n_threads = 1 if threads is None else threads
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
-        raise InputError(f"threads must be an integer >= 1, got {threads!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= max_seed:
-        raise InputError(f"seed must be an integer in [0, {max_seed}], got {seed!r}")
-    try:
-        scale = float(scale_iterations)
-    except (TypeError, ValueError):
-        raise InputError(f"scale_iterations must be a positive number, got {scale_iterations!r}") from None
-    if not math.isfinite(scale) or scale <= 0:
-        raise InputError(f"scale_iterations must be a positive number, got {scale_iterations!r}")
-    return int(n_threads), scale
-
-
-def substitute_paths(text: str, placeholders: dict[str, str]) -> str:
-    """``text`` with each path of ``placeholders`` replaced by its placeholder, longest first (a
-    prefix path is a prefix of the paths built from it), so recorded commands name no temporary folder."""
-    for path in sorted(placeholders, key=len, reverse=True):
-        text = text.replace(path, placeholders[path])
-    return text
-
-
-def baseline_metadata(stage: StagedOutputs, affine_ras: np.ndarray, jacobian: dict, threads: int,
+def baseline_metadata(stage: StagedOutputs, affine_ras: np.ndarray, jacobian: dict[str, float], threads: int,
                       runtime_s: dict[str, float], dimension: int) -> dict[str, Any]:
     """The ``registration.json`` entries every baseline shares (CPU device, output names, affine, folding,
     runtimes in s, dimension); each tool adds its own parameters, versions and memory."""

@@ -20,6 +20,13 @@ displacement fields (LPS mm, on the fixed grid), copied byte for byte to ``1Warp
 its affine matrices are 4x4 text in RAS mm mapping fixed points to moving points, written here as
 the ITK ``0GenericAffine.mat``. ``[1Warp, 0GenericAffine]`` is then greedy's ``-r warp affine``.
 
+Presets (:data:`GREEDY_PRESETS`) are data: ``inrreg_pipeline/baselines/presets/<name>.json``
+(:mod:`inrreg_pipeline.baselines.presets`), recorded verbatim as ``parameters``. Keys: ``source``,
+``description``, ``moments`` (the order of ``-moments``), ``affine`` (``dof``, ``metric``,
+``radius`` in voxels per axis, ``iterations`` per level) and ``deformable`` (``metric``,
+``radius``, ``iterations``, ``smoothing``: ``[update, field]`` for ``-s``, or ``null`` for
+greedy's default).
+
 greedy runs in this process through its Python binding (``picsl_greedy.Greedy3D/2D.execute``,
 ``-threads`` threads); the metadata records its command lines, and peak memory is this process's
 peak RSS.
@@ -37,46 +44,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from .baseline_outputs import baseline_metadata, check_baseline_arguments, substitute_paths, write_baseline_outputs, write_inputs
-from .core.choices import SEED_MAX
-from .io.images import InputError, StagedOutputs, load_pair, staging_prefix
-from .io.itk import write_itk_affine
-from .register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions, recorded_inputs
+from ..core.choices import SEED_MAX
+from ..io.images import InputError, StagedOutputs, load_pair, staging_prefix
+from ..io.itk import write_itk_affine
+from ..register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions, recorded_inputs
+from .arguments import check_baseline_arguments, scaled_iterations, substitute_paths
+from .outputs import baseline_metadata, write_baseline_outputs, write_inputs
+from .presets import GREEDY_PRESETS, is_greedy_preset
 
 __all__ = ["GREEDY_PRESETS", "is_greedy_preset", "greedy_commands", "run_greedy"]
-
-_BASE: dict[str, Any] = {
-    "source": "greedy's documentation (greedy --help; the ITK-SNAP / PICSL brain registration examples): moments "
-              "of order 1, then affine (12 dof, NCC 2x2x2), then deformable (WNCC 2x2x2)",
-    "moments": 1,
-    "affine": {"dof": 12, "metric": "NCC", "radius": [2, 2, 2], "iterations": [100, 50, 10]},
-    "deformable": {"metric": "WNCC", "radius": [2, 2, 2], "iterations": [100, 50, 10], "smoothing": None},
-}
-
-#: Named greedy set-ups, recorded verbatim as ``parameters`` in ``Pregistration.json``.
-#: ``smoothing: None`` keeps greedy's default ``-s 1.732vox 0.7071vox``.
-GREEDY_PRESETS: dict[str, dict[str, Any]] = {
-    "greedy": {**copy.deepcopy(_BASE),
-               "description": "greedy: moments, affine (NCC 2x2x2), deformable WNCC 2x2x2 with greedy's default "
-                              "smoothing (-s 1.732vox 0.7071vox), 100x50x10 iterations"},
-    "greedy-permissive": {**copy.deepcopy(_BASE),
-                          "description": "greedy with permissive smoothing -s 1.5mm 0.5mm: higher Dice, folds "
-                                         "(shown to mark where Dice alone misleads)",
-                          "deformable": {**_BASE["deformable"], "smoothing": ["1.5mm", "0.5mm"]}},
-}
 
 #: greedy seeds nothing at random in these set-ups (dense metrics, deterministic optimisers); the seed
 #: is checked against the command line's range (:data:`inrreg_pipeline.cli.SEED_MAX`) and recorded.
 _MAX_SEED = SEED_MAX
-
-
-def is_greedy_preset(name: str) -> bool:
-    """Whether ``name`` is one of :data:`GREEDY_PRESETS`."""
-    return isinstance(name, str) and name in GREEDY_PRESETS
 
 
 def _radius(values: list[int], d: int) -> str:
@@ -84,7 +68,7 @@ def _radius(values: list[int], d: int) -> str:
 
 
 def _iterations(values: list[int], scale: float) -> str:
-    return "x".join(str(0 if int(v) == 0 else max(1, int(round(int(v) * scale)))) for v in values)
+    return "x".join(str(n) for n in scaled_iterations(values, scale))
 
 
 def greedy_commands(preset: str, ndim: int, fixed: str, moving: str, files: dict[str, str], threads: int,
@@ -117,7 +101,8 @@ def greedy_commands(preset: str, ndim: int, fixed: str, moving: str, files: dict
     ]
 
 
-def _greedy(ndim: int):
+def _greedy(ndim: int) -> Any:
+    """greedy's ``Greedy3D`` or ``Greedy2D`` binding (picsl-greedy is optional: imported here)."""
     try:
         import picsl_greedy
     except ImportError:
@@ -126,7 +111,7 @@ def _greedy(ndim: int):
 
 
 @contextlib.contextmanager
-def _output_to(path: Path):
+def _output_to(path: Path) -> Iterator[None]:
     """Send this process's stdout and stderr file descriptors to ``path`` (greedy's C++ code writes
     its iteration log there directly, past Python's ``sys.stdout``)."""
     sys.stdout.flush()
@@ -146,7 +131,7 @@ def _output_to(path: Path):
                 os.close(fd)
 
 
-def _execute(greedy, commands: list[str], log_path: Path) -> None:
+def _execute(greedy: Any, commands: list[str], log_path: Path) -> None:
     """Run greedy's command lines in order, its log in ``log_path``; ``RuntimeError`` with the log's
     last lines when one fails."""
     for command in commands:
@@ -165,7 +150,7 @@ def run_greedy(fixed: str, moving: str, prefix: str, preset: str = "greedy", thr
                scale_iterations: float = 1.0) -> dict[str, Path]:
     """Register ``moving`` to ``fixed`` with greedy and write ``inrreg register``'s outputs.
 
-    Arguments as :func:`inrreg_pipeline.baselines.run_ants` (``threads`` ``None`` = 1). Returns the
+    Arguments as :func:`inrreg_pipeline.baselines.ants.run_ants` (``threads`` ``None`` = 1). Returns the
     output paths by key; raises :class:`InputError` for bad input (nothing written) and
     ``RuntimeError`` when greedy fails (nothing written either).
     """
