@@ -10,7 +10,8 @@ from helpers import masked_ncc as ncc
 from helpers import differing_sections, mni_slice, mni_small, quick_settings
 
 from inrreg_pipeline.core import load_preset, register
-from inrreg_pipeline.core.config import PRESET_DIR
+from inrreg_pipeline.core.config import PRESET_DIR, validate
+from inrreg_pipeline.core.engine import level_iterations, make_optimiser, make_schedule
 from inrreg_pipeline.core.space import SpatialImage, apply_affine
 from inrreg_pipeline.demo import oblique_grid
 from inrreg_pipeline.synthetic import deform, random_deformation, registration_error, sample_image
@@ -170,8 +171,6 @@ def test_smoothing_is_in_millimetres_on_anisotropic_grids():
 def test_coarse_to_fine_levels_and_cosine_schedule_run_every_iteration():
     """Smoothing levels split the iterations (none lost) and the cosine schedule ends at its floor;
     the result still registers."""
-    from inrreg_pipeline.core.optimisation import level_iterations, make_optimiser, make_schedule
-
     assert level_iterations(300, 3) == [100, 100, 100] and sum(level_iterations(10, 3)) == 10
     s = quick_settings(iterations=120)
     s.optimisation.smoothing_mm = [4.0, 0.0]
@@ -195,6 +194,37 @@ def test_coarse_to_fine_levels_and_cosine_schedule_run_every_iteration():
     before = registration_error(psi, grid, grid)[inside].mean()
     after = registration_error(psi, apply_affine(result.affine, grid + result.displacement), grid)[inside].mean()
     assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("method", ["siren", "svf"])
+def test_no_affine_means_already_aligned_identity_and_the_field_does_the_rest(method):
+    """``use_affine=False`` (the CLI's ``--no-affine``, "inputs already aligned"): A is the identity, not the
+    centre-of-mass translation that starts the affine stage; the deformable stage still registers."""
+    fixed = mni_slice()
+    psi = random_deformation(fixed, amplitude_mm=4.0, seed=2)
+    moving = deform(fixed, psi)
+    s = quick_settings(iterations=60)
+    if method == "svf":
+        s.method, s.loss.regulariser, s.loss.alpha = "svf", "diffusion", 0.01
+        s.svf.iterations = [30, 30]
+    steps = []
+    result = register(fixed, moving, s, CPU, seed=0, use_affine=False,
+                      progress=lambda stage, total: (lambda n, loss: steps.append(stage)))
+    np.testing.assert_array_equal(result.affine, np.eye(3))
+    assert "affine" not in steps and result.summary["loss"]["affine_final"] is None
+    grid = fixed.world_grid()
+    inside = brain(fixed)
+    before = registration_error(psi, grid, grid)[inside].mean()
+    after = registration_error(psi, grid + result.displacement, grid)[inside].mean()
+    assert after < 0.7 * before, (before, after)
+
+
+def test_the_affine_stage_refuses_a_local_similarity():
+    """The affine stage compares scattered voxels: a windowed similarity is refused before any work."""
+    s = quick_settings()
+    s.affine.similarity = "ncc+lncc"
+    with pytest.raises(ValueError, match="affine.similarity must be one of ncc, mse, mi"):
+        validate(s)
 
 
 def test_every_shipped_preset_loads_validates_and_describes_itself():

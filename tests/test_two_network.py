@@ -3,6 +3,8 @@ recovery on real brain images (nilearn's MNI152) under known motions, and the co
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +17,10 @@ from inrreg_pipeline.core.config import validate
 from inrreg_pipeline.core.hash_encoding import (PRIMES, GridLayout, HashEncoding, TorchHashEncoding,
                                                 coarse_to_fine_weights, spatial_hash, tcnn_available)
 from inrreg_pipeline.core.space import SpatialImage, apply_affine, rescale_intensity
-from inrreg_pipeline.metrics import corner_relative_distance
 from inrreg_pipeline.synthetic import KnownDeformation, deform, random_deformation, registration_error
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from rigid_protocol import corner_relative_distance  # noqa: E402  (the benchmarks' 2-D success protocol)
 
 CPU = torch.device("cpu")
 

@@ -18,6 +18,8 @@ VARIANT_METHODS = ("joint-affine", "ensemble", "cascade", "cycle", "fusion")
 LR_SCHEDULES = ("constant", "cosine")
 #: Similarity terms (:func:`.losses.similarity_loss`); ``mi`` is Mattes-style mutual information.
 SIMILARITIES = ("ncc+lncc", "ncc", "mse", "mi")
+#: Similarities the affine stage can use: it compares scattered voxels, which have no local windows.
+AFFINE_SIMILARITIES = ("ncc", "mse", "mi")
 #: Regularisers of a displacement (:func:`.losses.regulariser_loss`).
 REGULARISERS = ("jacobian", "bending", "diffusion", "none")
 #: Regularisers the ``svf`` method supports (of its velocity or of exp(v)).

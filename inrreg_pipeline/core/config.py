@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .choices import (ACTIVATIONS, BACKENDS, LR_SCHEDULES, METHODS, MOTIONS, OMEGA_MODES, OPTIMIZERS, PERIODIC,
+from .choices import (AFFINE_SIMILARITIES, ACTIVATIONS, BACKENDS, LR_SCHEDULES, METHODS, MOTIONS, OMEGA_MODES, OPTIMIZERS, PERIODIC,
                       REGULARISERS, SIMILARITIES, SVF_REGULARISERS, VARIANT_METHODS)
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -307,7 +307,8 @@ Need = Callable[[bool, str], None]
 
 
 def _check_affine(a: AffineSettings, need: Need) -> None:
-    need(a.similarity in SIMILARITIES, f"affine.similarity must be one of {', '.join(SIMILARITIES)}")
+    need(a.similarity in AFFINE_SIMILARITIES, "affine.similarity must be one of "
+         f"{', '.join(AFFINE_SIMILARITIES)} (the affine stage compares scattered voxels: no local windows)")
     need(len(a.shrink_factors) == len(a.iterations), "affine.shrink_factors and affine.iterations differ in length")
     need(all(f >= 1 for f in a.shrink_factors), "affine.shrink_factors must be >= 1")
     need(all(i >= 0 for i in a.iterations) and a.rigid_iterations >= 0, "affine iterations must be >= 0")

@@ -10,7 +10,6 @@ arrays; file formats live in :mod:`inrreg_pipeline.io`.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Callable
 
@@ -53,8 +52,10 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
              use_affine: bool = True, progress: ProgressFactory | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (both in their own physical space) with ``settings.method``.
 
-    ``fixed_mask`` / ``moving_mask``: where to compare (own grids). ``use_affine=False``: no global
-    part (the affine stage is skipped; the two-network method keeps the identity).
+    ``fixed_mask`` / ``moving_mask``: where to compare (own grids). ``use_affine=False``: the inputs
+    are already aligned, ``A`` is the identity (no affine stage; the two-network method keeps its
+    motion as the field). A preset's ``affine.enabled: false`` instead keeps the centre-of-mass
+    translation that starts the affine stage and optimises nothing.
     ``progress(stage, total)`` may return a callback ``(steps, loss)`` for progress display.
     """
     method = method_for(settings)
@@ -65,8 +66,8 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
 
     # 1. affine stage
     affine, affine_history, affine_seconds = np.eye(fixed.ndim + 1), [], 0.0
-    if method.uses_affine_stage:
-        aff = settings.affine if use_affine else dataclasses.replace(settings.affine, enabled=False)
+    if method.uses_affine_stage and use_affine:
+        aff = settings.affine
         total = (aff.rigid_iterations + sum(aff.iterations)) if aff.enabled else 0
         t0 = time.perf_counter()
         affine, affine_history = register_affine(pair.fixed_norm, pair.moving_norm, aff, device, pair.rng,

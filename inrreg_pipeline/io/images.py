@@ -19,8 +19,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.geometry import affine_problem
-from ..core.space import SpatialImage
+from ..core.geometry import SpatialImage, affine_problem
 from .itk import itk_geometry_to_affine
 from .nifti import save_nifti
 
