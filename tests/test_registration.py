@@ -271,3 +271,36 @@ def test_a_bad_base_is_refused_with_a_message(tmp_path, files, message):
         (tmp_path / name).write_text(json.dumps(values))
     with pytest.raises(ValueError, match=message):
         load_preset(str(tmp_path / "a.json"))
+
+
+def test_images_that_cannot_overlap_are_refused_before_any_work():
+    """An affine scaled a million times (issue 16: it used to register to an all-zero image, exit 0)."""
+    from inrreg_pipeline.core.quality import NoOverlapError
+
+    fixed = mni_slice()
+    moving = deform(fixed, random_deformation(fixed, amplitude_mm=4.0, seed=2))
+    huge = SpatialImage(fixed.data, fixed.affine @ np.diag([1e6, 1e6, 1.0]))
+    steps = []
+    with pytest.raises(NoOverlapError, match="cannot overlap in world space"):
+        register(huge, moving, quick_settings(iterations=20), CPU,
+                 progress=lambda stage, total: (lambda n, loss: steps.append(stage)))
+    assert steps == []
+
+
+def test_the_summary_says_whether_the_result_overlaps_and_improves_on_the_start():
+    from inrreg_pipeline.core.quality import assess
+
+    fixed = mni_slice()
+    psi = random_deformation(fixed, amplitude_mm=4.0, rotation_deg=5.0, seed=2)
+    moving = deform(fixed, psi)
+    result = register(fixed, moving, quick_settings(iterations=40), CPU, seed=0)
+    q = result.summary["quality"]
+    assert q["improved"] and q["warnings"] == [] and q["overlap_fraction"] > 0.95
+    assert q["nmi_final"] > q["nmi_start"] > 1.0
+    # the same measure flags a result that is the start itself, and one that leaves the moving image
+    mask = brain(fixed)
+    grid = fixed.world_grid()
+    same = assess(fixed, moving, mask, result.warped, result.warped, grid)
+    assert not same["improved"] and "no better than the start" in same["warnings"][0]
+    away = assess(fixed, moving, mask, np.zeros_like(result.warped), result.warped, grid + 1e4)
+    assert away["overlap_fraction"] == 0 and "maps inside the moving image" in away["warnings"][0]

@@ -22,8 +22,9 @@ from .choices import VARIANT_METHODS
 from .config import RegistrationSettings
 from .method import RegistrationMethod
 from .pair import prepare_pair, seed_everything
+from .quality import assess, check_overlap, start_affine
 from .result import RegistrationResult, dense_outputs, summarise
-from .space import SpatialImage
+from .space import SpatialImage, apply_affine, sample_array, voxel_grid_to_world
 
 __all__ = ["METHODS", "RegistrationResult", "register", "method_for", "seed_everything"]
 
@@ -57,9 +58,14 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
     motion as the field). A preset's ``affine.enabled: false`` instead keeps the centre-of-mass
     translation that starts the affine stage and optimises nothing.
     ``progress(stage, total)`` may return a callback ``(steps, loss)`` for progress display.
+
+    Raises :class:`~.quality.NoOverlapError` (a ``ValueError``) before any work when the images cannot
+    overlap in world space; ``summary["quality"]`` says whether the result overlaps and improves on
+    the start (:func:`~.quality.assess`).
     """
     method = method_for(settings)
     pair = prepare_pair(fixed, moving, device, seed, fixed_mask, moving_mask)
+    check_overlap(pair.fixed_norm, pair.moving_norm, pair.sampling_mask, fixed_mask, moving_mask)
 
     def callback(stage: str, total: int):
         return progress(stage, total) if (progress is not None and total > 0) else None
@@ -86,10 +92,16 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
     fields = method.fields(fit, pair, affine, settings)
     outputs = dense_outputs(pair, affine, fields.u, fields.v)
     dense_seconds = time.perf_counter() - t0
+    grid = voxel_grid_to_world(fixed.shape, fixed.affine)
+    start = start_affine(pair.fixed_norm, pair.moving_norm, fixed_mask, moving_mask)
+    quality = assess(fixed, moving, pair.sampling_mask,
+                     sample_array(moving.data, moving.affine, apply_affine(start, grid), device),
+                     outputs.warped, apply_affine(affine, grid + fields.u))
+    del grid
 
     loss = {"affine_final": affine_history[-1] if affine_history else None, **method.loss_summary(fit.history)}
     summary = summarise(pair, affine, loss, outputs,
                         {"affine": affine_seconds, "deformable": fit_seconds, "dense_outputs": dense_seconds},
-                        fields.summary)
+                        {**fields.summary, "quality": quality})
     return RegistrationResult(affine, fields.u, fields.v, outputs.warped, outputs.inverse_warped, outputs.jacobian,
                               summary, fit.model, fields.extras)
