@@ -6,8 +6,10 @@ For each moving subject: resample fixed and moving T1w (linear) and labels (near
 the moving labels label-aware through the affine alone and through affine + INR, and compute
 Dice over the labels of ``--label-set`` (the 62 DKT31 cortical labels) and of ``--full-label-set``
 (cortical + non-cortical, when present) against the fixed subject's labels. Transform quality
-(% det J <= 0, SD log det J) is computed from each method's written ``1Warp`` by the same finite
-differences inside the fixed subject's labelled brain, the same region and code for every method.
+(% det J <= 0, SD log det J, and the non-diffeomorphic volume of the Learn2Reg LUMIR evaluation:
+% of the brain's volume in folded tetrahedra) is computed from each method's written ``1Warp`` by
+the same finite differences inside the fixed subject's labelled brain, the same region and code for
+every method.
 
 ``pairs.tsv`` is rewritten after every pair, so a stopped run keeps what it finished, and
 ``--reuse`` takes an existing ``registration.json`` instead of registering again (to resume a run
@@ -48,7 +50,7 @@ from inrreg_pipeline.apply import apply_transforms
 from inrreg_pipeline.io.itk import read_ants_displacement_field
 from inrreg_pipeline.io.tsv import write_rows_tsv
 from inrreg_pipeline.metrics import (folding_fraction, jacobian_determinant_from_displacement, label_overlap,
-                                     log_jacobian_std, summarise_overlap)
+                                     log_jacobian_std, non_diffeomorphic_volume, summarise_overlap)
 
 
 def labels_path(data: Path, sub: str, label_set: str) -> Path:
@@ -70,7 +72,8 @@ def jacobian_quality(warp: Path, brain: np.ndarray) -> dict:
     ANTs' CreateJacobianDeterminantImage), not from the Jacobian a method reports itself."""
     field, grid = read_ants_displacement_field(warp)
     det = jacobian_determinant_from_displacement(field, affine=grid).reshape(brain.shape)
-    return {"pct_detj_nonpos": folding_fraction(det, brain), "sd_log_j": log_jacobian_std(det, brain)}
+    return {"pct_detj_nonpos": folding_fraction(det, brain), "sd_log_j": log_jacobian_std(det, brain),
+            "ndv_pct": non_diffeomorphic_volume(field, grid, brain)}
 
 
 def resample(src: Path, dst: Path, spacing: float | None, order: int) -> Path:
@@ -212,7 +215,7 @@ def main() -> None:
     where = f"split {args.split}" if args.split else f"sub-{args.fixed} fixed"
     report.write_report(args.out / "pairs.tsv", args.out, reference=names[0], strata=["stage"],
                         metrics=["dice_mean", "dice_min", "dice_mean_full", "hd95_mean_mm", "pct_detj_nonpos",
-                                 "sd_log_j", "runtime_s", "peak_rss_mb"],
+                                 "ndv_pct", "sd_log_j", "runtime_s", "peak_rss_mb"],
                         title=f"oasis-trt-20, {where}, {args.spacing} mm")
     report.trade_off_plot(report.read_rows(args.out / "pairs.tsv"), args.out, where={"stage": "affine+inr"})
 

@@ -118,3 +118,35 @@ def test_consistency_on_a_subsample_matches_all_voxels():
     assert sub["p95_mm"] == pytest.approx(full["p95_mm"], rel=0.15)
     assert sub["max_mm"] <= full["max_mm"]
     assert inverse_consistency(u, v, affine, CPU, mask, max_points=800) == sub  # deterministic
+
+
+def test_non_diffeomorphic_volume_counts_folded_tetrahedra_in_any_frame():
+    """The LUMIR NDV: 0 for a smooth invertible field, > 0 where the field folds, the whole volume for
+    a mirror image, a checkerboard that central differences barely see, and the same on an oblique,
+    anisotropic, flipped grid as on the unit grid; 2-D (non-diffeomorphic area) too."""
+    from inrreg_pipeline.core.jacobian import jacobian_determinant_fd, non_diffeomorphic_volume
+
+    shape = (24, 24, 24)
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij"), -1)
+    bump = np.exp(-((idx - 12) ** 2).sum(-1) / 18)
+    eye = np.eye(4)
+    smooth = np.zeros(shape + (3,))
+    smooth[..., 0] = 2 * bump
+    assert non_diffeomorphic_volume(smooth, eye) == 0.0
+    fold = np.zeros(shape + (3,))
+    fold[..., 0] = 16 * bump
+    ndv = non_diffeomorphic_volume(fold, eye)
+    assert 0.5 < ndv < 5.0
+    inner = np.zeros(shape, bool)
+    inner[1:-1, 1:-1, 1:-1] = True
+    assert non_diffeomorphic_volume(-2 * idx, eye, inner) == pytest.approx(100.0)
+    checker = np.zeros(shape + (3,))
+    checker[..., 0] = 0.9 * (-1.0) ** idx[..., 0]
+    central = 100 * np.mean(jacobian_determinant_fd(checker, eye) <= 0)
+    assert non_diffeomorphic_volume(checker, eye) > 3 * central
+    oblique = np.array([[0, -2.0, 0, 5], [1.5, 0, 0, 1], [0, 0, -1.0, 3], [0, 0, 0, 1]])
+    assert non_diffeomorphic_volume(fold @ oblique[:3, :3].T, oblique) == pytest.approx(ndv, rel=1e-9)
+    assert non_diffeomorphic_volume(np.zeros((10, 12, 2)), np.eye(3)) == 0.0
+    mirror = np.zeros((10, 12, 2))
+    mirror[..., 0] = -2 * np.arange(10.0)[:, None]  # x -> -x: every triangle reversed
+    assert non_diffeomorphic_volume(mirror, np.eye(3), np.pad(np.ones((8, 10), bool), 1)) == pytest.approx(100.0)

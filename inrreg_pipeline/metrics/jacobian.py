@@ -11,6 +11,8 @@ Conventions
   ``c``; derivatives are in mm/mm. The components must be expressed in the world frame of the
   ``affine`` passed with them (RAS mm for a nibabel affine; ITK/ANTs files are converted to RAS
   by :func:`inrreg_pipeline.io.itk.read_ants_displacement_field`).
+* :func:`non_diffeomorphic_volume` (the LUMIR NDV, % of the mask's volume in folded tetrahedra) is
+  the core's, re-exported.
 * Folding is det J <= 0; the summaries raise ``ValueError`` for an empty mask or NaN
   determinants inside it rather than return NaN.
 """
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..core.jacobian import jacobian_determinant_fd
+from ..core.jacobian import jacobian_determinant_fd, non_diffeomorphic_volume
 from .grid import resolve_spacing
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "folding_fraction",
     "log_jacobian_std",
     "jacobian_statistics",
+    "non_diffeomorphic_volume",
 ]
 
 
