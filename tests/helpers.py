@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -54,3 +55,13 @@ def differing_sections(base: dict, settings: dict) -> set[str]:
     """Top-level keys of two ``RegistrationSettings.to_dict()`` whose values differ, apart from the
     preset's ``name`` and ``description``."""
     return {key for key in base if base[key] != settings[key]} - {"name", "description"}
+
+
+#: The research-only presets (``benchmarks/presets``: variants and activations of ``fast`` / ``default``),
+#: found from this file so that no test depends on the working directory.
+RESEARCH_PRESETS = Path(__file__).resolve().parents[1] / "benchmarks" / "presets"
+
+
+def research_preset(name: str) -> str:
+    """The path of ``benchmarks/presets/<name>.json`` (what a preset argument takes for a research preset)."""
+    return str(RESEARCH_PRESETS / f"{name}.json")
