@@ -10,7 +10,17 @@
 * group level: ``group_registration.tsv`` and ``group_registration.html``;
 * ``inrreg-bids --demo OUT``: a demo dataset from nilearn's template, both levels (:mod:`.demo`).
 
-Modules: :mod:`.parser` (options, exit codes), :mod:`.run` (checks, BIDS queries, execution),
-:mod:`.workflow` (``init_participant_wf``), :mod:`.interfaces` (``DerivativeSink``, atomic copies),
-:mod:`.reports` (HTML, citation, group level), :mod:`.demo`.
+Modules: :mod:`.parser` (options, exit codes, errors), :mod:`.run` (the entry point and the two
+levels), :mod:`.paths` (folder checks), :mod:`.image_checks` (inputs read in full),
+:mod:`.templates` (nilearn's MNI152 or ``--template``), :mod:`.queries` (BIDS queries, filters,
+labels), :mod:`.preset_options` (``--preset``, ``--sloppy``, ``--compare-ants``),
+:mod:`.resources` (threads and memory per node), :mod:`.cluster` (plugins, SLURM),
+:mod:`.derivative_dataset` (``dataset_description.json``, template copy), :mod:`.execution`
+(Nipype configuration, Ctrl-C), :mod:`.crashes` (crash-file summary), :mod:`.workflow`
+(``init_participant_wf``), :mod:`.interfaces` (``DerivativeSink``, atomic copies), :mod:`.reports`
+(HTML, citation, group level), :mod:`.demo_dataset` (the demo data) and :mod:`.demo`
+(``python -m``, depends on :mod:`.run`).
 """
+import os
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")  # no network check at nipype import (before any submodule imports it)

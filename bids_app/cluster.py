@@ -18,11 +18,16 @@ Every mistake in the file is one line and exit 64 (``UsageError``), never a trac
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nipype.pipeline import plugins
+
+from inrreg_pipeline.workflows import multiproc_plugin_args
 
 from .parser import EXIT_USAGE, UsageError
 
@@ -54,8 +59,6 @@ class PluginSettings:
 
 def nipype_plugins() -> dict[str, str]:
     """Lower-case name -> Nipype's spelling of every plugin ``Workflow.run(plugin=...)`` accepts."""
-    from nipype.pipeline import plugins
-
     return {name[:-len("Plugin")].lower(): name[:-len("Plugin")] for name in dir(plugins)
             if name.endswith("Plugin") and name != "Plugin"}
 
@@ -123,8 +126,6 @@ def plugin_settings(opts) -> PluginSettings:
     MultiProc always gets :func:`~inrreg_pipeline.workflows.multiproc_plugin_args` underneath what the
     file says (forkserver workers, GPU slots); ``--gpu-sbatch-args`` overrides the file's key.
     """
-    from inrreg_pipeline.workflows import multiproc_plugin_args
-
     if opts.use_plugin:
         settings = load_plugin_file(opts.use_plugin)
     else:
@@ -146,8 +147,6 @@ def plugin_settings(opts) -> PluginSettings:
     if gpu_args is not None:
         settings.gpu_sbatch_args = _check_args(gpu_args, "--gpu-sbatch-args")
     if settings.gpu_sbatch_args is not None and settings.plugin not in SLURM_PLUGINS:
-        import logging
-
         logging.getLogger("inrreg-bids").warning(
             "GPU sbatch arguments are only used by the SLURM and SLURMGraph plugins (plugin here: %s)",
             settings.plugin)

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
+from inrreg_pipeline import __version__
 from inrreg_pipeline.cli import SEED_MAX, positive_int, seed_int
 
 #: BIDS App exit codes (BIDS execution spec; sysexits where the spec has none).
@@ -29,6 +31,11 @@ class UsageError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE):
         super().__init__(message)
         self.code = code
+
+
+class AppError(UsageError):
+    """A user-facing error found after the options were read (paths, inputs, presets): one line,
+    exit ``code``."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,8 +79,6 @@ def derivative(value: str) -> tuple[str, Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from inrreg_pipeline import __version__
-
     p = _Parser(prog="inrreg-bids",
                 description="inrreg BIDS App: T1w images to a template (and other anatomical contrasts to the "
                             "T1w) with untrained implicit neural representations; ANTs-compatible transforms, "
@@ -153,3 +158,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise UsageError(f"unknown analysis level '{opts.analysis_level}' (choose participant or group)",
                          EXIT_UNKNOWN_LEVEL)
     return opts
+
+
+def parse_demo_args(argv=None) -> argparse.Namespace:
+    """Options of ``inrreg-bids --demo OUT`` (argparse's own errors: exit 2, as before)."""
+    p = argparse.ArgumentParser(prog="inrreg-bids --demo",
+                                description="A small demo BIDS dataset made from nilearn's MNI152 template, and a "
+                                            "full run on it.")
+    p.add_argument("out", type=Path, help="demo folder (bids/, inrreg/, work/ are made inside)")
+    p.add_argument("--resolution", type=float, default=4.0, help="voxel size of the demo images (mm)")
+    p.add_argument("--preset", default="fast", help="INR preset (default: fast)")
+    p.add_argument("--ants-preset", default="ants-syn-cc")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--nprocs", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--sloppy", action="store_true", help="tiny iteration counts (tests)")
+    return p.parse_args(argv)

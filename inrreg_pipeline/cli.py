@@ -12,8 +12,14 @@ import sys
 import traceback
 
 from . import __version__
-from .core.choices import ACTIVATIONS, OMEGA_MODES, SEED_MAX, VARIANT_METHODS
-from .core.config import available_presets
+from .apply import apply_transforms
+from .baselines import is_baseline_preset, run_baseline
+from .core.choices import ACTIVATIONS, MOTIONS, OMEGA_MODES, SEED_MAX, VARIANT_METHODS
+from .demo import run_demo
+from .evaluate import evaluate_labels
+from .io.images import InputError
+from .presets import available_presets
+from .register import register_files
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 #: 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
@@ -35,22 +41,25 @@ def _register_parser(sub) -> None:
     p.add_argument("moving", metavar="MOVING", help="moving image (NIfTI, .mha, .mhd, .nrrd), same dimension as "
                                                     "FIXED")
     p.add_argument("-o", "--output", required=True, metavar="PREFIX", help="output prefix, e.g. out/sub-01_")
-    p.add_argument("--preset", default="default", metavar="NAME|FILE",
-                   help=f"settings preset: one of {', '.join(available_presets())}, or a JSON file (default: default); "
-                        "the baselines ants-syn, ants-syn-cc, ants-precise, antspyx-syn-s and antspyx-synquick-s "
+    p.add_argument("--preset", metavar="NAME|FILE",
+                   help=f"settings preset: one of {', '.join(available_presets())}, or a JSON file (default: the "
+                        "method's own: svf for --method svf, two-network-rigid/-deformable for --method two-network "
+                        "(by --motion), else default); research variants: benchmarks/presets/*.json; the baselines "
+                        "ants-syn, ants-syn-cc, ants-precise, antspyx-syn-s and antspyx-synquick-s "
                         "(antsRegistration through antspyx) and greedy and greedy-permissive (picsl-greedy) run those "
                         "tools instead and write the same files")
     p.add_argument("--method", choices=("siren", "two-network", "svf") + VARIANT_METHODS,
                    help="siren: deformation INR after an affine stage; two-network: motion + image networks with "
                         "hash encodings; svf: diffeomorphic velocity INR (scaling and squaring; preset svf); "
                         "joint-affine, ensemble, cascade, cycle, fusion: the INR variants "
-                        "(settings under the preset's \"variants\"; presets fast-*) (default: what the preset says)")
+                        "(settings under the preset's \"variants\"; e.g. benchmarks/presets/fast-cascade.json); "
+                        "two-network and svf need a preset of that method (default: what the preset says)")
     p.add_argument("--omega", choices=OMEGA_MODES,
                    help="frequency control of the periodic INR layers: fixed, trainable (init 30), width (10..50 "
                         "across each layer), attention (30 + 20 tanh(a mean|z| + b)) (default: the preset's)")
     p.add_argument("--activation", choices=ACTIVATIONS,
                    help="activation of the INR layers (default: the preset's, sine)")
-    p.add_argument("--motion", choices=("rigid", "deformable", "affine-param"),
+    p.add_argument("--motion", choices=MOTIONS,
                    help="two-network granularity: rigid (coarsest motion level only), deformable, or an explicit "
                         "affine parameterisation")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
@@ -150,10 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "register":
-        from .baselines import is_baseline_preset, run_baseline
-        from .register import register_files
-
-        if is_baseline_preset(args.preset):
+        if args.preset is not None and is_baseline_preset(args.preset):
             outputs = run_baseline(args.fixed, args.moving, args.output, preset=args.preset, threads=args.threads,
                                    seed=args.seed, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask)
         else:
@@ -166,14 +172,10 @@ def _run(args: argparse.Namespace) -> None:
         for key, path in outputs.items():
             print(f"  {key:<18} {path}")
     elif args.command == "apply":
-        from .apply import apply_transforms
-
         out = apply_transforms(args.input, args.reference, args.transform, args.output, args.interpolation,
                                args.device)
         print(f"inrreg: wrote {out}")
     elif args.command == "evaluate":
-        from .evaluate import evaluate_labels
-
         _, summary = evaluate_labels(args.fixed_labels, args.warped_labels, args.output, args.labels_tsv,
                                      args.jacobian, args.mask)
         print(f"inrreg evaluate: {summary['n_labels']} labels, Dice mean {summary['mean_dice']:.4f}, "
@@ -185,8 +187,6 @@ def _run(args: argparse.Namespace) -> None:
                   f"SD log J {summary['sd_log_jacobian']:.4f}")
         print(f"inrreg evaluate: wrote {args.output}")
     elif args.command == "demo":
-        from .demo import run_demo
-
         summary = run_demo(args.output, preset=args.preset, device=args.device, seed=args.seed, threads=args.threads)
         err = summary["error_mm_mean"]
         gm = summary["grey_matter_dice"]
@@ -211,8 +211,6 @@ def _on_sigterm(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .io.images import InputError
-
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: leave signals alone

@@ -10,9 +10,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from nilearn import datasets
 
-from .core.space import SpatialImage, apply_affine, voxel_grid_to_world
+from .apply import apply_transforms
+from .core.space import SpatialImage, apply_affine, resolve_device, sample_labels, voxel_grid_to_world
 from .io.images import load_image, save_image
+from .io.itk import read_ants_displacement_field
+from .metrics import label_overlap
+from .register import register_files
 from .synthetic import KnownDeformation, deform, random_deformation, registration_error
 
 
@@ -43,8 +48,6 @@ def oblique_grid(image: SpatialImage, spacing: tuple[float, ...] = (2.2, 2.0, 2.
 
 def make_demo_pair(out_dir: Path, seed: int = 7) -> tuple[dict[str, Path], KnownDeformation]:
     """Write the demo images; returns their paths and the true ``psi`` (moving -> fixed points)."""
-    from nilearn import datasets
-
     template = datasets.load_mni152_template(resolution=2)
     gm = datasets.load_mni152_gm_template(resolution=2)
     fixed = SpatialImage(np.asarray(template.get_fdata(), np.float32), template.affine)
@@ -65,10 +68,6 @@ def make_demo_pair(out_dir: Path, seed: int = 7) -> tuple[dict[str, Path], Known
 def run_demo(out_dir: str = "demo_output", preset: str = "fast", device: str = "auto", seed: int = 0,
              threads: int | None = None) -> dict:
     """Make the pair, register it, warp the grey-matter labels, and summarise (also as JSON)."""
-    from .apply import apply_transforms
-    from .metrics import label_overlap
-    from .register import register_files
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths, psi = make_demo_pair(out)
@@ -106,16 +105,12 @@ def run_demo(out_dir: str = "demo_output", preset: str = "fast", device: str = "
 
 
 def load_image_field(path: Path) -> np.ndarray:
-    from .io.itk import read_ants_displacement_field
-
     field, _ = read_ants_displacement_field(str(path))
     return field
 
 
 def deform_identity_labels(labels: Path, reference: Path) -> np.ndarray:
     """``labels`` resampled onto ``reference`` with no transform (the 'before registration' view)."""
-    from .core.space import resolve_device, sample_labels
-
     lab = load_image(labels)
     ref = load_image(reference)
     return sample_labels(np.rint(lab.data).astype(np.int32), lab.affine, ref.world_grid(), resolve_device("cpu"))

@@ -21,24 +21,30 @@ All outputs appear together or not at all (:class:`~inrreg_pipeline.io.images.St
 """
 from __future__ import annotations
 
-import copy
 import json
 import platform
+import struct
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import SimpleITK
 import torch
+from tqdm import tqdm
 
 from . import __version__
 from .core.choices import SEED_MAX
-from .core.config import RegistrationSettings, load_preset, validate
+from .core.config import RegistrationSettings
 from .core.registration import RegistrationResult, register
 from .core.space import resolve_device
-from .io.images import InputError, StagedOutputs, check_outputs_not_inputs, load_pair, save_image
+from .io.images import (InputError, StagedOutputs, check_outputs_not_inputs, expand_affine, load_pair, save_image,
+                        save_nifti)
 from .io.itk import (write_ants_displacement_field, write_itk_affine, write_itk_composite_h5,
                      write_itk_inverse_composite_h5)
+from .presets import PresetError, resolve
 
 OUTPUT_SUFFIXES = {
     "affine": "0GenericAffine.mat",
@@ -79,11 +85,9 @@ def recorded_inputs(fixed: str, moving: str, fixed_mask: str | None = None, movi
 
 
 def library_versions() -> dict[str, str]:
-    import nibabel
-    import SimpleITK
-
+    """Versions of inrreg and the libraries a result depends on (the metadata's ``versions``)."""
     return {"inrreg": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "nibabel": nibabel.__version__, "SimpleITK": SimpleITK.Version_VersionString()}
+            "numpy": np.__version__, "nibabel": nib.__version__, "SimpleITK": SimpleITK.Version_VersionString()}
 
 
 class ProgressBars:
@@ -96,8 +100,6 @@ class ProgressBars:
     def __call__(self, stage: str, total: int):
         if not self.enabled:
             return None
-        from tqdm import tqdm
-
         bar = tqdm(total=total, desc=f"{stage:>10}", unit="it", leave=True, dynamic_ncols=True)
         self.bars.append(bar)
 
@@ -119,26 +121,29 @@ class ProgressBars:
             bar.close()
 
 
-def register_files(fixed: str, moving: str, prefix: str, preset: str | RegistrationSettings = "default",
+def register_files(fixed: str, moving: str, prefix: str, preset: str | RegistrationSettings | None = None,
                    device: str = "auto", seed: int = 0, fixed_mask: str | None = None,
                    moving_mask: str | None = None, use_affine: bool = True, threads: int | None = None,
                    progress: bool | None = None, method: str | None = None, motion: str | None = None,
                    omega: str | None = None, activation: str | None = None) -> dict[str, Path]:
     """Register ``moving`` to ``fixed`` and write the outputs listed in the module docstring.
 
-    ``method`` (``siren`` or ``two-network``) and ``motion`` (two-network: ``rigid``, ``deformable``,
-    ``affine-param``) override the preset; ``method='two-network'`` with the ``default`` preset
-    selects the ``two-network-rigid`` or ``two-network-deformable`` preset. ``method`` may also
-    name an INR variant (``joint-affine``, ``ensemble``, ``cascade``, ``cycle``, ``fusion``; its
-    options from the preset's ``variants``); ``omega`` (``fixed``, ``trainable``, ``width``,
-    ``attention``) and ``activation`` override the preset's omega control and activation.
+    ``preset`` (a shipped name, a JSON file or settings; ``None``: the method's own preset) and the
+    overrides ``method`` (``siren``, ``two-network``, ``svf`` or an INR variant), ``motion``
+    (two-network: ``rigid``, ``deformable``, ``affine-param``), ``omega`` (``fixed``,
+    ``trainable``, ``width``, ``attention``) and ``activation`` are resolved by
+    :func:`inrreg_pipeline.presets.resolve` (its rules; a bad one is an :class:`InputError` whose
+    message starts with the option, ``--omega ...``).
 
     Returns the output paths by key (see :data:`OUTPUT_SUFFIXES`). Raises :class:`InputError` for
     bad inputs (nothing is written then).
     """
     check_prefix_outputs(prefix, fixed, moving, fixed_mask, moving_mask, preset)
     try:
-        settings = resolve_settings(preset, method, motion, omega, activation)
+        settings = resolve(preset, method, motion, omega, activation)
+    except PresetError as err:
+        raise InputError(err.for_cli()) from None
+    try:
         dev = resolve_device(device)
     except ValueError as err:
         raise InputError(str(err)) from None
@@ -185,30 +190,15 @@ def _suffixes(result: RegistrationResult) -> dict[str, str]:
     return {**OUTPUT_SUFFIXES, **extra}
 
 
-def resolve_settings(preset: str | RegistrationSettings = "default", method: str | None = None,
+def resolve_settings(preset: str | RegistrationSettings | None = None, method: str | None = None,
                      motion: str | None = None, omega: str | None = None, activation: str | None = None
                      ) -> RegistrationSettings:
-    """Settings from a preset (name, JSON path or object) with the command line's method/motion/
-    omega/activation overrides applied and validated (``ValueError`` on any problem)."""
-    if method == "two-network" and isinstance(preset, str) and preset == "default":
-        preset = "two-network-rigid" if motion == "rigid" else "two-network-deformable"
-    if method == "svf" and isinstance(preset, str) and preset == "default":
-        preset = "svf"
-    settings = copy.deepcopy(preset) if isinstance(preset, RegistrationSettings) else load_preset(preset)
-    if method is not None:
-        settings.method = method
-    if motion is not None:
-        if settings.method != "two-network":
-            raise ValueError("--motion applies to --method two-network only")
-        settings.two_network.motion = motion
-    for value, option in ((omega, "--omega"), (activation, "--activation")):
-        if value is not None and settings.method == "two-network":
-            raise ValueError(f"{option} applies to the INR methods, not --method two-network")
-    if omega is not None:
-        settings.variants.omega_mode = omega
-    if activation is not None:
-        settings.network.activation = activation
-    return validate(settings)
+    """:func:`inrreg_pipeline.presets.resolve` with the command line's messages (``ValueError``
+    naming the option, ``--omega ...``); kept for callers of the name this module used to define."""
+    try:
+        return resolve(preset, method, motion, omega, activation)
+    except PresetError as err:
+        raise ValueError(err.for_cli()) from None
 
 
 def write_outputs(stage: StagedOutputs, result: RegistrationResult, fixed, moving) -> None:
@@ -234,10 +224,6 @@ def fusion_rgb(weights: np.ndarray) -> np.ndarray:
 
 def write_fusion_weights(stage: StagedOutputs, weights: np.ndarray, affine: np.ndarray) -> None:
     """The fusion variant's weight map as an RGB24 NIfTI (on the moving grid) and a PNG figure."""
-    import nibabel as nib
-
-    from .io.images import expand_affine, save_nifti
-
     rgb = fusion_rgb(weights)
     structured = rgb.copy().view(np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])).reshape(rgb.shape[:-1])
     img = nib.Nifti1Image(structured, expand_affine(np.asarray(affine, dtype=np.float64)))
@@ -260,9 +246,6 @@ def _montage(rgb: np.ndarray) -> np.ndarray:
 
 def write_png(path, rgb: np.ndarray) -> None:
     """A ``(H, W, 3)`` uint8 image as an 8-bit RGB PNG (zlib only, no imaging library needed)."""
-    import struct
-    import zlib
-
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     h, w = rgb.shape[:2]
     raw = b"".join(b"\x00" + rgb[row].tobytes() for row in range(h))

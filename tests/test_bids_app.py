@@ -23,7 +23,7 @@ pytest.importorskip("nipype")
 pytest.importorskip("bids")
 pytest.importorskip("nilearn")
 
-from inrreg_pipeline.bids_app.demo import make_demo_dataset  # noqa: E402
+from inrreg_pipeline.bids_app.demo_dataset import make_demo_dataset  # noqa: E402
 from inrreg_pipeline.bids_app.run import main  # noqa: E402
 
 OASIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasis-trt-20"
@@ -245,7 +245,7 @@ def test_ctrl_c_during_a_node_is_an_interruption_not_a_crash(tmp_path):
     from nipype.interfaces.utility import Function
 
     from inrreg_pipeline.bids_app.cluster import PluginSettings
-    from inrreg_pipeline.bids_app.run import _execute
+    from inrreg_pipeline.bids_app.execution import execute
 
     wf = Workflow(name="interrupt_wf", base_dir=str(tmp_path / "work"))
     first = Node(Function(input_names=["seconds"], output_names=["out"], function=_interrupt_self), name="a_first")
@@ -261,7 +261,7 @@ def test_ctrl_c_during_a_node_is_an_interruption_not_a_crash(tmp_path):
             started.append(node.name)
 
     with pytest.raises(KeyboardInterrupt):
-        _execute(wf, opts, PluginSettings("Linear", {"status_callback": record}), tmp_path / "work")
+        execute(wf, opts, PluginSettings("Linear", {"status_callback": record}), tmp_path / "work")
     assert started and started[0] in ("a_first", "b_later"), started
     if started[0] == "a_first":  # independent nodes: Linear may take either first
         assert started == ["a_first"] and not (tmp_path / "later_ran").exists(), "the run went on after Ctrl-C"
@@ -271,7 +271,7 @@ def test_ctrl_c_status_callback_pickles():
     """Nipype pickles plugin settings (MapNodes such as apply_labels): a local function there broke every run."""
     import pickle
 
-    from inrreg_pipeline.bids_app.run import StopWhenInterrupted
+    from inrreg_pipeline.bids_app.execution import StopWhenInterrupted
 
     assert isinstance(pickle.loads(pickle.dumps(StopWhenInterrupted())), StopWhenInterrupted)
 

@@ -107,32 +107,6 @@ def _register_argv(fixed, moving, out: Path, *extra) -> list:
 # ----------------------------------------------------------------------------- register: bad input -> 2
 
 
-def test_register_missing_fixed(pair, capsys):
-    fixed, moving, out = pair
-    code = _run(_register_argv(fixed.parent / "nope.nii.gz", moving, out))
-    line = _assert_one_line_error(capsys, code, 2, "does not exist")
-    assert "fixed" in line
-    _assert_nothing_written(out)
-
-
-def test_register_text_file_as_image(pair, capsys):
-    fixed, moving, out = pair
-    bogus = fixed.parent / "x.nii.gz"
-    bogus.write_text("this is not an image\n")
-    code = _run(_register_argv(bogus, moving, out))
-    _assert_one_line_error(capsys, code, 2, "not a readable")
-    _assert_nothing_written(out)
-
-
-def test_register_4d_image(pair, capsys):
-    fixed, moving, out = pair
-    four_d = _save(fixed.parent / "bold.nii.gz", np.stack([_blob()[..., None]] * 3, axis=-1))  # (24, 20, 1, 3)
-    code = _run(_register_argv(fixed, four_d, out))
-    line = _assert_one_line_error(capsys, code, 2, "4-D")
-    assert "moving" in line
-    _assert_nothing_written(out)
-
-
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 def test_register_non_finite_voxels(pair, capsys, bad_value):
     fixed, moving, out = pair
@@ -144,19 +118,52 @@ def test_register_non_finite_voxels(pair, capsys, bad_value):
     _assert_nothing_written(out)
 
 
-def test_register_2d_vs_3d(pair, capsys):
-    fixed, moving, out = pair
-    vol = _save(fixed.parent / "vol.nii.gz", np.stack([_blob()] * 5, axis=-1))
-    code = _run(_register_argv(fixed, vol, out))
-    _assert_one_line_error(capsys, code, 2, "2-D")
-    _assert_nothing_written(out)
+def _four_d(inputs: Path) -> Path:
+    return _save(inputs / "bold.nii.gz", np.stack([_blob()[..., None]] * 3, axis=-1))  # (24, 20, 1, 3)
 
 
-def test_register_empty_fixed_mask(pair, capsys):
+def _text_file(inputs: Path) -> Path:
+    bogus = inputs / "x.nii.gz"
+    bogus.write_text("this is not an image\n")
+    return bogus
+
+
+#: ``(argv from (fixed, moving, out), exit code, words one of which the line holds, text the line must hold)``
+REGISTER_BAD_INPUT = {
+    "missing-fixed": (lambda f, m, o: _register_argv(f.parent / "nope.nii.gz", m, o), 2, ("does not exist",), "fixed"),
+    "text-file-as-image": (lambda f, m, o: _register_argv(_text_file(f.parent), m, o), 2, ("not a readable",), None),
+    "4d-image": (lambda f, m, o: _register_argv(f, _four_d(f.parent), o), 2, ("4-D",), "moving"),
+    "2d-vs-3d": (lambda f, m, o: _register_argv(f, _save(f.parent / "vol.nii.gz", np.stack([_blob()] * 5, axis=-1)),
+                                                o), 2, ("2-D",), None),
+    "empty-fixed-mask": (lambda f, m, o: _register_argv(
+        f, m, o, "--fixed-mask", _save(f.parent / "mask.nii.gz", np.zeros(SHAPE, np.uint8))), 2, ("empty",), None),
+    "unknown-preset": (lambda f, m, o: _register_argv(f, m, o, "--preset", "no-such-preset"), 2, ("unknown preset",),
+                       None),
+    "missing-preset-file": (lambda f, m, o: _register_argv(f, m, o, "--preset", f.parent / "absent.json"), 2,
+                            ("does not exist",), None),
+    "constant-image": (lambda f, m, o: _register_argv(_save(f.parent / "flat.nii.gz", np.full(SHAPE, 7.0, np.float32)),
+                                                      m, o), 2, ("constant",), None),
+    "unknown-device": (lambda f, m, o: ["register", f, m, "-o", f"{o}/{PREFIX}", "--device", "tpu"], 2,
+                       ("unknown device",), None),
+    "cuda-without-cuda": (lambda f, m, o: ["register", f, m, "-o", f"{o}/{PREFIX}", "--device", "cuda"], 2, ("CUDA",),
+                          None),
+    "unknown-option": (lambda f, m, o: _register_argv(f, m, o, "--bogus-option"), 2, ("unrecognized arguments",), None),
+    "missing-output": (lambda f, m, o: ["register", f, m], 2, ("-o/--output",), None),
+    "motion-needs-two-network": (lambda f, m, o: _register_argv(f, m, o, "--method", "siren", "--motion", "rigid"), 2,
+                                 ("two-network",), None),
+}
+_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+
+
+@pytest.mark.parametrize("argv, code, words, in_line", [
+    pytest.param(*case, id=name, marks=[_NO_CUDA] if name == "cuda-without-cuda" else [])
+    for name, case in REGISTER_BAD_INPUT.items()])
+def test_register_bad_input(pair, capsys, argv, code, words, in_line):
+    """Bad input to ``inrreg register``: its exit code, one line holding one of ``words`` (and
+    ``in_line``), nothing written."""
     fixed, moving, out = pair
-    mask = _save(fixed.parent / "mask.nii.gz", np.zeros(SHAPE, np.uint8))
-    code = _run(_register_argv(fixed, moving, out, "--fixed-mask", mask))
-    _assert_one_line_error(capsys, code, 2, "empty")
+    line = _assert_one_line_error(capsys, _run(argv(fixed, moving, out)), code, *words)
+    assert in_line is None or in_line in line, line
     _assert_nothing_written(out)
 
 
@@ -228,20 +235,6 @@ def test_register_output_directory_read_only(pair, capsys):
     _assert_nothing_written(out)
 
 
-def test_register_unknown_preset(pair, capsys):
-    fixed, moving, out = pair
-    code = _run(_register_argv(fixed, moving, out, "--preset", "no-such-preset"))
-    _assert_one_line_error(capsys, code, 2, "unknown preset")
-    _assert_nothing_written(out)
-
-
-def test_register_missing_preset_file(pair, capsys):
-    fixed, moving, out = pair
-    code = _run(_register_argv(fixed, moving, out, "--preset", fixed.parent / "absent.json"))
-    _assert_one_line_error(capsys, code, 2, "does not exist")
-    _assert_nothing_written(out)
-
-
 @pytest.mark.parametrize("content", ['{"affine": {"iterations": [20,]', "[1, 2, 3]", '{"no_such_section": {}}'],
                          ids=["invalid-json", "not-an-object", "unknown-key"])
 def test_register_malformed_preset(pair, capsys, content):
@@ -285,43 +278,6 @@ def test_register_bad_threads(pair, capsys, threads):
     fixed, moving, out = pair
     code = _run(_register_argv(fixed, moving, out, "--threads", threads))
     _assert_one_line_error(capsys, code, 2, "positive integer")
-    _assert_nothing_written(out)
-
-
-def test_register_constant_image(pair, capsys):
-    fixed, moving, out = pair
-    flat = _save(fixed.parent / "flat.nii.gz", np.full(SHAPE, 7.0, np.float32))
-    code = _run(_register_argv(flat, moving, out))
-    _assert_one_line_error(capsys, code, 2, "constant")
-    _assert_nothing_written(out)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
-def test_register_cuda_without_cuda(pair, capsys):
-    fixed, moving, out = pair
-    code = _run(["register", fixed, moving, "-o", f"{out}/{PREFIX}", "--device", "cuda"])
-    _assert_one_line_error(capsys, code, 2, "CUDA")
-    _assert_nothing_written(out)
-
-
-def test_register_unknown_device(pair, capsys):
-    fixed, moving, out = pair
-    code = _run(["register", fixed, moving, "-o", f"{out}/{PREFIX}", "--device", "tpu"])
-    _assert_one_line_error(capsys, code, 2, "unknown device")
-    _assert_nothing_written(out)
-
-
-def test_register_unknown_option(pair, capsys):
-    fixed, moving, out = pair
-    code = _run(_register_argv(fixed, moving, out, "--bogus-option"))
-    _assert_one_line_error(capsys, code, 2, "unrecognized arguments")
-    _assert_nothing_written(out)
-
-
-def test_register_missing_output(pair, capsys):
-    fixed, moving, out = pair
-    code = _run(["register", fixed, moving])
-    _assert_one_line_error(capsys, code, 2, "-o/--output")
     _assert_nothing_written(out)
 
 
@@ -634,35 +590,38 @@ def test_apply_takes_several_transforms_after_one_t(apply_inputs, capsys):
     assert not np.allclose(reference, np.asanyarray(nib.load(str(moving)).dataobj))  # the shift was applied
 
 
-def test_apply_missing_transform(apply_inputs, capsys):
+def _junk_transform(inputs: Path) -> Path:
+    junk = inputs / "junk.mat"
+    junk.write_text("not a transform")
+    return junk
+
+
+#: ``(argv from (moving, fixed, warp, mat, out), exit code, words one of which the line holds, text it must hold)``
+APPLY_BAD_INPUT = {
+    "missing-transform": (lambda m, f, w, a, o: ["apply", m, "-r", f, "-t", w.parent / "absent_1Warp.nii.gz", "-t", a,
+                                                 "-o", o / f"{PREFIX}moved.nii.gz"], 2, ("does not exist",), None),
+    "inverting-a-displacement-field": (lambda m, f, w, a, o: ["apply", m, "-r", f, "-t", f"[{w},1]", "-t", a,
+                                                              "-o", o / f"{PREFIX}moved.nii.gz"], 2, ("invert",), None),
+    "missing-reference": (lambda m, f, w, a, o: ["apply", m, "-r", f.parent / "absent.nii.gz", "-t", w, "-t", a,
+                                                 "-o", o / f"{PREFIX}moved.nii.gz"], 2, ("does not exist",),
+                          "reference"),
+    "unknown-interpolation": (lambda m, f, w, a, o: ["apply", m, "-r", f, "-t", w, "-t", a, "-o",
+                                                     o / f"{PREFIX}moved.nii.gz", "--interpolation", "cubic"], 2,
+                              ("invalid choice",), None),
+    "unreadable-transform-names-the-file": (lambda m, f, w, a, o: ["apply", m, "-r", f, "-t", _junk_transform(f.parent),
+                                                                   "-o", o / f"{PREFIX}moved.nii.gz"], 2,
+                                            ("cannot read",), "junk.mat"),
+}
+
+
+@pytest.mark.parametrize("argv, code, words, in_line", [pytest.param(*case, id=name)
+                                                        for name, case in APPLY_BAD_INPUT.items()])
+def test_apply_bad_input(apply_inputs, capsys, argv, code, words, in_line):
+    """Bad input to ``inrreg apply``: its exit code, one line holding one of ``words`` (and
+    ``in_line``), nothing written."""
     moving, fixed, warp, mat, out = apply_inputs
-    code = _run(["apply", moving, "-r", fixed, "-t", warp.parent / "absent_1Warp.nii.gz", "-t", mat,
-                 "-o", out / f"{PREFIX}moved.nii.gz"])
-    _assert_one_line_error(capsys, code, 2, "does not exist")
-    _assert_nothing_written(out)
-
-
-def test_apply_inverting_a_displacement_field(apply_inputs, capsys):
-    moving, fixed, warp, mat, out = apply_inputs
-    code = _run(["apply", moving, "-r", fixed, "-t", f"[{warp},1]", "-t", mat, "-o", out / f"{PREFIX}moved.nii.gz"])
-    _assert_one_line_error(capsys, code, 2, "invert")
-    _assert_nothing_written(out)
-
-
-def test_apply_missing_reference(apply_inputs, capsys):
-    moving, fixed, warp, mat, out = apply_inputs
-    code = _run(["apply", moving, "-r", fixed.parent / "absent.nii.gz", "-t", warp, "-t", mat,
-                 "-o", out / f"{PREFIX}moved.nii.gz"])
-    line = _assert_one_line_error(capsys, code, 2, "does not exist")
-    assert "reference" in line
-    _assert_nothing_written(out)
-
-
-def test_apply_unknown_interpolation(apply_inputs, capsys):
-    moving, fixed, warp, mat, out = apply_inputs
-    code = _run(["apply", moving, "-r", fixed, "-t", warp, "-t", mat, "-o", out / f"{PREFIX}moved.nii.gz",
-                 "--interpolation", "cubic"])
-    _assert_one_line_error(capsys, code, 2, "invalid choice")
+    line = _assert_one_line_error(capsys, _run(argv(moving, fixed, warp, mat, out)), code, *words)
+    assert in_line is None or in_line in line, line
     _assert_nothing_written(out)
 
 
@@ -720,16 +679,6 @@ def test_apply_output_that_is_an_input_is_refused(apply_inputs, capsys, target):
     _assert_one_line_error(capsys, code, 2, "overwritten")
     assert _snapshot(moving.parent, out) == before
     assert not list(out.glob(".inrreg-*")) and not list(moving.parent.glob(".inrreg-*"))
-
-
-def test_apply_unreadable_transform_names_the_file(apply_inputs, capsys):
-    moving, fixed, warp, mat, out = apply_inputs
-    junk = fixed.parent / "junk.mat"
-    junk.write_text("not a transform")
-    code = _run(["apply", moving, "-r", fixed, "-t", junk, "-o", out / f"{PREFIX}moved.nii.gz"])
-    line = _assert_one_line_error(capsys, code, 2, "cannot read")
-    assert "junk.mat" in line
-    _assert_nothing_written(out)
 
 
 # ----------------------------------------------------------------------------- --help
@@ -813,10 +762,3 @@ def test_register_two_network_rigid_from_the_command_line(pair, capsys):
     assert meta["method"] == "two-network" and meta["settings"]["two_network"]["motion"] == "rigid"
     assert np.asarray(meta["rigid_matrix_ras"]).shape == (3, 3)
     assert (out / f"{PREFIX}0GenericAffine.mat").is_file()
-
-
-def test_register_motion_needs_two_network(pair, capsys):
-    fixed, moving, out = pair
-    code = _run(_register_argv(fixed, moving, out, "--method", "siren", "--motion", "rigid"))
-    _assert_one_line_error(capsys, code, 2, "two-network")
-    _assert_nothing_written(out)

@@ -154,7 +154,7 @@ def test_dockerignore_keeps_local_state_out():
 
 
 def test_container_tag_reaches_dataset_description(dockerfile, tmp_path, monkeypatch):
-    from inrreg_pipeline.bids_app.run import write_dataset_description
+    from inrreg_pipeline.bids_app.derivative_dataset import write_dataset_description
 
     env = {}
     for e in _all(dockerfile, "ENV"):

@@ -5,7 +5,6 @@ through ``inrreg_pipeline.baselines.run_ants`` with ``scale_iterations`` small.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -14,89 +13,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
-from inrreg_pipeline.core.space import SpatialImage, downsample
-from inrreg_pipeline.io.images import save_image
-from inrreg_pipeline.synthetic import deform, random_deformation
+from helpers import SHARED, ensure_run_ants, make_pair, read_tsv
 
 pytest.importorskip("nipype")
 from nipype.pipeline import engine as pe  # noqa: E402
 
 from inrreg_pipeline import interfaces as ifc  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-QUICK_PRESET = {"affine": {"shrink_factors": [2, 1], "iterations": [20, 10], "rigid_iterations": 10, "samples": 2000},
-                "network": {"hidden_layers": 2, "hidden_features": 32},
-                "optimisation": {"iterations": 20, "patch_size": 8, "patches": 2}, "inverse_iterations": 5}
-
-
-# ---------------------------------------------------------------------------------------------
-# test data (also imported by test_workflows.py)
-# ---------------------------------------------------------------------------------------------
-def _mni(kind: str = "t1") -> SpatialImage:
-    from nilearn import datasets
-
-    loader = {"t1": datasets.load_mni152_template, "gm": datasets.load_mni152_gm_template,
-              "wm": datasets.load_mni152_wm_template}[kind]
-    img = loader(resolution=2)
-    return SpatialImage(np.asarray(img.get_fdata(), np.float32), img.affine)
-
-
-def make_pair(folder: Path, factor: int = 3, seed: int = 1, amplitude_mm: float = 4.0) -> dict[str, str]:
-    """Fixed = MNI152 (2 mm) downsampled ``factor`` times; moving = fixed under a known deformation.
-
-    Also writes GM/WM label maps (1 = GM, 2 = WM from nilearn's tissue templates) of both images,
-    a brain mask of each, 8 landmark pairs (RAS) and a quick preset JSON. Returns the paths.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    fixed = downsample(_mni("t1"), factor)
-    gm, wm = downsample(_mni("gm"), factor), downsample(_mni("wm"), factor)
-    labels = np.zeros(fixed.shape, np.int16)
-    tissue = np.maximum(gm.data, wm.data) > 0.3
-    labels[tissue] = np.where(wm.data[tissue] >= gm.data[tissue], 2, 1)
-    psi = random_deformation(fixed, amplitude_mm=amplitude_mm, seed=seed)
-    moving = deform(fixed, psi)
-    moving_labels = deform(fixed.with_data(labels.astype(np.float32)), psi, order=0)
-    mask = (fixed.data > 0.1 * np.percentile(fixed.data, 99)).astype(np.uint8)
-    moving_mask = (moving.data > 0.1 * np.percentile(moving.data, 99)).astype(np.uint8)
-    paths = {k: str(folder / f"{k}.nii.gz") for k in
-             ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask")}
-    save_image(fixed.data, fixed.affine, paths["fixed"])
-    save_image(moving.data, moving.affine, paths["moving"])
-    save_image(labels, fixed.affine, paths["fixed_labels"], dtype=np.int16)
-    save_image(np.rint(moving_labels.data), moving.affine, paths["moving_labels"], dtype=np.int16)
-    save_image(mask, fixed.affine, paths["fixed_mask"], dtype=np.uint8)
-    save_image(moving_mask, moving.affine, paths["moving_mask"], dtype=np.uint8)
-    # landmarks: moving points y inside the brain, fixed points x = psi(y) (psi: moving -> fixed)
-    rng = np.random.default_rng(seed)
-    inside = np.argwhere(labels == 2)
-    vox = inside[rng.choice(len(inside), 8, replace=False)].astype(float)
-    y = vox @ moving.affine[:3, :3].T + moving.affine[:3, 3]
-    x = psi(y)
-    for name, pts in (("fixed_landmarks", x), ("moving_landmarks", y)):
-        paths[name] = str(folder / f"{name}.tsv")
-        with open(paths[name], "w") as fh:
-            fh.write("x\ty\tz\n" + "".join(f"{a:.4f}\t{b:.4f}\t{c:.4f}\n" for a, b, c in pts))
-    paths["preset"] = str(folder / "quick.json")
-    Path(paths["preset"]).write_text(json.dumps(QUICK_PRESET))
-    return paths
-
 
 def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     a, b = (a, b) if mask is None else (a[mask], b[mask])
     a, b = a - a.mean(), b - b.mean()
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
-def read_tsv(path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
-
-
-def ensure_run_ants() -> None:
-    """Skip when the ANTs baseline (``inrreg_pipeline.baselines`` + antspyx) is not importable."""
-    pytest.importorskip("ants")
-    pytest.importorskip("inrreg_pipeline.baselines")
 
 
 def run_node(iface, base_dir, name="node"):
@@ -223,10 +151,10 @@ def test_inr_registration_methods_and_gpu_fallback(pair, tmp_path):
 
     if not torch.cuda.is_available():  # flagged for a GPU slot, ran on the CPU without raising
         assert out.device == "cpu" and "no CUDA" in meta["nipype_note"]
-    from inrreg_pipeline.interfaces.registration import resolve_inr_preset
+    from inrreg_pipeline.interfaces.registration import inr_settings
 
     with pytest.raises(ValueError, match=r"^method: 'two-network' needs a preset"):
-        resolve_inr_preset("two-network", pair["preset"])
+        inr_settings("two-network", pair["preset"])
 
 
 @pytest.mark.parametrize("setup, pattern", [
@@ -563,11 +491,14 @@ def test_nothing_is_written_outside_node_directories(pair, tmp_path):
     assert {p.name for p in work.iterdir()} == {"a", "b", "c", "d", "e"}
 
 
-def test_interfaces_import_without_heavy_modules():
+def test_interfaces_import_without_optional_modules():
+    """Importing the interfaces loads none of the optional dependencies (the required ones, torch
+    included, are imported at module level: no function-level imports, issue 15)."""
     import subprocess
 
     code = ("import sys, inrreg_pipeline.interfaces; "
-            "print(sorted(m for m in ('torch', 'nilearn', 'ants', 'matplotlib') if m in sys.modules))")
+            "print(sorted(m for m in ('ants', 'matplotlib', 'nilearn.plotting', 'picsl_greedy', 'tinycudann', "
+            "'monai') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert res.stdout.strip() == "[]"

@@ -34,7 +34,7 @@ pytest.importorskip("bids")
 pytest.importorskip("nilearn")
 
 from inrreg_pipeline.bids_app import cluster  # noqa: E402
-from inrreg_pipeline.bids_app.demo import make_demo_dataset  # noqa: E402
+from inrreg_pipeline.bids_app.demo_dataset import make_demo_dataset  # noqa: E402
 from inrreg_pipeline.bids_app.run import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import masked_ncc, mni_slice, mni_small
+from helpers import masked_ncc, mni_slice, mni_small, research_preset
 
 from inrreg_pipeline.core import load_preset, register
 from inrreg_pipeline.core.config import VARIANT_METHODS, validate
@@ -27,8 +27,9 @@ from inrreg_pipeline.register import OUTPUT_SUFFIXES, register_files
 from inrreg_pipeline.synthetic import deform, random_deformation
 
 CPU = torch.device("cpu")
-VARIANT_PRESETS = ["fast-trainable-omega", "fast-width-omega", "fast-attention-omega", "fast-joint-affine",
-                   "fast-ensemble", "fast-cascade", "fast-cascade-smooth", "fast-cycle", "fast-fusion"]
+VARIANT_PRESETS = [pytest.param(research_preset(name), id=name) for name in (
+    "fast-trainable-omega", "fast-width-omega", "fast-attention-omega", "fast-joint-affine",
+    "fast-ensemble", "fast-cascade", "fast-cascade-smooth", "fast-cycle", "fast-fusion")]
 
 
 def cut_down(preset: str, iterations: int = 100, hidden: int = 48):
@@ -121,7 +122,7 @@ def test_settings_validation():
     s.network.activation = "relu"
     with pytest.raises(ValueError, match="periodic activation"):
         validate(s)
-    s = load_preset("fast-cascade")
+    s = load_preset(research_preset("fast-cascade"))
     s.variants.cascade_iterations = [10]
     with pytest.raises(ValueError, match="cascade_iterations"):
         validate(s)
@@ -166,7 +167,7 @@ def test_trainable_and_attention_omega_change(pair2d):
     fixed, moving, _ = pair2d
     learned = {}
     for mode in ("trainable", "attention", "width"):
-        s = cut_down("fast-trainable-omega", iterations=60)
+        s = cut_down(research_preset("fast-trainable-omega"), iterations=60)
         s.variants.omega_mode = mode
         s.affine.enabled = False
         learned[mode] = register(fixed, moving, s, CPU, seed=0)
@@ -182,7 +183,7 @@ def test_trainable_and_attention_omega_change(pair2d):
 
 def test_ensemble_field_is_the_mean_of_its_members(pair2d):
     fixed, moving, inside = pair2d
-    s = cut_down("fast-ensemble", iterations=60)
+    s = cut_down(research_preset("fast-ensemble"), iterations=60)
     s.affine.enabled = False
     result = register(fixed, moving, s, CPU, seed=0)
     model = result.model
@@ -198,10 +199,10 @@ def test_ensemble_field_is_the_mean_of_its_members(pair2d):
 
 def test_cascade_second_stage_starts_from_the_first(pair2d):
     fixed, moving, inside = pair2d
-    plain = cut_down("fast-cascade", iterations=60)
+    plain = cut_down(research_preset("fast-cascade"), iterations=60)
     plain.method = "siren"
     plain.affine.enabled = False
-    cascade = cut_down("fast-cascade-smooth", iterations=60)
+    cascade = cut_down(research_preset("fast-cascade-smooth"), iterations=60)
     cascade.affine.enabled = False
     cascade.variants.cascade_iterations = [60, 40]
     a = register(fixed, moving, plain, CPU, seed=0)
@@ -226,7 +227,7 @@ def test_cycle_consistency_lowers_inverse_consistency_error(pair2d):
     fixed, moving, inside = pair2d
     errors = {}
     for alpha in (0.0, 100.0):
-        s = cut_down("fast-cycle", iterations=100)
+        s = cut_down(research_preset("fast-cycle"), iterations=100)
         s.affine.enabled = False
         s.variants.cycle_alpha = alpha
         result = register(fixed, moving, s, CPU, seed=0)
@@ -246,7 +247,7 @@ def test_fusion_weights_sum_to_one_3d(tmp_path):
     moving = deform(fixed, random_deformation(fixed, amplitude_mm=5.0, seed=2))
     save_image(fixed.data, fixed.affine, tmp_path / "f.nii.gz")
     save_image(moving.data, moving.affine, tmp_path / "m.nii.gz")
-    s = cut_down("fast-fusion", iterations=60, hidden=32)
+    s = cut_down(research_preset("fast-fusion"), iterations=60, hidden=32)
     paths = register_files(str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), str(tmp_path / "o_"),
                            preset=s, device="cpu", seed=0, threads=1, progress=False)
     img = nib.load(paths["fusion_weights"])
@@ -264,7 +265,7 @@ def test_fusion_weights_sum_to_one_3d(tmp_path):
 
 def test_fusion_weights_in_memory(pair2d):
     fixed, moving, _ = pair2d
-    s = cut_down("fast-fusion", iterations=60)
+    s = cut_down(research_preset("fast-fusion"), iterations=60)
     s.affine.enabled = False
     result = register(fixed, moving, s, CPU, seed=0)
     w = result.extras["fusion_weights"]
@@ -289,7 +290,7 @@ def test_nipype_interface_runs_a_variant(pair2d_files, tmp_path):
     preset_file.write_text(json.dumps({k: v for k, v in quick.to_dict().items() if k != "name"}))
     _, s = resolve_inr_preset("attention-omega", str(preset_file))
     assert s.variants.omega_mode == "attention" and s.method == "siren"
-    _, s = resolve_inr_preset("cascade", "fast-ensemble")
+    _, s = resolve_inr_preset("cascade", research_preset("fast-ensemble"))
     assert s.method == "cascade"
     reg = INRRegistration(fixed_image=str(pair2d_files[0]), moving_image=str(pair2d_files[1]),
                           preset=str(preset_file), method="fusion", num_threads=1)

@@ -1,7 +1,7 @@
 """The ``init_*_wf`` workflows end to end on small real images, with the Linear and MultiProc plugins.
 
 Inputs: nilearn's MNI152 at 6 mm with a known deformation and GM/WM labels (see
-``test_interfaces.make_pair``), and the BraTS-Reg T1w/FLAIR of ``../shared/data`` (downsampled)
+``helpers.make_pair``), and the BraTS-Reg T1w/FLAIR of ``../shared/data`` (downsampled)
 for the multi-modal workflow. Registrations run a handful of iterations (``QUICK_PRESET``; ANTs
 with ``scale_iterations`` small). Without a GPU, GPU-flagged nodes run on the CPU under MultiProc
 with ``multiproc_plugin_args`` (``n_gpu_procs`` >= 1).
@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("nipype")
 pytest.importorskip("inrreg_pipeline.workflows")
 
-from test_interfaces import QUICK_PRESET, SHARED, ensure_run_ants, make_pair, read_tsv  # noqa: E402
+from helpers import QUICK_PRESET, SHARED, ensure_run_ants, make_pair, mni_tissue, read_tsv  # noqa: E402
 
 from inrreg_pipeline.core.space import SpatialImage, downsample  # noqa: E402
 from inrreg_pipeline.io.images import save_image  # noqa: E402
@@ -224,9 +224,7 @@ def multimodal_pair(tmp_path_factory):
             images[suffix] = downsample(SpatialImage(np.asarray(img.get_fdata(), np.float32), img.affine), 4)
         source = "brats"
     else:
-        from test_interfaces import _mni
-
-        t1 = downsample(_mni("t1"), 3)
+        t1 = downsample(mni_tissue("t1"), 3)
         images = {"T1w": t1, "FLAIR": t1.with_data(np.where(t1.data > 0.05, 1.2 - t1.data, 0).astype(np.float32))}
         source = "nilearn"
     psi = random_deformation(images["T1w"], amplitude_mm=3.0, seed=5)

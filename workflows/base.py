@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from importlib import metadata
 
+import torch
 from nipype.pipeline import engine as pe
+from nipype.pipeline.engine.utils import topological_sort
+
+from inrreg_pipeline import __version__
 
 #: BibTeX keys cited by the ``__desc__`` texts (``[@key]``, Pandoc style, as fMRIPrep's boilerplate).
 CITATIONS = {
@@ -52,8 +56,6 @@ class LiterateWorkflow(pe.Workflow):
         return "".join(parts)
 
     def _desc_parts(self) -> list[str]:
-        from nipype.pipeline.engine.utils import topological_sort
-
         parts = [self.__desc__] if self.__desc__ else []
         for node in topological_sort(self._graph)[0]:
             if isinstance(node, LiterateWorkflow):
@@ -73,17 +75,12 @@ def version(dist: str) -> str:
 
 
 def inrreg_version() -> str:
-    from inrreg_pipeline import __version__
-
+    """The version of inrreg the workflows are built with (for the boilerplate)."""
     return __version__
 
 
 def cuda_visible() -> bool:
-    """True when PyTorch sees a CUDA device (imports torch)."""
-    try:
-        import torch
-    except ImportError:
-        return False
+    """True when PyTorch sees a CUDA device."""
     return bool(torch.cuda.is_available())
 
 
@@ -118,12 +115,7 @@ def multiproc_plugin_args(n_procs: int | None = None, memory_gb: float | None = 
     if memory_gb is not None:
         args["memory_gb"] = float(memory_gb)
     if n_gpu_procs is None:
-        try:
-            import torch
-
-            n_gpu_procs = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        except ImportError:
-            n_gpu_procs = 0
+        n_gpu_procs = torch.cuda.device_count() if torch.cuda.is_available() else 0
     args["n_gpu_procs"] = max(1, int(n_gpu_procs))
     return args
 

@@ -7,7 +7,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from inrreg_pipeline.interfaces.base import fail
-from inrreg_pipeline.interfaces.registration import available_inr_presets
+from inrreg_pipeline.presets import available_presets
 
 from .base import LiterateWorkflow
 from .registration import init_inr_registration_wf
@@ -21,7 +21,7 @@ OUTPUT_FIELDS = ["source_in_t1w", "labels_in_t1w", "composite_transform", "inver
 
 def default_multimodal_preset() -> str:
     """``two-network-deformable`` when that preset ships, else ``multimodal`` (mutual information)."""
-    return "two-network-deformable" if "two-network-deformable" in available_inr_presets() else "multimodal"
+    return "two-network-deformable" if "two-network-deformable" in available_presets() else "multimodal"
 
 
 def init_multimodal_coreg_wf(*, contrast: str = "T2w", preset: str | None = None, method: str = "auto",

@@ -13,7 +13,7 @@ from nipype.pipeline import engine as pe
 from inrreg_pipeline.interfaces import (ANTS_PRESETS, ANTsRegistration, ApplyTransforms, INRRegistration,
                                         JacobianReport, RegistrationFlicker, Resample, TransformQuality)
 from inrreg_pipeline.interfaces.base import fail
-from inrreg_pipeline.interfaces.registration import describe_inr, resolve_inr_preset
+from inrreg_pipeline.interfaces.registration import describe_inr
 
 from .base import LiterateWorkflow, inrreg_version, pick_warp, version, wants_gpu
 from .preprocessing import init_preproc_wf
@@ -75,8 +75,7 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
     ``fixed_preproc, moving_preproc, fixed_preproc_mask, quality_tsv, out_report`` (flicker SVG),
     ``jacobian_report`` (SVG).
     """
-    resolve_inr_preset(method, preset)  # fail now, naming the input, rather than inside the graph
-    info = describe_inr(method, preset)
+    info = describe_inr(method, preset)  # a bad method/preset fails now, naming the input, not inside the graph
     gpu = wants_gpu(device, use_gpu)
     reg = pe.Node(INRRegistration(method=method, device=device, use_gpu=gpu, random_seed=seed),
                   name="inr_registration", mem_gb=mem_gb)

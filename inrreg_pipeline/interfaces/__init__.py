@@ -4,8 +4,9 @@ Registration outputs mirror ``nipype.interfaces.ants.Registration``, so :class:`
 and :class:`ANTsRegistration` replace an ``ants.Registration`` node without changing the graph
 downstream; :class:`ApplyTransforms` takes the inputs of ``ants.ApplyTransforms``.
 
-Layering: this package imports ``inrreg_pipeline.register``, ``.apply``, ``.metrics``, ``.io`` and
-``.core`` (lazily, inside ``_run_interface``, so importing it stays cheap); workflows import it.
+Layering: this package imports ``inrreg_pipeline.presets``, ``.register``, ``.baselines``, ``.apply``,
+``.metrics``, ``.io`` and ``.core`` at module level (torch included); only the optional dependencies
+(antspyx, matplotlib, ``nilearn.plotting``) are imported where they are used. Workflows import it.
 """
 from .evaluation import LabelOverlap, LandmarkError, MergeTables, TransformQuality
 from .preprocessing import (ApplyMask, ForegroundMask, N4BiasFieldCorrection, NormalizeIntensity, Reorient,

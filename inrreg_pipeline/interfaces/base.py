@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from nipype.interfaces.base import isdefined
 
 
@@ -116,8 +117,6 @@ def resolve_device_for_node(device: str, use_gpu: bool) -> tuple[str, str | None
     falls back to the CPU (with a note, no error) when none is visible. An explicit ``cuda`` with no
     CUDA stays an error (raised by the core's ``resolve_device``).
     """
-    import torch
-
     spec = (device or "auto").strip().lower()
     if spec == "auto":
         if torch.cuda.is_available():

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import os
 
+import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
+import torch
+from nibabel import orientations as ornt
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -15,15 +19,17 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+from scipy import ndimage
+from scipy.ndimage import gaussian_filter
 
+from ..core.space import foreground_mask, rescale_intensity, sample_array, sample_labels, voxel_grid_to_world
+from ..io.images import InputError, load_image, save_image
 from .base import derived_name, fail, optional, output_path
 
 _AXES = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
 
 
 def _load_nifti(path: str, name: str):
-    import nibabel as nib
-
     try:
         img = nib.load(os.fspath(path))
         img.get_fdata(dtype=np.float32)  # read now: a truncated file fails here, naming the input
@@ -36,8 +42,6 @@ def _load_nifti(path: str, name: str):
 
 def _load(path: str, name: str, ndim: int | None = None):
     """A :class:`SpatialImage` (2-D or 3-D, float32); one-line errors naming ``name``."""
-    from ..io.images import InputError, load_image
-
     try:
         return load_image(path, name, ndim=ndim)
     except InputError as err:
@@ -50,8 +54,6 @@ def _same_grid(a, b) -> bool:
 
 def _save_like(data: np.ndarray, header_img, path: str, dtype=np.float32) -> None:
     """Write ``data`` with the header (qform, sform, codes) of ``header_img``."""
-    import nibabel as nib
-
     data = np.asarray(data, dtype=dtype).reshape(header_img.shape[:3] if len(header_img.shape) >= 3
                                                  else header_img.shape)
     out = nib.Nifti1Image(data, header_img.affine, header_img.header)
@@ -82,13 +84,10 @@ class Reorient(SimpleInterface):
     output_spec = ReorientOutputSpec
 
     def _run_interface(self, runtime):
-        from nibabel import orientations as ornt
-
         codes = self.inputs.orientation.strip().upper()
         if len(codes) != 3 or any(c not in _AXES for c in codes) or len({_AXES[c] for c in codes}) != 3:
             raise fail("orientation", f"'{self.inputs.orientation}' is not 3 axis codes with one of L/R, A/P, "
                                       "S/I each (e.g. RAS, LPS)")
-        import nibabel as nib
 
         img = _load_nifti(self.inputs.in_file, "in_file")
         if len(img.shape) == 2:  # a 2-D NIfTI: one slice along the third axis
@@ -204,8 +203,6 @@ class N4BiasFieldCorrection(SimpleInterface):
         return bias.numpy()
 
     def _sitk(self, data, mask, spacing):
-        import SimpleITK as sitk
-
         order = tuple(range(data.ndim - 1, -1, -1))  # numpy (i, j, k) <-> SimpleITK (z, y, x)
         image = sitk.GetImageFromArray(np.transpose(data, order).astype(np.float32))
         image.SetSpacing(spacing)
@@ -244,8 +241,6 @@ class ApplyMask(SimpleInterface):
     output_spec = ApplyMaskOutputSpec
 
     def _run_interface(self, runtime):
-        from ..io.images import save_image
-
         img = _load(self.inputs.in_file, "in_file")
         mask = _load(self.inputs.in_mask, "in_mask")
         if not _same_grid(img, mask):
@@ -278,11 +273,6 @@ class ForegroundMask(SimpleInterface):
     output_spec = ForegroundMaskOutputSpec
 
     def _run_interface(self, runtime):
-        from scipy import ndimage
-
-        from ..core.space import foreground_mask
-        from ..io.images import save_image
-
         img = _load(self.inputs.in_file, "in_file")
         mask = foreground_mask(img.data, self.inputs.fraction)
         labels, n = ndimage.label(mask)
@@ -315,9 +305,6 @@ class NormalizeIntensity(SimpleInterface):
     output_spec = NormalizeIntensityOutputSpec
 
     def _run_interface(self, runtime):
-        from ..core.space import rescale_intensity
-        from ..io.images import save_image
-
         lo, hi = self.inputs.lower_percentile, self.inputs.upper_percentile
         if lo >= hi:
             raise fail("lower_percentile", f"{lo:g} must be below upper_percentile {hi:g}")
@@ -379,11 +366,6 @@ class Resample(SimpleInterface):
     output_spec = ResampleOutputSpec
 
     def _run_interface(self, runtime):
-        import torch
-
-        from ..core.space import sample_array, sample_labels, voxel_grid_to_world
-        from ..io.images import save_image
-
         img = _load(self.inputs.in_file, "in_file")
         d = img.ndim
         if optional(self.inputs.reference_image):
@@ -405,8 +387,6 @@ class Resample(SimpleInterface):
             # voxel steps of the new grid along the input's axes (axes are shared for resolution=)
             sigma = [max(0.0, (f - 1.0) / 2.0) for f in factor]
             if any(s > 0 for s in sigma):
-                from scipy.ndimage import gaussian_filter
-
                 data = gaussian_filter(data, sigma=sigma, mode="nearest")
         points = voxel_grid_to_world(tuple(shape), affine)
         cpu = torch.device("cpu")

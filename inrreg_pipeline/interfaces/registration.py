@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 
+import torch
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -24,22 +25,27 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from .base import fail, one_line, optional, output_path, registration_outputs, resolve_device_for_node, single_file
+from ..baselines import BASELINE_PRESETS, run_baseline
+from ..core.choices import VARIANT_METHODS
+from ..core.config import RegistrationSettings
+from ..io.images import InputError
+from ..presets import PresetError, available_presets, resolve
+from ..register import register_files
+from .base import fail, optional, output_path, registration_outputs, resolve_device_for_node, single_file
 
-#: ``method`` values of :class:`INRRegistration`: ``auto`` (what the preset says), ``siren``
-#: (sine activation), the other activations of the deformation MLP, ``two-network``, the omega
-#: controls of the INR (:data:`OMEGA_METHODS`) and the INR variants (:data:`VARIANT_METHODS`).
-INR_METHODS = ("auto", "siren", "two-network", "svf", "relu", "snake", "sine+", "chirp", "morlet",
-               "trainable-omega", "width-omega", "attention-omega",
-               "joint-affine", "ensemble", "cascade", "cycle", "fusion")
 #: Interface method -> ``variants.omega_mode`` of the preset.
 OMEGA_METHODS = {"trainable-omega": "trainable", "width-omega": "width", "attention-omega": "attention"}
-#: The INR variants (``inrreg_pipeline.core.config.VARIANT_METHODS``), values of the preset's ``method``.
-VARIANT_METHODS = ("joint-affine", "ensemble", "cascade", "cycle", "fusion")
+#: Interface method -> ``network.activation`` (``siren`` is the sine activation).
+ACTIVATION_METHODS = {"siren": "sine", "relu": "relu", "snake": "snake", "sine+": "sine+", "chirp": "chirp",
+                      "morlet": "morlet"}
+#: ``method`` values of :class:`INRRegistration`: ``auto`` (what the preset says), ``siren``
+#: (sine activation), ``two-network``, ``svf``, the other activations of the deformation MLP, the
+#: omega controls of the INR (:data:`OMEGA_METHODS`) and the INR variants (``VARIANT_METHODS``).
+INR_METHODS = ("auto", "siren", "two-network", "svf", *list(ACTIVATION_METHODS)[1:], *OMEGA_METHODS,
+               *VARIANT_METHODS)
 #: The classical baseline presets (``inrreg_pipeline.baselines.BASELINE_PRESETS``: antsRegistration through
-#: antspyx, then greedy), named here without importing torch.
-ANTS_PRESETS = ("ants-syn", "ants-syn-cc", "ants-precise", "antspyx-syn-s", "antspyx-synquick-s", "greedy",
-                "greedy-permissive")
+#: antspyx, then greedy), the values of :class:`ANTsRegistration`'s ``preset``.
+ANTS_PRESETS = tuple(BASELINE_PRESETS)
 
 
 class _RegistrationInputSpecBase(BaseInterfaceInputSpec):
@@ -87,64 +93,47 @@ def _read_json(path) -> dict:
         return {}
 
 
-def resolve_inr_preset(method: str = "auto", preset: str | None = None):
-    """``(preset argument for register_files, settings)`` for a ``method`` and a ``preset``.
+def inr_settings(method: str = "auto", preset: str | None = None) -> RegistrationSettings:
+    """The settings :class:`INRRegistration` runs with for its ``method`` and ``preset`` inputs.
 
-    ``preset`` defaults to ``default`` (``two-network-deformable`` for ``method='two-network'``);
-    an activation method (``siren`` = sine, ``relu``, ...) overrides the preset's network
-    activation, an omega method (``trainable-omega``, ...) its ``variants.omega_mode`` and a
-    variant method (``ensemble``, ...) its ``method`` (with the preset's ``variants`` options);
-    these apply to single-network INR presets (``siren`` or a variant). A method that does not
-    match the preset's ``"method"`` is an
-    :class:`~inrreg_pipeline.interfaces.base.InterfaceInputError` naming ``method``.
+    The interface's one ``method`` input carries what the command line splits into ``--method``,
+    ``--activation`` and ``--omega``: ``auto`` keeps the preset's settings; ``two-network``,
+    ``svf`` and the variants are the method; ``siren`` (sine), ``relu``, ... the activation; the
+    ``*-omega`` values the omega control. Everything else is
+    :func:`inrreg_pipeline.presets.resolve` (``preset`` ``None``: the method's own preset; a
+    method of another settings layout than the preset's is refused). A problem is an
+    :class:`~inrreg_pipeline.interfaces.base.InterfaceInputError` naming ``method`` or ``preset``.
     """
-    from ..core.config import load_preset
-
     if method not in INR_METHODS:
         raise fail("method", f"unknown method '{method}' (choose from {', '.join(INR_METHODS)})")
-    if preset is None:
-        preset = {"two-network": "two-network-deformable", "svf": "svf"}.get(method, "default")
+    overrides: dict[str, str] = {}
+    if method in OMEGA_METHODS:
+        overrides["omega"] = OMEGA_METHODS[method]
+    elif method in ACTIVATION_METHODS:
+        overrides["activation"] = ACTIVATION_METHODS[method]
+    elif method != "auto":
+        overrides["method"] = method
     try:
-        settings = load_preset(preset)
-    except ValueError as err:
-        raise fail("preset", str(err)) from None
-    preset_method = getattr(settings, "method", "siren") or "siren"
-    if method == "auto":
-        return preset, settings
-    if method in ("two-network", "svf"):
-        if preset_method != method:
-            shipped = "two-network-rigid, two-network-deformable" if method == "two-network" else "svf"
-            raise fail("method", f"'{method}' needs a preset that sets \"method\": \"{method}\" "
-                                 f"({shipped}); preset '{preset}' is a '{preset_method}' preset")
-        return preset, settings
-    if preset_method not in ("siren",) + VARIANT_METHODS:
-        raise fail("method", f"'{method}' is an option of the single-network INR but preset "
-                             f"'{preset}' is a '{preset_method}' preset (use method='auto' or '{preset_method}')")
-    if method in VARIANT_METHODS:
-        changed = settings.method != method
-        settings.method = method
-    elif method in OMEGA_METHODS:
-        changed = settings.variants.omega_mode != OMEGA_METHODS[method]
-        settings.variants.omega_mode = OMEGA_METHODS[method]
-    else:
-        activation = "sine" if method == "siren" else method
-        changed = settings.network.activation != activation
-        settings.network.activation = activation
-    if not changed:
-        return preset, settings
-    from ..core.config import validate
+        return resolve(preset, **overrides)
+    except PresetError as err:
+        if err.option == "preset" or (err.option is None and not overrides):
+            raise fail("preset", str(err)) from None
+        message = str(err)
+        if err.option in ("omega", "activation"):  # name the value as this interface takes it
+            message = f"'{method}'" + message[len(overrides[err.option]) + 2:]
+        raise fail("method", message) from None
 
-    try:
-        validate(settings)
-    except ValueError as err:
-        raise fail("method", str(err)) from None
+
+def resolve_inr_preset(method: str = "auto", preset: str | None = None
+                       ) -> tuple[RegistrationSettings, RegistrationSettings]:
+    """``(settings, settings)`` of :func:`inr_settings`: the two-value form callers of this name
+    unpack (the first value was the ``preset`` argument for ``register_files``)."""
+    settings = inr_settings(method, preset)
     return settings, settings
 
 
 def available_inr_presets() -> list[str]:
     """Names of the presets shipped with inrreg (``inrreg_pipeline.core.config.available_presets``)."""
-    from ..core.config import available_presets
-
     return available_presets()
 
 
@@ -153,7 +142,7 @@ def describe_inr(method: str = "auto", preset: str | None = None) -> dict:
 
     Keys whose section a preset does not have (another method's settings layout) are left out.
     """
-    _, s = resolve_inr_preset(method, preset)
+    s = inr_settings(method, preset)
 
     def get(path: str):
         value = s
@@ -192,10 +181,11 @@ class INRRegistrationInputSpec(_RegistrationInputSpecBase):
              "(relu, snake, sine+, chirp, morlet) of the deformation MLP; 'two-network' (presets "
              "two-network-rigid / two-network-deformable); the omega controls 'trainable-omega', "
              "'width-omega', 'attention-omega'; the INR variants 'joint-affine', 'ensemble', 'cascade', "
-             "'cycle', 'fusion' (options from the preset's \"variants\"; presets fast-*)")
+             "'cycle', 'fusion' (options from the preset's \"variants\"; e.g. "
+             "benchmarks/presets/fast-cascade.json of the repository)")
     preset = traits.Str(
         desc="shipped preset name (see inrreg_pipeline.core.config.available_presets()) or a JSON file; "
-             "default: 'default', or 'two-network-deformable' for method='two-network'")
+             "default: 'default', 'two-network-deformable' for method='two-network', 'svf' for method='svf'")
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
     use_gpu = traits.Bool(
         False, usedefault=True,
@@ -215,22 +205,17 @@ class INRRegistration(SimpleInterface):
     output_spec = RegistrationOutputSpec
 
     def _run_interface(self, runtime):
-        import torch
-
-        from ..io.images import InputError
-        from ..register import register_files
-
         fixed = single_file(self.inputs.fixed_image, "fixed_image")
         moving = single_file(self.inputs.moving_image, "moving_image")
         if self.inputs.num_threads < 1:
             raise fail("num_threads", f"must be >= 1, got {self.inputs.num_threads}")
-        preset, _ = resolve_inr_preset(self.inputs.method, optional(self.inputs.preset))
+        settings = inr_settings(self.inputs.method, optional(self.inputs.preset))
         device, note = resolve_device_for_node(self.inputs.device, self.inputs.use_gpu)
         prefix = output_path(runtime.cwd, self.inputs.output_transform_prefix)
         threads_before = torch.get_num_threads()
         try:
             paths = register_files(
-                fixed, moving, prefix, preset=preset, device=device, seed=self.inputs.random_seed,
+                fixed, moving, prefix, preset=settings, device=device, seed=self.inputs.random_seed,
                 fixed_mask=optional(self.inputs.fixed_image_mask),
                 moving_mask=optional(self.inputs.moving_image_mask),
                 use_affine=self.inputs.use_affine, threads=self.inputs.num_threads, progress=False)
@@ -282,13 +267,6 @@ class ANTsRegistration(SimpleInterface):
     output_spec = RegistrationOutputSpec
 
     def _run_interface(self, runtime):
-        try:
-            from ..baselines import run_baseline
-        except ImportError as err:
-            raise RuntimeError(f"ANTsRegistration needs inrreg_pipeline.baselines and antspyx "
-                               f"(pip install 'inrreg[ants]'): {one_line(str(err))}") from None
-        from ..io.images import InputError
-
         fixed = single_file(self.inputs.fixed_image, "fixed_image")
         moving = single_file(self.inputs.moving_image, "moving_image")
         if self.inputs.num_threads < 1:
@@ -315,5 +293,5 @@ class ANTsRegistration(SimpleInterface):
         return runtime
 
 
-__all__ = ["INRRegistration", "ANTsRegistration", "INR_METHODS", "ANTS_PRESETS", "resolve_inr_preset", "describe_inr",
-           "available_inr_presets"]
+__all__ = ["INRRegistration", "ANTsRegistration", "INR_METHODS", "ANTS_PRESETS", "inr_settings", "resolve_inr_preset",
+           "describe_inr", "available_inr_presets"]

@@ -10,10 +10,12 @@ animation, the ``background-svg`` / ``foreground-svg`` classes of niworkflows' `
 from __future__ import annotations
 
 import csv
-import math
 import hashlib
+import io
+import math
 import re
 
+import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -23,6 +25,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ..io.images import InputError, load_image
 from .base import fail, optional, output_path
 
 _LABEL_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#bf5af2", "#ff9f0a", "#64d2ff", "#ff2d55")
@@ -38,10 +41,6 @@ def _pyplot():
 
 
 def _nifti(path: str, name: str):
-    import nibabel as nib
-
-    from ..io.images import InputError, load_image
-
     try:
         load_image(path, name)  # the usual checks (exists, 2-/3-D, finite, affine)
     except InputError as err:
@@ -124,8 +123,6 @@ def _label_edges(labels: np.ndarray) -> np.ndarray:
 
 
 def _add_contours(display, contour_img, contour_kind: str, fixed_img) -> None:
-    import nibabel as nib
-
     if contour_img is not None:
         labels = np.rint(np.asarray(contour_img.dataobj)).astype(np.int64)
         values = [int(v) for v in np.unique(labels) if v != 0]
@@ -162,7 +159,6 @@ def plot_mosaic_svg(img, cuts: dict[str, list[float]], contour_img, contour_kind
                                 draw_cross=False, black_bg=True, dim=0, vmin=vmin, vmax=vmax, colorbar=False,
                                 title=title if r == 0 else None)
             _add_contours(display, contour_img, contour_kind, fixed_img)
-        import io
 
         with plt.rc_context({"svg.hashsalt": salt, "svg.fonttype": "none"}):
             buffer = io.StringIO() if fmt == "svg" else io.BytesIO()
@@ -300,7 +296,6 @@ class JacobianReport(SimpleInterface):
     output_spec = JacobianReportOutputSpec
 
     def _run_interface(self, runtime):
-        import nibabel as nib
         from nilearn.plotting import plot_stat_map
 
         plt = _pyplot()

@@ -16,6 +16,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ..apply import apply_transforms
+from ..io.images import InputError
 from .base import derived_name, fail, optional, output_path
 
 #: ANTs' interpolator names and inrreg's, mapped to inrreg's.
@@ -53,9 +55,6 @@ class ApplyTransforms(SimpleInterface):
     output_spec = ApplyTransformsOutputSpec
 
     def _run_interface(self, runtime):
-        from ..apply import apply_transforms
-        from ..io.images import InputError
-
         transforms = list(self.inputs.transforms)
         flags = optional(self.inputs.invert_transform_flags)
         flags = [False] * len(transforms) if flags is None else [bool(f) for f in flags]
