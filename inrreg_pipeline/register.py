@@ -38,6 +38,7 @@ from tqdm import tqdm
 from . import __version__
 from .core.choices import SEED_MAX
 from .core.config import RegistrationSettings
+from .core.quality import NoOverlapError
 from .core.registration import RegistrationResult, register
 from .core.space import resolve_device
 from .io.images import (InputError, StagedOutputs, check_outputs_not_inputs, expand_affine, load_pair, save_image,
@@ -136,7 +137,9 @@ def register_files(fixed: str, moving: str, prefix: str, preset: str | Registrat
     message starts with the option, ``--omega ...``).
 
     Returns the output paths by key (see :data:`OUTPUT_SUFFIXES`). Raises :class:`InputError` for
-    bad inputs (nothing is written then).
+    bad inputs, images that cannot overlap in world space included (nothing is written then). The
+    result's quality warnings (:mod:`inrreg_pipeline.core.quality`: too little overlap, no better
+    than the start) go to stderr, one line each, and into ``registration.json``'s ``quality``.
     """
     check_prefix_outputs(prefix, fixed, moving, fixed_mask, moving_mask, preset)
     try:
@@ -160,8 +163,12 @@ def register_files(fixed: str, moving: str, prefix: str, preset: str | Registrat
         try:
             result = register(fixed_img, moving_img, settings, dev, seed=seed, fixed_mask=f_mask,
                               moving_mask=m_mask, use_affine=use_affine, progress=bars)
+        except NoOverlapError as err:
+            raise InputError(str(err)) from None
         finally:
             bars.close()
+        for warning in result.summary.get("quality", {}).get("warnings", []):
+            print(f"inrreg: warning: {warning}", file=sys.stderr)
         write_outputs(stage, result, fixed_img, moving_img)
         metadata = {
             "inputs": recorded_inputs(fixed, moving, fixed_mask, moving_mask),

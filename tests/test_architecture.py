@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"inrreg_pipeline": "inrreg_pipeline", "workflows": "inrreg_pipeline.workflows",
            "bids_app": "inrreg_pipeline.bids_app"}
 #: optional dependencies: imported where used, so the package works without them
-OPTIONAL = {"ants", "picsl_greedy", "tinycudann", "matplotlib", "monai", "nilearn.plotting"}
+OPTIONAL = {"ants", "picsl_greedy", "tinycudann", "matplotlib", "monai", "nilearn.plotting", "yaml"}
 #: Nipype interfaces keep the graph-building process light (tests/test_interfaces.py checks that
 #: importing them loads neither torch nor nilearn): the modules that do the work are imported in
 #: the methods Nipype runs in the worker, the Nipype idiom. Nowhere else.

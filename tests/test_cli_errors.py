@@ -509,6 +509,20 @@ def test_tiny_voxels_register(pair, capsys, spacing_mm):
     assert np.isfinite(np.asanyarray(warped.dataobj)).all()
 
 
+def test_images_that_cannot_overlap_are_a_usage_error_before_any_work(pair, capsys):
+    """A fixed affine scaled 1e6 (issue 16, defect 3) used to register to an all-zero image with exit 0:
+    now exit 2, one line saying why, and nothing written."""
+    fixed, moving, out = pair
+    aff = _affine()
+    aff[:2] *= 1e6
+    huge = _save(fixed.parent / "huge_fixed.nii.gz", _blob(), aff)
+    preset = fixed.parent / "fast.json"
+    preset.write_text(json.dumps(FAST_PRESET))
+    code = _run(_register_argv(huge, moving, out, "--preset", preset, "--no-progress"))
+    _assert_one_line_error(capsys, code, 2, "cannot overlap in world space")
+    _assert_nothing_written(out)
+
+
 @pytest.mark.parametrize("spacing_mm", [0.0008, 1e-5], ids=["0.8um", "10nm"])
 def test_tiny_voxel_volume_loads(tmp_path, spacing_mm):
     """A 3-D volume of 0.8 micrometre voxels (|det| 5e-10 mm^3, below the old absolute 1e-9 threshold)

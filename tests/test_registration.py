@@ -306,3 +306,28 @@ def test_the_summary_says_whether_the_result_overlaps_and_improves_on_the_start(
     assert not same["improved"] and "no better than the start" in same["warnings"][0]
     away = assess(fixed, moving, mask, np.zeros_like(result.warped), result.warped, grid + 1e4)
     assert away["overlap_fraction"] == 0 and "maps inside the moving image" in away["warnings"][0]
+
+
+def test_a_registration_leaves_no_empty_torchinductor_folder_in_tmpdir(tmp_path):
+    """Building a torch optimiser makes TorchDynamo create ``$TMPDIR/torchinductor_<user>``; inrreg
+    never compiles, so the empty folder is removed afterwards (issue 16), and our path is torch's."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys, torch; sys.path.insert(0, 'tests')\n"
+            "from helpers import mni_slice, quick_settings\n"
+            "from inrreg_pipeline.core import register\n"
+            "from inrreg_pipeline.core.scratch import inductor_cache_dir\n"
+            "from inrreg_pipeline.synthetic import deform, random_deformation\n"
+            "ours = inductor_cache_dir()\n"
+            "f = mni_slice(); m = deform(f, random_deformation(f, amplitude_mm=4.0, seed=2))\n"
+            "register(f, m, quick_settings(iterations=5), torch.device('cpu'))\n"
+            "print(sorted(os.listdir(os.environ['TMPDIR'])))\n"
+            "from torch._inductor.runtime.cache_dir_utils import default_cache_dir\n"
+            "print(ours == default_cache_dir())\n")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         cwd=str(Path(__file__).resolve().parents[1])).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True", out

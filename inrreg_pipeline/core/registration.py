@@ -24,6 +24,7 @@ from .method import RegistrationMethod
 from .pair import prepare_pair, seed_everything
 from .quality import assess, check_overlap, start_affine
 from .result import RegistrationResult, dense_outputs, summarise
+from .scratch import no_empty_inductor_cache
 from .space import SpatialImage, apply_affine, sample_array, voxel_grid_to_world
 
 __all__ = ["METHODS", "RegistrationResult", "register", "method_for", "seed_everything"]
@@ -63,6 +64,13 @@ def register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSe
     overlap in world space; ``summary["quality"]`` says whether the result overlaps and improves on
     the start (:func:`~.quality.assess`).
     """
+    with no_empty_inductor_cache():
+        return _register(fixed, moving, settings, device, seed, fixed_mask, moving_mask, use_affine, progress)
+
+
+def _register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationSettings, device: torch.device,
+              seed: int, fixed_mask: np.ndarray | None, moving_mask: np.ndarray | None, use_affine: bool,
+              progress: ProgressFactory | None) -> RegistrationResult:
     method = method_for(settings)
     pair = prepare_pair(fixed, moving, device, seed, fixed_mask, moving_mask)
     check_overlap(pair.fixed_norm, pair.moving_norm, pair.sampling_mask, fixed_mask, moving_mask)
