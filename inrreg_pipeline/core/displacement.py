@@ -14,7 +14,7 @@ import numpy as np
 from .config import RegistrationSettings
 from .engine import Progress, tail_mean
 from .fields import evaluate_displacement, invert_displacement
-from .method import Fields, Fit
+from .method import Fields, Fit, similarity_and_regulariser
 from .pair import PreparedPair
 from .variants import deformable_iterations, fit_variant, uses_variants, variant_outputs
 
@@ -54,8 +54,7 @@ class DisplacementINR:
         return Fields(u, v, extras, summary)
 
     def loss_summary(self, history: dict[str, list[float]]) -> dict:
-        return {"similarity_final": tail_mean(history["similarity"]),
-                "regulariser_final": tail_mean(history["regulariser"])}
+        return similarity_and_regulariser(history)
 
 
 METHOD = DisplacementINR()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .config import RegistrationSettings
-from .engine import Progress
+from .engine import Progress, tail_mean
 from .pair import PreparedPair
 
 
@@ -82,3 +82,10 @@ class RegistrationMethod(Protocol):
 
     def loss_summary(self, history: dict[str, list[float]]) -> dict:
         """The ``loss`` entries of ``registration.json`` besides ``affine_final``."""
+
+
+def similarity_and_regulariser(history: dict[str, list[float]]) -> dict:
+    """``loss_summary`` of a method whose steps record ``similarity`` and ``regulariser`` terms: each
+    term's mean over the last 20 iterations."""
+    return {"similarity_final": tail_mean(history["similarity"]),
+            "regulariser_final": tail_mean(history["regulariser"])}

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as nnf
 
 from .config import RegistrationSettings
-from .engine import Progress, optimise, tail_mean
+from .engine import Progress, optimise
 from .losses import box_mean, lncc_map, ncc, similarity_loss
-from .method import Fields, Fit
+from .method import Fields, Fit, similarity_and_regulariser
 from .networks import DeformationINR
 from .optimisation import build_network
 from .pair import PreparedPair
@@ -359,8 +359,7 @@ class VelocityINR:
         return Fields(u, v)
 
     def loss_summary(self, history: dict[str, list[float]]) -> dict:
-        return {"similarity_final": tail_mean(history["similarity"]),
-                "regulariser_final": tail_mean(history["regulariser"])}
+        return similarity_and_regulariser(history)
 
 
 METHOD = VelocityINR()

@@ -194,6 +194,16 @@ class INRRegistrationInputSpec(_RegistrationInputSpecBase):
     use_affine = traits.Bool(True, usedefault=True, desc="run the affine stage before the INR")
 
 
+def checked_pair_inputs(inputs) -> tuple[str, str]:
+    """``(fixed, moving)`` paths of a registration interface's inputs (one file each), with
+    ``num_threads >= 1``; a one-line interface error otherwise."""
+    fixed = single_file(inputs.fixed_image, "fixed_image")
+    moving = single_file(inputs.moving_image, "moving_image")
+    if inputs.num_threads < 1:
+        raise fail("num_threads", f"must be >= 1, got {inputs.num_threads}")
+    return fixed, moving
+
+
 class INRRegistration(SimpleInterface):
     """Register ``moving_image`` to ``fixed_image`` with an untrained implicit neural representation.
 
@@ -205,10 +215,7 @@ class INRRegistration(SimpleInterface):
     output_spec = RegistrationOutputSpec
 
     def _run_interface(self, runtime):
-        fixed = single_file(self.inputs.fixed_image, "fixed_image")
-        moving = single_file(self.inputs.moving_image, "moving_image")
-        if self.inputs.num_threads < 1:
-            raise fail("num_threads", f"must be >= 1, got {self.inputs.num_threads}")
+        fixed, moving = checked_pair_inputs(self.inputs)
         settings = inr_settings(self.inputs.method, optional(self.inputs.preset))
         device, note = resolve_device_for_node(self.inputs.device, self.inputs.use_gpu)
         prefix = output_path(runtime.cwd, self.inputs.output_transform_prefix)
@@ -267,10 +274,7 @@ class ANTsRegistration(SimpleInterface):
     output_spec = RegistrationOutputSpec
 
     def _run_interface(self, runtime):
-        fixed = single_file(self.inputs.fixed_image, "fixed_image")
-        moving = single_file(self.inputs.moving_image, "moving_image")
-        if self.inputs.num_threads < 1:
-            raise fail("num_threads", f"must be >= 1, got {self.inputs.num_threads}")
+        fixed, moving = checked_pair_inputs(self.inputs)
         prefix = output_path(runtime.cwd, self.inputs.output_transform_prefix)
         previous_tempdir = tempfile.tempdir
         tempfile.tempdir = runtime.cwd  # run_ants' scratch folder inside the node directory (removed after)
