@@ -41,6 +41,7 @@ Units are millimetres throughout; matrices are NumPy float64 arrays.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from typing import Optional, Sequence, Union
 
@@ -73,6 +74,7 @@ __all__ = [
     "write_itk_transform",
     "transform_from_sitk",
     "transform_to_sitk",
+    "parse_transform_spec",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -87,6 +89,14 @@ _ORTHO_ATOL = 1e-4
 _AFFINE_EXTS = (".mat", ".txt", ".tfm")
 _H5_EXTS = (".h5", ".hdf5", ".hdf")
 _NIFTI_EXTS = (".nii", ".nii.gz")
+_BRACKET = re.compile(r"^\[\s*(?P<path>[^,\]]+?)\s*,\s*(?P<flag>[01])\s*\]$")
+
+
+def parse_transform_spec(spec: str) -> tuple[str, bool]:
+    """One ``-t`` argument as antsApplyTransforms spells it: ``file``, ``[file,1]`` (the inverse,
+    linear transforms only) or ``[file,0]`` -> ``(path, invert)``. The file is not opened."""
+    match = _BRACKET.match(spec.strip())
+    return (match["path"], match["flag"] == "1") if match else (spec.strip(), False)
 
 
 # --------------------------------------------------------------------------------------------
