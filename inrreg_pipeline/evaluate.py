@@ -1,8 +1,11 @@
-"""``inrreg evaluate``: label overlap (and transform quality) between fixed labels and warped labels.
+"""``inrreg evaluate``: label overlap (and transform quality) between fixed labels and warped labels,
+and the target registration error of landmarks mapped through transform files.
 
-The TSV has one row per label (``row = label``: Dice, Jaccard, volumes, HD95, ASSD in mm, and a
-``status`` that names labels missing on one side) followed by summary rows (``row = summary``,
-the statistic in ``name`` and its value in ``value``).
+The label TSV has one row per label (``row = label``: Dice, Jaccard, volumes, HD95, ASSD in mm, and
+a ``status`` that names labels missing on one side) followed by summary rows (``row = summary``,
+the statistic in ``name`` and its value in ``value``). The landmark TSV
+(:func:`evaluate_landmarks`) has one row per landmark (``row = landmark``: its number, the
+distance before and after registration in mm) and the same kind of summary rows.
 """
 from __future__ import annotations
 
@@ -13,11 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from .io.images import InputError, check_outputs_not_inputs, load_image, load_mask
+from .io.itk import parse_transform_spec, read_transform_chain
+from .io.landmarks import read_landmarks
 from .io.tsv import write_rows_tsv
 from .metrics import (OVERLAP_COLUMNS, folding_fraction, label_overlap, log_jacobian_std, spacing_from_affine,
-                      summarise_overlap)
+                      summarise_overlap, tre_summary)
+from .metrics.landmarks import landmark_errors
 
 COLUMNS = ("row", "label", "name") + tuple(c for c in OVERLAP_COLUMNS if c != "label") + ("value",)
+LANDMARK_COLUMNS = ("row", "landmark", "initial_error_mm", "error_mm", "name", "value")
 
 
 def read_label_table(path: str) -> dict[int, str]:
@@ -58,9 +65,7 @@ def read_label_table(path: str) -> dict[int, str]:
     return names
 
 
-def evaluate_labels(fixed_labels: str, warped_labels: str, output: str, labels_tsv: str | None = None,
-                    jacobian: str | None = None, mask: str | None = None) -> tuple[list[dict], dict]:
-    """Compute the rows, write ``output`` (TSV) and return ``(label_rows, summary)``."""
+def _check_tsv_output(output: str) -> None:
     if Path(output).is_dir():
         raise InputError(f"output '{output}' is a directory; give a file name ending in .tsv")
     if not output.endswith(".tsv"):
@@ -70,6 +75,58 @@ def evaluate_labels(fixed_labels: str, warped_labels: str, output: str, labels_t
         raise InputError(f"output directory '{Path(output).parent}' does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"cannot write to output directory '{Path(output).parent}' (permission denied)")
+
+
+def evaluate_landmarks(fixed_landmarks: str, moving_landmarks: str, transforms: list[str], output: str,
+                       convention: str = "auto") -> tuple[np.ndarray, np.ndarray, dict]:
+    """Target registration error of corresponding landmarks through a fixed -> moving transform list.
+
+    ``transforms``: ``-t`` arguments in antsApplyTransforms order (``P1Warp.nii.gz``,
+    ``P0GenericAffine.mat``, or ``PComposite.h5``; ``[file,1]`` inverts a linear transform), read into
+    one :class:`~inrreg_pipeline.core.transform.TransformChain`; the fixed landmarks are mapped by it
+    and compared with the moving ones (:func:`inrreg_pipeline.metrics.landmarks.landmark_errors`).
+    ``convention``: the landmark files' frame (``auto``: LPS for the ITK/ANTs and BraTS-Reg layouts,
+    :func:`inrreg_pipeline.io.landmarks.read_landmarks`). Writes ``output`` (TSV) and returns
+    ``(initial_errors_mm, errors_mm, summary)``; :class:`InputError` (one line) for bad input.
+    """
+    _check_tsv_output(output)
+    if not transforms:
+        raise InputError("at least one transform (-t) is needed")
+    chain_specs = [parse_transform_spec(t) for t in transforms]
+    check_outputs_not_inputs([output], {"fixed landmarks": fixed_landmarks, "moving landmarks": moving_landmarks,
+                                        **{f"transform {i + 1}": p for i, (p, _) in enumerate(chain_specs)}})
+    points = {}
+    for name, path in (("fixed landmarks", fixed_landmarks), ("moving landmarks", moving_landmarks)):
+        try:
+            points[name] = read_landmarks(path, convention)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{name}: {str(err).splitlines()[0]}") from None
+    fixed, moving = points["fixed landmarks"], points["moving landmarks"]
+    if fixed.shape != moving.shape:
+        raise InputError(f"moving landmarks '{moving_landmarks}' hold {len(moving)} {moving.shape[1]}-D points, "
+                         f"fixed landmarks '{fixed_landmarks}' {len(fixed)} {fixed.shape[1]}-D points")
+    try:
+        chain = read_transform_chain(chain_specs, fixed.shape[1])
+    except FileNotFoundError as err:
+        raise InputError(f"transform '{err}' does not exist") from None
+    except (ValueError, RuntimeError) as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise InputError(f"cannot read the transforms {', '.join(p for p, _ in chain_specs)}: "
+                         f"{lines[-1] if lines else type(err).__name__}") from None
+    before, after = landmark_errors(chain, fixed, moving)
+    summary = {**{f"tre_{k}": v for k, v in tre_summary(after).items()},
+               "tre_initial_mean_mm": float(before.mean())}
+    rows = [{"row": "landmark", "landmark": i + 1, "initial_error_mm": float(b), "error_mm": float(a)}
+            for i, (b, a) in enumerate(zip(before, after))]
+    rows += [{"row": "summary", "name": key, "value": value} for key, value in summary.items()]
+    write_rows_tsv(rows, output, columns=LANDMARK_COLUMNS)
+    return before, after, summary
+
+
+def evaluate_labels(fixed_labels: str, warped_labels: str, output: str, labels_tsv: str | None = None,
+                    jacobian: str | None = None, mask: str | None = None) -> tuple[list[dict], dict]:
+    """Compute the rows, write ``output`` (TSV) and return ``(label_rows, summary)``."""
+    _check_tsv_output(output)
     check_outputs_not_inputs([output], {"label table": labels_tsv, "fixed labels": fixed_labels,
                                         "warped labels": warped_labels, "jacobian": jacobian, "mask": mask})
     names = read_label_table(labels_tsv) if labels_tsv else {}  # before any work

@@ -124,3 +124,76 @@ def test_evaluate_refuses_to_overwrite_its_label_table(labels, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "overwritten" in err[0], err
     assert open(table).read() == before
+
+
+# ------------------------------------------------------------------------------------------
+# landmarks through transform files (inrreg_pipeline.evaluate.evaluate_landmarks)
+# ------------------------------------------------------------------------------------------
+def _landmark_files(tmp_path):
+    """ITK/ANTs point CSVs (LPS): fixed points and the moving points an affine A sends them to."""
+    from inrreg_pipeline.io.itk import write_itk_affine
+
+    rng = np.random.default_rng(0)
+    fixed_ras = rng.uniform(-40, 40, size=(6, 3))
+    A = np.eye(4)
+    A[:3, :3] = [[0.98, -0.17, 0.0], [0.17, 0.98, 0.0], [0.0, 0.0, 1.05]]
+    A[:3, 3] = [3.0, -2.0, 5.0]
+    moving_ras = fixed_ras @ A[:3, :3].T + A[:3, 3]
+    paths = {}
+    for name, pts in (("fixed", fixed_ras), ("moving", moving_ras)):
+        lps = pts * [-1.0, -1.0, 1.0]
+        rows = "".join(f"{p[0]},{p[1]},{p[2]},0,{i + 1},\n" for i, p in enumerate(lps))
+        paths[name] = tmp_path / f"{name}.csv"
+        paths[name].write_text("x,y,z,t,label,comment\n" + rows)
+    write_itk_affine(tmp_path / "0GenericAffine.mat", A)
+    write_itk_affine(tmp_path / "inverse.mat", np.linalg.inv(A))
+    return str(paths["fixed"]), str(paths["moving"]), tmp_path, np.linalg.norm(moving_ras - fixed_ras, axis=1)
+
+
+def test_evaluate_landmarks_through_transform_files(tmp_path):
+    from inrreg_pipeline.evaluate import evaluate_landmarks
+
+    fixed, moving, tmp, initial = _landmark_files(tmp_path)
+    for spec in (str(tmp / "0GenericAffine.mat"), f"[{tmp / 'inverse.mat'},1]"):
+        before, after, summary = evaluate_landmarks(fixed, moving, [spec], str(tmp / "tre.tsv"))
+        np.testing.assert_allclose(before, initial, atol=1e-9)
+        assert after.max() < 1e-6 and summary["tre_n"] == 6
+        assert summary["tre_initial_mean_mm"] == pytest.approx(initial.mean())
+    rows = read_rows(tmp / "tre.tsv")
+    assert [r["row"] for r in rows[:6]] == ["landmark"] * 6 and rows[0]["landmark"] == "1"
+    assert float(rows[2]["initial_error_mm"]) == pytest.approx(initial[2])
+    assert {r["name"] for r in rows if r["row"] == "summary"} >= {"tre_mean_mm", "tre_max_mm", "tre_initial_mean_mm"}
+    # an identity (the wrong file) leaves the initial distances
+    _, after, _ = evaluate_landmarks(fixed, moving, [f"[{tmp / 'inverse.mat'},0]"], str(tmp / "tre.tsv"))
+    assert after.min() > 1.0
+
+
+@pytest.mark.parametrize("case, match", [
+    ("no-transform", "at least one transform"),
+    ("missing-transform", "does not exist"),
+    ("2d-transform", "cannot read the transforms"),
+    ("bad-landmarks", "fixed landmarks"),
+    ("output-is-input", "output"),
+])
+def test_evaluate_landmarks_refuses_bad_input(tmp_path, case, match):
+    from inrreg_pipeline.evaluate import evaluate_landmarks
+    from inrreg_pipeline.io.images import InputError
+    from inrreg_pipeline.io.itk import write_itk_affine
+
+    fixed, moving, tmp, _ = _landmark_files(tmp_path)
+    transforms, output = [str(tmp / "0GenericAffine.mat")], str(tmp / "tre.tsv")
+    if case == "no-transform":
+        transforms = []
+    elif case == "missing-transform":
+        transforms = [str(tmp / "missing.mat")]
+    elif case == "2d-transform":
+        write_itk_affine(tmp / "2d.mat", np.eye(3))
+        transforms = [str(tmp / "2d.mat")]
+    elif case == "bad-landmarks":
+        (tmp / "bad.csv").write_text("a,b\n1,2\n")
+        fixed = str(tmp / "bad.csv")
+    else:
+        output = str(tmp / "fixed.tsv")
+        os.link(fixed, output)
+    with pytest.raises(InputError, match=match):
+        evaluate_landmarks(fixed, moving, transforms, output)

@@ -644,3 +644,39 @@ def test_fast_gzip_nifti_holds_the_bytes_nibabel_writes_and_itk_reads_it(tmp_pat
     assert itk.GetSize() == (9, 8, 7) and itk.GetNumberOfComponentsPerPixel() == 3
     lps = np.transpose(sitk.GetArrayFromImage(itk), (2, 1, 0, 3))
     np.testing.assert_array_equal(lps, field * np.array([-1.0, -1.0, 1.0], np.float32))
+
+
+# ------------------------------------------------------------------------------------------
+# the same files as RAS transform objects (inrreg_pipeline.core.transform)
+# ------------------------------------------------------------------------------------------
+def test_parse_transform_spec_is_ants_syntax():
+    from inrreg_pipeline.io.itk import parse_transform_spec
+
+    assert parse_transform_spec("a/0GenericAffine.mat") == ("a/0GenericAffine.mat", False)
+    assert parse_transform_spec("[ a/0GenericAffine.mat , 1 ]") == ("a/0GenericAffine.mat", True)
+    assert parse_transform_spec("[w.nii.gz,0]") == ("w.nii.gz", False)
+
+
+@pytest.mark.parametrize("which", ["files", "h5", "inverse-files", "inverse-h5"])
+def test_read_transform_chain_is_the_chain_ants_applies(scen, which):
+    """The object chain read from the written files maps the grid as ITK does, kinds in -t order."""
+    from inrreg_pipeline.core.transform import AffineTransform, DisplacementField, map_grid
+    from inrreg_pipeline.io.itk import read_transform_chain
+
+    chain, shape, affine, kinds = {
+        "files": ([(scen.warp, False), (scen.mat, False)], scen.fixed_shape, scen.fixed_affine,
+                  [DisplacementField, AffineTransform]),
+        "h5": ([(scen.h5, False)], scen.fixed_shape, scen.fixed_affine, [DisplacementField, AffineTransform]),
+        "inverse-files": ([(scen.mat, True), (scen.invwarp, False)], scen.moving_shape, scen.moving_affine,
+                          [AffineTransform, DisplacementField]),
+        "inverse-h5": ([(scen.inv_h5, False)], scen.moving_shape, scen.moving_affine,
+                       [AffineTransform, DisplacementField]),
+    }[which]
+    objects = read_transform_chain(chain, scen.d)
+    assert [type(t) for t in objects] == kinds
+    np.testing.assert_allclose(map_grid(objects, shape, affine), transform_chain_to_points(chain, shape, affine),
+                               atol=1e-9)
+    expected = scen.fwd_points if which in ("files", "h5") else scen.inv_points
+    assert np.abs(map_grid(objects, shape, affine) - expected).max() < 1e-3
+    np.testing.assert_allclose(objects[kinds.index(AffineTransform)].matrix,
+                               scen.A if which in ("files", "h5") else np.linalg.inv(scen.A), atol=1e-12)

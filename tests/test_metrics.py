@@ -451,3 +451,28 @@ def test_write_rows_tsv_round_trip_and_atomic(tmp_path):
     lines = (tmp_path / "o.tsv").read_text().splitlines()
     assert lines[0].split("\t") == list(M.OVERLAP_COLUMNS)
     assert lines[2].split("\t")[:3] == ["2", "missing_in_both", "n/a"]
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_landmark_errors_map_the_fixed_points_through_the_transform(d):
+    """TRE through a transform object: |T(p_fixed) - p_moving|, with T the fixed -> moving chain."""
+    from inrreg_pipeline.core.transform import AffineTransform, DisplacementField, TransformChain
+    from inrreg_pipeline.metrics.landmarks import landmark_errors
+
+    rng = np.random.default_rng(d)
+    A = np.eye(d + 1)
+    A[:d, d] = [2.0, -1.0, 0.5][:d]
+    grid = np.diag([2.0] * d + [1.0])
+    grid[:d, d] = -20.0
+    u = np.zeros((21,) * d + (d,))
+    u[..., 0] = 1.5  # a uniform 1.5 mm shift along x inside the field's grid
+    chain = TransformChain([DisplacementField(u, grid), AffineTransform(A)])
+    fixed = rng.uniform(-10, 10, size=(7, d))
+    moving = fixed + A[:d, d] + np.eye(d)[0] * 1.5
+    before, after = landmark_errors(chain, fixed, moving)
+    np.testing.assert_allclose(before, np.linalg.norm(A[:d, d] + np.eye(d)[0] * 1.5))
+    np.testing.assert_allclose(after, 0.0, atol=1e-12)
+    with pytest.raises(ValueError, match="equal shapes"):
+        landmark_errors(chain, fixed, moving[:3])
+    with pytest.raises(ValueError, match="-D transform"):
+        landmark_errors(AffineTransform(np.eye(6 - d)), fixed, moving)  # the other dimension

@@ -23,18 +23,17 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..io.itk import read_ants_displacement_field, transform_points_through_chain
+from ..core.geometry import voxel_grid_to_world
+from ..core.transform import DisplacementField
+from ..io.images import InputError, load_image, save_image
+from ..io.itk import read_ants_displacement_field, read_transform_chain
 from ..io.landmarks import read_landmarks
 from ..io.tsv import read_rows_tsv, write_rows_tsv
 from ..metrics import (jacobian_determinant_from_displacement, jacobian_statistics, label_overlap,
-                       summarise_overlap, target_registration_error, tre_summary)
+                       summarise_overlap, tre_summary)
+from ..metrics.landmarks import landmark_errors
 from ..metrics.overlap import STATUS_MISSING_IN_TEST, STATUS_OK
 from .base import fail, optional, output_path
-
-# Kept inside the functions that need them: inrreg_pipeline.io.images and inrreg_pipeline.core.space
-# import torch (core.space holds SpatialImage beside torch sampling), and importing the interfaces
-# must not (tests/test_interfaces.py::test_interfaces_import_without_heavy_modules). They move to
-# module level once SpatialImage has a torch-free home in the core.
 
 
 def _tags(value) -> dict:
@@ -49,8 +48,6 @@ def _finite(value) -> float:
 
 def _load_labels(path: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Integer labels and voxel -> RAS affine of a label map; :func:`fail` for a bad file."""
-    from ..io.images import InputError, load_image  # torch, see above
-
     try:
         img = load_image(path, name)
     except InputError as err:
@@ -143,8 +140,6 @@ class TransformQuality(SimpleInterface):
     output_spec = TransformQualityOutputSpec
 
     def _run_interface(self, runtime):
-        from ..io.images import InputError, load_image, save_image  # torch, see above
-
         u, grid = _read_field(self.inputs.warp, "warp")
         mask = None
         if optional(self.inputs.mask):
@@ -191,15 +186,20 @@ def _read_field(path: str, name: str) -> tuple[np.ndarray, np.ndarray]:
                    f"'{path}' is not a readable displacement field ({type(err).__name__})") from None
 
 
-def _inverse_consistency(u: np.ndarray, grid_u: np.ndarray, v: np.ndarray, grid_v: np.ndarray) -> np.ndarray:
-    """``|u(x) + v(x + u(x))|`` (mm) at every voxel centre ``x`` of ``u``'s grid, ``v`` interpolated."""
-    import torch  # see above
-
-    from ..core.space import sample_array, voxel_grid_to_world
-
-    points = voxel_grid_to_world(u.shape[:-1], grid_u) + u
-    v_at = sample_array(v.astype(np.float32), grid_v, points, torch.device("cpu"), vector=True)
-    return np.linalg.norm(u + v_at, axis=-1)
+def _inverse_consistency(u: np.ndarray, grid_u: np.ndarray, v: np.ndarray, grid_v: np.ndarray,
+                         chunk: int = 262144) -> np.ndarray:
+    """``|u(x) + v(x + u(x))|`` (mm) at every voxel centre ``x`` of ``u``'s grid: the forward warp,
+    then the inverse warp as ANTs applies it (``v`` interpolated by ITK's rule,
+    :class:`~inrreg_pipeline.core.transform.DisplacementField`), ``chunk`` voxels at a time."""
+    d = u.shape[-1]
+    inverse = DisplacementField(v, grid_v)
+    x = voxel_grid_to_world(u.shape[:-1], grid_u).reshape(-1, d)
+    flat_u = u.reshape(-1, d)
+    out = np.empty(len(x))
+    for start in range(0, len(x), chunk):
+        y = x[start:start + chunk] + flat_u[start:start + chunk]
+        out[start:start + chunk] = np.linalg.norm(inverse.map(y) - x[start:start + chunk], axis=-1)
+    return out.reshape(u.shape[:-1])
 
 
 def _read_metadata(path: str) -> dict[str, Any]:
@@ -266,9 +266,8 @@ class LandmarkError(SimpleInterface):
         flags = [False] * len(transforms) if flags is None else [bool(f) for f in flags]
         if len(flags) != len(transforms):
             raise fail("invert_transform_flags", f"has {len(flags)} flag(s) for {len(transforms)} transform(s)")
-        mapped = transform_points(fixed, list(zip(transforms, flags)))
-        before = target_registration_error(fixed, moving)
-        after = target_registration_error(mapped, moving)
+        chain = _read_chain(list(zip(transforms, flags)), fixed.shape[1])
+        before, after = landmark_errors(chain, fixed, moving)
         tags = _tags(self.inputs.tags)
         rows = [{**tags, "landmark": i + 1, "initial_error_mm": float(b), "error_mm": float(a)}
                 for i, (b, a) in enumerate(zip(before, after))]
@@ -283,14 +282,21 @@ class LandmarkError(SimpleInterface):
         return runtime
 
 
-def transform_points(points_ras: np.ndarray, chain: list[tuple[str, bool]]) -> np.ndarray:
-    """Map RAS mm points ``(N, d)`` through an antsApplyTransforms-order chain (fixed -> moving for a
-    registration): :func:`inrreg_pipeline.io.itk.transform_points_through_chain`, the reader
-    ``inrreg apply`` uses, with a bad transform reported against the ``transforms`` input."""
+def _read_chain(chain: list[tuple[str, bool]], ndim: int):
+    """The transform files as one RAS chain (``-t`` order), a bad file reported against ``transforms``."""
     try:
-        return transform_points_through_chain(points_ras, chain)
+        return read_transform_chain(chain, ndim)
     except (ValueError, RuntimeError) as err:
         raise fail("transforms", str(err)) from None
+
+
+def transform_points(points_ras: np.ndarray, chain: list[tuple[str, bool]]) -> np.ndarray:
+    """Map RAS mm points ``(N, d)`` through an antsApplyTransforms-order chain (fixed -> moving for a
+    registration): the files read into a :class:`~inrreg_pipeline.core.transform.TransformChain`
+    (:func:`inrreg_pipeline.io.itk.read_transform_chain`), with a bad transform reported against the
+    ``transforms`` input."""
+    points = np.asarray(points_ras, dtype=np.float64)
+    return _read_chain(chain, points.shape[-1]).map(points)
 
 
 # --------------------------------------------------------------------------------------------

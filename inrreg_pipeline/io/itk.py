@@ -27,12 +27,21 @@ Conventions
 * NIfTI geometry: ITK 5.4 (SimpleITK and ANTs) does not always pick the sform as nibabel does
   (e.g. sform_code 2 with qform_code 1 -> ITK uses the qform).  We write both, identical, code 1.
 
+In memory a transform is one of the RAS objects of :mod:`inrreg_pipeline.core.transform`
+(:class:`AffineTransform`, :class:`DisplacementField`, :class:`TransformChain` in ``-t`` order).
+This module converts them to and from files and SimpleITK objects, and is the only place that
+does the LPS <-> RAS change for transforms: :func:`read_transform`, :func:`read_transform_chain`,
+:func:`write_itk_transform`, :func:`transform_from_sitk`, :func:`transform_to_sitk`. The older
+array-based functions (``read_itk_affine``, ``write_itk_composite_h5``, ...) are kept and built on
+the same conversions.
+
 Units are millimetres throughout; matrices are NumPy float64 arrays.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from typing import Optional, Sequence, Union
 
@@ -40,7 +49,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from .frames import frame_signs, lps_to_ras_points, ras_to_lps_matrix, ras_to_lps_points
+from ..core.transform import AffineTransform, DisplacementField, Transform, TransformChain, registration_transform
+from .frames import frame_signs, lps_to_ras_points, ras_to_lps_matrix
 from .nifti import save_nifti
 
 __all__ = [
@@ -59,6 +69,12 @@ __all__ = [
     "chain_transform",
     "transform_chain_to_points",
     "transform_points_through_chain",
+    "read_transform",
+    "read_transform_chain",
+    "write_itk_transform",
+    "transform_from_sitk",
+    "transform_to_sitk",
+    "parse_transform_spec",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -73,6 +89,14 @@ _ORTHO_ATOL = 1e-4
 _AFFINE_EXTS = (".mat", ".txt", ".tfm")
 _H5_EXTS = (".h5", ".hdf5", ".hdf")
 _NIFTI_EXTS = (".nii", ".nii.gz")
+_BRACKET = re.compile(r"^\[\s*(?P<path>[^,\]]+?)\s*,\s*(?P<flag>[01])\s*\]$")
+
+
+def parse_transform_spec(spec: str) -> tuple[str, bool]:
+    """One ``-t`` argument as antsApplyTransforms spells it: ``file``, ``[file,1]`` (the inverse,
+    linear transforms only) or ``[file,0]`` -> ``(path, invert)``. The file is not opened."""
+    match = _BRACKET.match(spec.strip())
+    return (match["path"], match["flag"] == "1") if match else (spec.strip(), False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,13 +456,8 @@ def write_itk_composite_h5(
     holds (in ITK queue order) the affine then the field; ITK applies the last one first.
     """
     p = _check_h5_path(path)
-    d = _composite_dim(affine_ras, field_ras, grid_affine)
-    comp = sitk.CompositeTransform(d)
-    if affine_ras is not None:
-        comp.AddTransform(_sitk_affine_from_ras(affine_ras))
-    if field_ras is not None:
-        comp.AddTransform(_sitk_field_transform(field_ras, grid_affine))
-    sitk.WriteTransform(comp, p)
+    _composite_dim(affine_ras, field_ras, grid_affine)
+    write_itk_transform(p, registration_transform(affine_ras, field_ras, grid_affine))
 
 
 def write_itk_inverse_composite_h5(
@@ -455,14 +474,13 @@ def write_itk_inverse_composite_h5(
     fixed-space points (use it to resample a fixed-space image onto the moving grid).
     """
     p = _check_h5_path(path)
-    d = _composite_dim(affine_ras, inverse_field_ras, grid_affine)
-    comp = sitk.CompositeTransform(d)
-    if inverse_field_ras is not None:
-        comp.AddTransform(_sitk_field_transform(inverse_field_ras, grid_affine))
+    _composite_dim(affine_ras, inverse_field_ras, grid_affine)
+    parts: list[Transform] = []  # the inverse chain [A^-1, v] (``-t`` order)
     if affine_ras is not None:
-        a, _ = _check_affine(affine_ras)
-        comp.AddTransform(_sitk_affine_from_ras(np.linalg.inv(a)))
-    sitk.WriteTransform(comp, p)
+        parts.append(AffineTransform(_check_affine(affine_ras)[0]).inverse())
+    if inverse_field_ras is not None:
+        parts.append(DisplacementField(inverse_field_ras, grid_affine))
+    write_itk_transform(p, TransformChain(parts))
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,6 +616,126 @@ def transform_points_through_chain(points_ras: np.ndarray, transforms: Sequence[
     pts = np.asarray(points_ras, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] not in (2, 3):
         raise ValueError(f"points must be an (N, 2) or (N, 3) array, got shape {pts.shape}")
-    comp = chain_transform(transforms, pts.shape[1])
-    mapped = [comp.TransformPoint(tuple(float(c) for c in p)) for p in ras_to_lps_points(pts)]
-    return lps_to_ras_points(np.asarray(mapped, dtype=np.float64).reshape(pts.shape))
+    return read_transform_chain(transforms, pts.shape[1]).map(pts)
+
+
+# --------------------------------------------------------------------------------------------
+# Transform objects (RAS, core.transform) <-> SimpleITK transforms and files (LPS)
+# --------------------------------------------------------------------------------------------
+def _field_from_sitk_image(img: sitk.Image) -> DisplacementField:
+    """A vector image of LPS mm displacements (ITK geometry) as a RAS :class:`DisplacementField`."""
+    d = img.GetDimension()
+    arr = sitk.GetArrayFromImage(img)  # (Z, Y, X, d) LPS mm
+    field = np.transpose(arr, tuple(range(d - 1, -1, -1)) + (d,)).astype(np.float64) * frame_signs(d)
+    return DisplacementField(field, itk_geometry_to_affine(img.GetOrigin(), img.GetSpacing(), img.GetDirection()))
+
+
+def transform_from_sitk(tx: sitk.Transform) -> Transform:
+    """A SimpleITK transform (LPS mm, fixed -> moving) as the RAS object of the same point map.
+
+    Linear transforms of any kind (affine, Euler, versor, similarity, centred, translation, identity)
+    become an :class:`AffineTransform`, a ``DisplacementFieldTransform`` a :class:`DisplacementField`
+    on its own grid, and a ``CompositeTransform`` a :class:`TransformChain` in ``-t`` order (ITK's
+    queue reversed: ITK applies the last added first). Other kinds (B-spline, ...) raise ValueError.
+    """
+    tx = tx.Downcast() if hasattr(tx, "Downcast") else tx
+    name = tx.GetName()
+    if name == "CompositeTransform":
+        comp = sitk.CompositeTransform(tx)
+        n = comp.GetNumberOfTransforms()
+        if n == 0:
+            return AffineTransform.identity(comp.GetDimension())
+        return TransformChain([transform_from_sitk(comp.GetNthTransform(i)) for i in reversed(range(n))])
+    if tx.IsLinear():
+        return AffineTransform(affine_lps_to_ras(_linear_sitk_to_lps(tx)))
+    if name == "DisplacementFieldTransform":
+        return _field_from_sitk_image(sitk.DisplacementFieldTransform(tx).GetDisplacementField())
+    raise ValueError(f"{name} is not supported (linear transforms, displacement fields and composites of them are)")
+
+
+def transform_to_sitk(transform: Transform) -> sitk.Transform:
+    """The SimpleITK transform (LPS mm) of a RAS transform object: the inverse of :func:`transform_from_sitk`.
+
+    An affine becomes an ``AffineTransform`` (centre 0), a field a float64
+    ``DisplacementFieldTransform`` (the field's grid must be shear-free), a chain a
+    ``CompositeTransform`` holding its elements last first, so that ITK applies the first first.
+    """
+    if isinstance(transform, AffineTransform):
+        return _sitk_affine_from_ras(transform.matrix)
+    if isinstance(transform, DisplacementField):
+        return _sitk_field_transform(transform.field, transform.grid_affine)
+    if isinstance(transform, TransformChain):
+        comp = sitk.CompositeTransform(transform.ndim)
+        for t in reversed(transform.transforms):  # ITK: last added is applied first
+            comp.AddTransform(transform_to_sitk(t))
+        return comp
+    raise TypeError(f"not a transform object: {type(transform).__name__}")
+
+
+def read_transform(path: PathLike, invert: bool = False, ndim: Optional[int] = None) -> Transform:
+    """One element of an ANTs transform list (``-t path`` or ``-t [path,1]``) as a RAS object.
+
+    Files as :func:`read_chain_transform` (which reads them, with ITK, as antsApplyTransforms does):
+    ``.mat``/``.txt``/``.tfm`` -> :class:`AffineTransform`; a displacement-field NIfTI ->
+    :class:`DisplacementField` on the file's grid as ITK reads it; ``.h5`` -> the transform or
+    :class:`TransformChain` it holds. ``invert`` is ANTs' ``[file,1]``, linear transforms only.
+    ``ndim`` (2 or 3): the dimension the transform must have; None takes the file's.
+    """
+    if ndim is None:
+        ndim = _file_dimension(path)
+    return transform_from_sitk(read_chain_transform(path, invert, ndim))
+
+
+def read_transform_chain(transforms: Sequence[Union[PathLike, tuple[PathLike, bool]]],
+                         ndim: Optional[int] = None) -> TransformChain:
+    """An ANTs transform list as one RAS :class:`TransformChain`, in the same (``-t``) order.
+
+    ``transforms``: ``[(path, invert), ...]`` (or plain paths, not inverted) in antsApplyTransforms
+    order, e.g. ``[("1Warp.nii.gz", False), ("0GenericAffine.mat", False)]`` for a registration's
+    fixed -> moving map, ``[("0GenericAffine.mat", True), ("1InverseWarp.nii.gz", False)]`` for its
+    inverse. ``chain.map(x)`` sends a point through the first element first, as ANTs does.
+    """
+    specs = [(t, False) if isinstance(t, (str, os.PathLike)) else (t[0], bool(t[1])) for t in transforms]
+    if not specs:
+        raise ValueError("an empty transform list")
+    if ndim is None:
+        ndim = _file_dimension(specs[0][0])
+    return TransformChain([read_transform(path, invert, ndim) for path, invert in specs])
+
+
+def _file_dimension(path: PathLike) -> int:
+    """Spatial dimension of a transform file (2 or 3), as ITK reads it."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(p)
+    if _lower_ext(p) in _NIFTI_EXTS:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(p)
+        reader.ReadImageInformation()
+        return int(reader.GetDimension())
+    return int(sitk.ReadTransform(p).GetDimension())
+
+
+def write_itk_transform(path: PathLike, transform: Transform) -> None:
+    """Write a RAS transform object in the ITK/ANTs file its extension names.
+
+    ``.mat``/``.txt``/``.tfm``: an :class:`AffineTransform` (:func:`write_itk_affine`);
+    ``.nii``/``.nii.gz``: a :class:`DisplacementField` in ANTs' layout
+    (:func:`write_ants_displacement_field`); ``.h5``: any transform, as an ITK
+    ``CompositeTransform`` (a chain's elements in ITK queue order, last first).
+    """
+    ext = _lower_ext(path)
+    if ext in _AFFINE_EXTS:
+        if not isinstance(transform, AffineTransform):
+            raise ValueError(f"{os.fspath(path)!r}: only an affine can be written as {ext}, got {transform!r}")
+        write_itk_affine(path, transform.matrix)
+    elif ext in _NIFTI_EXTS:
+        if not isinstance(transform, DisplacementField):
+            raise ValueError(f"{os.fspath(path)!r}: only a displacement field can be written as {ext}, "
+                             f"got {transform!r}")
+        write_ants_displacement_field(path, transform.field, transform.grid_affine)
+    elif ext in _H5_EXTS:
+        comp = transform_to_sitk(TransformChain([transform]))
+        sitk.WriteTransform(comp, os.fspath(path))
+    else:
+        raise ValueError(f"unsupported transform file {os.fspath(path)!r} (expected .mat, .txt, .tfm, .h5 or .nii[.gz])")
