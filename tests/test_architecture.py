@@ -1,4 +1,5 @@
-"""The package's shape: layers import only downward, no import circle, no import hidden in a function.
+"""The package's shape: layers import only downward, no import circle, no import hidden in a function
+(other than of an optional dependency, imported where it is used so the package works without it).
 
 The import graph is read from the source (``ast``, nothing imported), over ``inrreg_pipeline/`` and
 the two folders installed under its namespace (``workflows/`` -> ``inrreg_pipeline.workflows``,
@@ -18,10 +19,6 @@ FOLDERS = {"inrreg_pipeline": "inrreg_pipeline", "workflows": "inrreg_pipeline.w
            "bids_app": "inrreg_pipeline.bids_app"}
 #: optional dependencies: imported where used, so the package works without them
 OPTIONAL = {"ants", "picsl_greedy", "tinycudann", "matplotlib", "monai", "nilearn.plotting", "yaml"}
-#: Nipype interfaces keep the graph-building process light (tests/test_interfaces.py checks that
-#: importing them loads neither torch nor nilearn): the modules that do the work are imported in
-#: the methods Nipype runs in the worker, the Nipype idiom. Nowhere else.
-WORKER_METHODS = {"_run_interface", "_list_outputs"}
 #: (importer prefix, forbidden import prefix): the layers, each importing only downward
 LAYERS = [
     ("inrreg_pipeline.core", "inrreg_pipeline.io"), ("inrreg_pipeline.core", "inrreg_pipeline.interfaces"),
@@ -138,8 +135,6 @@ def test_no_function_level_import_except_optional_dependencies():
     for module in MODULES:
         for function, name, line in imports(module)[1]:
             if optional(name):
-                continue
-            if module.startswith("inrreg_pipeline.interfaces") and function in WORKER_METHODS:
                 continue
             bad.append(f"{MODULES[module].relative_to(ROOT)}:{line} {function}() imports {name}")
     assert not bad, "function-level imports:\n" + "\n".join(bad)

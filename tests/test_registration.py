@@ -331,3 +331,16 @@ def test_a_registration_leaves_no_empty_torchinductor_folder_in_tmpdir(tmp_path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
                          cwd=str(Path(__file__).resolve().parents[1])).stdout.split("\n")
     assert out[0] == "[]" and out[1] == "True", out
+
+
+def test_the_result_is_a_transform_object_that_maps_points_as_its_fields_do():
+    fixed = mni_slice()
+    moving = deform(fixed, random_deformation(fixed, amplitude_mm=4.0, seed=2))
+    result = register(fixed, moving, quick_settings(iterations=30), CPU, seed=0)
+    grid = fixed.world_grid()
+    chain = result.transform(fixed.affine)
+    mapped = chain.map(grid.reshape(-1, 2)).reshape(grid.shape)
+    np.testing.assert_allclose(mapped, apply_affine(result.affine, grid + result.displacement), atol=1e-4)
+    inside = brain(fixed)
+    back = chain.inverse().map(mapped[inside])
+    assert np.abs(back - grid[inside]).max() < 0.5 * fixed.spacing.min()

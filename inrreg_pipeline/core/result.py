@@ -15,6 +15,7 @@ import torch
 from .fields import field_jacobian_determinant, inverse_consistency, jacobian_summary
 from .pair import PreparedPair, peak_memory_mb
 from .space import apply_affine, sample_array, voxel_grid_to_world
+from .transform import TransformChain, registration_transform
 
 
 @dataclass
@@ -40,6 +41,12 @@ class RegistrationResult:
     #: Variant outputs (:func:`inrreg_pipeline.core.variants.variant_outputs`): ``fusion_weights``
     #: ``(*moving.shape, 3)`` on the moving grid.
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def transform(self, fixed_affine: np.ndarray) -> TransformChain:
+        """``phi(x) = A(x + u(x))`` as a transform object (fixed -> moving, RAS mm; the files
+        ``-t 1Warp -t 0GenericAffine.mat``), ``fixed_affine`` the fixed grid's voxel -> RAS map;
+        its ``inverse()`` uses ``inverse_displacement``, as ``1InverseWarp`` does."""
+        return registration_transform(self.affine, self.displacement, fixed_affine, self.inverse_displacement)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from ..io.tsv import write_rows_tsv
 from .grid import spacing_from_affine
 from .jacobian import (folding_fraction, jacobian_determinant_from_displacement, jacobian_statistics,
                        log_jacobian_std, non_diffeomorphic_volume)
-from .landmarks import target_registration_error, tre_summary
+from .landmarks import landmark_errors, target_registration_error, tre_summary
 from .overlap import (OVERLAP_COLUMNS, STATUS_MISSING_IN_BOTH, STATUS_MISSING_IN_REFERENCE, STATUS_MISSING_IN_TEST,
                       STATUS_OK, label_overlap, summarise_overlap)
 
@@ -41,6 +41,7 @@ __all__ = [
     "jacobian_statistics",
     "non_diffeomorphic_volume",
     "read_landmarks",
+    "landmark_errors",
     "target_registration_error",
     "tre_summary",
     "write_rows_tsv",
