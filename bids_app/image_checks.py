@@ -26,6 +26,9 @@ def check_image(path: Path, role: str) -> nib.Nifti1Image:
                        f"{str(err).splitlines()[0] if str(err) else 'corrupted'})", EXIT_DATAERR) from None
     if data.ndim < 3 or min(data.shape[:3]) < 2:
         raise AppError(f"{role} '{path}' is not a 3-D image (shape {data.shape})", EXIT_DATAERR)
+    if data.ndim > 3 and int(np.prod(data.shape[3:])) > 1:
+        raise AppError(f"{role} '{path}' is a {data.ndim}-D image with {int(np.prod(data.shape[3:]))} volumes "
+                       f"(shape {data.shape}); give one 3-D volume", EXIT_DATAERR)
     if not np.isfinite(data).all():
         raise AppError(f"{role} '{path}' contains NaN or infinite values", EXIT_DATAERR)
     return img

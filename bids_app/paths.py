@@ -78,3 +78,13 @@ def check_dataset_description(bids_dir: Path, given: str) -> None:
     if not isinstance(description, dict):
         raise AppError(f"'{given}' is not a BIDS dataset (dataset_description.json must hold a JSON object, not "
                        f"{type(description).__name__}; {hint})", EXIT_BIDS_INVALID)
+
+
+def remove_if_left_empty(path: Path) -> None:
+    """Remove ``path`` and its sub-folders when they hold no file (what an early failure leaves of a
+    folder this run created); anything with a file in it stays."""
+    if not path.is_dir() or any(p.is_file() or p.is_symlink() for p in path.rglob("*")):
+        return
+    for folder in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        folder.rmdir()
+    path.rmdir()

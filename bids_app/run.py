@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from inrreg_pipeline.core.space import resolve_device
 from inrreg_pipeline.workflows import CITATIONS, LiterateWorkflow
 
 from .cluster import apply_gpu_sbatch_args, ensure_logname, plugin_settings
@@ -24,7 +25,7 @@ from .execution import execute
 from .image_checks import check_image
 from .parser import (EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, AppError,
                      UsageError, parse_args, parse_demo_args)
-from .paths import check_paths, inside, make_writable_dir
+from .paths import check_paths, inside, make_writable_dir, remove_if_left_empty
 from .preset_options import SLOPPY_ANTS_SCALE, resolve_presets
 from .queries import collect_participants, load_filters, load_layout
 from .reports import write_citation, write_group, write_participant_report
@@ -90,7 +91,13 @@ def run(opts) -> int:
     bids_dir, output_dir, work_dir = check_paths(opts)
     if opts.analysis_level == "group":
         return run_group(output_dir)
-    return run_participant(opts, bids_dir, output_dir, work_dir)
+    created = [p for p in (output_dir, work_dir) if not p.exists()]
+    try:
+        return run_participant(opts, bids_dir, output_dir, work_dir)
+    except AppError:  # refused before any work: no empty output or work folder left behind
+        for folder in created:
+            remove_if_left_empty(folder)
+        raise
 
 
 def run_group(output_dir: Path) -> int:
@@ -114,6 +121,11 @@ def run_participant(opts, bids_dir: Path, output_dir: Path, work_dir: Path) -> i
         plugin = plugin_settings(opts)
     except UsageError as err:
         raise AppError(str(err), err.code) from None
+    if not plugin.batch:  # a batch plugin's GPU nodes run elsewhere: only a local run needs CUDA here
+        try:
+            resolve_device(opts.device)
+        except ValueError as err:
+            raise AppError(f"--device: {err}", EXIT_USAGE) from None
     labels_root = None
     for name, path in opts.derivatives:
         if not Path(path).is_dir():

@@ -444,3 +444,28 @@ def test_every_t1w_run_is_registered(dataset, tmp_path):
     group = (out / "group_registration.tsv").read_text().splitlines()
     assert group[0].split("\t")[:3] == ["participant_id", "session_id", "t1w"]
     assert {line.split("\t")[2] for line in group[1:]} >= {"run-1", "run-2"}
+
+
+def test_a_4d_t1w_and_a_missing_gpu_are_refused_before_any_work(dataset, tmp_path, capsys):
+    """Issue 16, defect 4: a 4-D T1w used to pass the pre-check and fail 58 s later with exit 1, and
+    ``--device cuda`` without CUDA failed inside the graph after writing dataset-level files; early
+    failures left empty work and output folders (defect 7)."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    bids = tmp_path / "bids"
+    shutil.copytree(dataset["bids"], bids)
+    t1 = bids / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
+    img = nib.load(str(t1))
+    data = np.asanyarray(img.dataobj)
+    nib.save(nib.Nifti1Image(np.stack([data, data], -1), img.affine), str(t1))
+    out, work = tmp_path / "out", tmp_path / "work"
+    _one_line_error(capsys, 65, [bids, out, "participant", "-w", work, "--participant-label", "02"],
+                    "sub-02_T1w.nii.gz", "2 volumes")
+    assert not out.exists() and not work.exists()  # nothing left of a run refused before work
+    if not torch.cuda.is_available():
+        out2 = tmp_path / "out2"
+        _one_line_error(capsys, 64, [dataset["bids"], out2, "participant", "-w", tmp_path / "work2",
+                                     "--device", "cuda"], "--device", "CUDA is not available")
+        assert not out2.exists() and not (tmp_path / "work2").exists()
