@@ -290,7 +290,7 @@ def test_images_that_cannot_overlap_are_refused_before_any_work():
 
 
 def test_the_summary_says_whether_the_result_overlaps_and_improves_on_the_start():
-    from inrreg_pipeline.core.quality import assess
+    from inrreg_pipeline.core.quality import assess, inside_fraction
 
     fixed = mni_slice()
     psi = random_deformation(fixed, amplitude_mm=4.0, rotation_deg=5.0, seed=2)
@@ -302,10 +302,12 @@ def test_the_summary_says_whether_the_result_overlaps_and_improves_on_the_start(
     # the same measure flags a result that is the start itself, and one that leaves the moving image
     mask = brain(fixed)
     grid = fixed.world_grid()
-    same = assess(fixed, moving, mask, result.warped, result.warped, grid)
+    same = assess(fixed, mask, result.warped, result.warped, inside_fraction(grid[mask], moving))
     assert not same["improved"] and "no better than the start" in same["warnings"][0]
-    away = assess(fixed, moving, mask, np.zeros_like(result.warped), result.warped, grid + 1e4)
-    assert away["overlap_fraction"] == 0 and "maps inside the moving image" in away["warnings"][0]
+    away = inside_fraction(grid[mask] + 1e4, moving)
+    assert away == 0
+    away_q = assess(fixed, mask, np.zeros_like(result.warped), result.warped, away)
+    assert away_q["overlap_fraction"] == 0 and "maps inside the moving image" in away_q["warnings"][0]
 
 
 def test_a_registration_leaves_no_empty_torchinductor_folder_in_tmpdir(tmp_path):

@@ -58,11 +58,10 @@ def mask_points(fixed: SpatialImage, mask: np.ndarray, limit: int = 200000) -> n
     return apply_affine(fixed.affine, idx.astype(np.float64))
 
 
-def check_overlap(fixed: SpatialImage, moving: SpatialImage, sampling_mask: np.ndarray,
-                  fixed_mask: np.ndarray | None, moving_mask: np.ndarray | None) -> float:
-    """The start's overlap fraction; :class:`NoOverlapError` when it is below :data:`MIN_START_OVERLAP`."""
-    points = mask_points(fixed, sampling_mask)
-    fraction = inside_fraction(apply_affine(start_affine(fixed, moving, fixed_mask, moving_mask), points), moving)
+def check_overlap(fixed: SpatialImage, moving: SpatialImage, sampling_mask: np.ndarray, start: np.ndarray) -> float:
+    """The overlap fraction at ``start`` (:func:`start_affine`); :class:`NoOverlapError` when it is below
+    :data:`MIN_START_OVERLAP`."""
+    fraction = inside_fraction(apply_affine(start, mask_points(fixed, sampling_mask)), moving)
     if fraction < MIN_START_OVERLAP:
         f_extent = np.ptp(voxel_grid_to_world(fixed.shape, fixed.affine).reshape(-1, fixed.ndim), axis=0).max()
         m_extent = np.ptp(voxel_grid_to_world(moving.shape, moving.affine).reshape(-1, moving.ndim), axis=0).max()
@@ -89,19 +88,18 @@ def normalised_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) 
     return (entropy(p.sum(1)) + entropy(p.sum(0))) / h_ab if h_ab > 0 else 2.0
 
 
-def assess(fixed: SpatialImage, moving: SpatialImage, sampling_mask: np.ndarray, start_warped: np.ndarray,
-           final_warped: np.ndarray, final_points: np.ndarray) -> dict:
+def assess(fixed: SpatialImage, sampling_mask: np.ndarray, start_warped: np.ndarray, final_warped: np.ndarray,
+           overlap: float) -> dict:
     """``registration.json``'s ``quality`` entry: overlap and NMI at the start and at the result, and
     ``warnings`` (one line each) when the result is no better than the start or overlaps too little.
 
     ``start_warped`` / ``final_warped``: the moving image on the fixed grid at the start / result;
-    ``final_points``: the mapped world points of every fixed voxel (``(*fixed.shape, d)``, mm).
+    ``overlap``: :func:`inside_fraction` of the mask's mapped points at the result.
     """
     inside = sampling_mask > 0
     f = fixed.data[inside]
     nmi_start = normalised_mutual_information(f, start_warped[inside])
     nmi_final = normalised_mutual_information(f, final_warped[inside])
-    overlap = inside_fraction(final_points[inside], moving)
     warnings = []
     if overlap < MIN_FINAL_OVERLAP:
         warnings.append(f"only {100 * overlap:.3g} % of the fixed mask maps inside the moving image")

@@ -22,10 +22,10 @@ from .choices import VARIANT_METHODS
 from .config import RegistrationSettings
 from .method import RegistrationMethod
 from .pair import prepare_pair, seed_everything
-from .quality import assess, check_overlap, start_affine
+from .quality import check_overlap, start_affine
 from .result import RegistrationResult, dense_outputs, summarise
 from .scratch import no_empty_inductor_cache
-from .space import SpatialImage, apply_affine, sample_array, voxel_grid_to_world
+from .space import SpatialImage
 
 __all__ = ["METHODS", "RegistrationResult", "register", "method_for", "seed_everything"]
 
@@ -73,7 +73,8 @@ def _register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationS
               progress: ProgressFactory | None) -> RegistrationResult:
     method = method_for(settings)
     pair = prepare_pair(fixed, moving, device, seed, fixed_mask, moving_mask)
-    check_overlap(pair.fixed_norm, pair.moving_norm, pair.sampling_mask, fixed_mask, moving_mask)
+    start = start_affine(pair.fixed_norm, pair.moving_norm, fixed_mask, moving_mask)  # where the affine stage starts
+    check_overlap(pair.fixed_norm, pair.moving_norm, pair.sampling_mask, start)
 
     def callback(stage: str, total: int):
         return progress(stage, total) if (progress is not None and total > 0) else None
@@ -98,18 +99,12 @@ def _register(fixed: SpatialImage, moving: SpatialImage, settings: RegistrationS
     # 3. dense outputs on the fixed grid
     t0 = time.perf_counter()
     fields = method.fields(fit, pair, affine, settings)
-    outputs = dense_outputs(pair, affine, fields.u, fields.v)
+    outputs = dense_outputs(pair, affine, fields.u, fields.v, start)
     dense_seconds = time.perf_counter() - t0
-    grid = voxel_grid_to_world(fixed.shape, fixed.affine)
-    start = start_affine(pair.fixed_norm, pair.moving_norm, fixed_mask, moving_mask)
-    quality = assess(fixed, moving, pair.sampling_mask,
-                     sample_array(moving.data, moving.affine, apply_affine(start, grid), device),
-                     outputs.warped, apply_affine(affine, grid + fields.u))
-    del grid
 
     loss = {"affine_final": affine_history[-1] if affine_history else None, **method.loss_summary(fit.history)}
     summary = summarise(pair, affine, loss, outputs,
                         {"affine": affine_seconds, "deformable": fit_seconds, "dense_outputs": dense_seconds},
-                        {**fields.summary, "quality": quality})
+                        fields.summary)
     return RegistrationResult(affine, fields.u, fields.v, outputs.warped, outputs.inverse_warped, outputs.jacobian,
                               summary, fit.model, fields.extras)

@@ -14,6 +14,7 @@ import torch
 
 from .fields import field_jacobian_determinant, inverse_consistency, jacobian_summary
 from .pair import PreparedPair, peak_memory_mb
+from .quality import assess, inside_fraction
 from .space import apply_affine, sample_array, voxel_grid_to_world
 from .transform import TransformChain, registration_transform
 
@@ -52,30 +53,40 @@ class RegistrationResult:
 @dataclass
 class DenseOutputs:
     """:func:`dense_outputs`' images (``warped`` on the fixed grid, ``inverse_warped`` on the moving
-    grid, ``jacobian`` on the fixed grid) and ``inverse_consistency`` (:func:`.fields.inverse_consistency`)."""
+    grid, ``jacobian`` on the fixed grid), ``inverse_consistency`` (:func:`.fields.inverse_consistency`)
+    and ``quality`` (:func:`.quality.assess`)."""
 
     warped: np.ndarray
     inverse_warped: np.ndarray
     jacobian: np.ndarray
     inverse_consistency: dict
+    quality: dict
 
 
-def dense_outputs(pair: PreparedPair, affine: np.ndarray, u: np.ndarray, v: np.ndarray) -> DenseOutputs:
+def dense_outputs(pair: PreparedPair, affine: np.ndarray, u: np.ndarray, v: np.ndarray,
+                  start: np.ndarray) -> DenseOutputs:
     """Resample both images through ``A(x + u(x))`` and its inverse, and measure the transform.
 
     ``u`` / ``v``: forward / inverse displacements on the fixed grid (mm); the moving image is sampled
     at ``A(x + u(x))``; the fixed image on the moving grid at ``z + v(z)``, ``z = A^-1 y`` (``v``
-    interpolated on the fixed grid). Original intensities, not the rescaled ones.
+    interpolated on the fixed grid). Original intensities, not the rescaled ones. ``start``: the
+    map the registration started from (:func:`.quality.start_affine`), against which the result is
+    assessed.
     """
     fixed, moving, device = pair.fixed, pair.moving, pair.device
     jac = field_jacobian_determinant(u, fixed.affine)  # finite differences of u, physical space
     consistency = inverse_consistency(u, v, fixed.affine, device, pair.sampling_mask)
     grid = voxel_grid_to_world(fixed.shape, fixed.affine)
-    warped = sample_array(moving.data, moving.affine, apply_affine(affine, grid + u), device)
+    mapped = apply_affine(affine, grid + u)
+    warped = sample_array(moving.data, moving.affine, mapped, device)
+    start_warped = sample_array(moving.data, moving.affine, apply_affine(start, grid), device)
+    quality = assess(fixed, pair.sampling_mask, start_warped, warped,
+                     inside_fraction(mapped[pair.sampling_mask > 0], moving))
+    del mapped, start_warped
     z = apply_affine(np.linalg.inv(affine), voxel_grid_to_world(moving.shape, moving.affine))
     v_at_z = sample_array(v, fixed.affine, z, device, vector=True)
     inverse_warped = sample_array(fixed.data, fixed.affine, z + v_at_z, device)
-    return DenseOutputs(warped, inverse_warped, jac, consistency)
+    return DenseOutputs(warped, inverse_warped, jac, consistency, quality)
 
 
 def summarise(pair: PreparedPair, affine: np.ndarray, loss: dict, outputs: DenseOutputs,
@@ -88,6 +99,7 @@ def summarise(pair: PreparedPair, affine: np.ndarray, loss: dict, outputs: Dense
         "loss": loss,
         "jacobian": jacobian_summary(outputs.jacobian, pair.sampling_mask > 0),
         "inverse_consistency": outputs.inverse_consistency,
+        "quality": outputs.quality,
         "runtime_s": {**seconds, "total": time.perf_counter() - pair.start},
         "memory": peak_memory_mb(pair.device),
         "dimension": pair.ndim,
