@@ -197,17 +197,6 @@ def _suffixes(result: RegistrationResult) -> dict[str, str]:
     return {**OUTPUT_SUFFIXES, **extra}
 
 
-def resolve_settings(preset: str | RegistrationSettings | None = None, method: str | None = None,
-                     motion: str | None = None, omega: str | None = None, activation: str | None = None
-                     ) -> RegistrationSettings:
-    """:func:`inrreg_pipeline.presets.resolve` with the command line's messages (``ValueError``
-    naming the option, ``--omega ...``); kept for callers of the name this module used to define."""
-    try:
-        return resolve(preset, method, motion, omega, activation)
-    except PresetError as err:
-        raise ValueError(err.for_cli()) from None
-
-
 def write_outputs(stage: StagedOutputs, result: RegistrationResult, fixed, moving) -> None:
     """Write transforms and images of ``result`` into ``stage``."""
     s = OUTPUT_SUFFIXES

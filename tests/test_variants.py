@@ -126,12 +126,13 @@ def test_settings_validation():
     s.variants.cascade_iterations = [10]
     with pytest.raises(ValueError, match="cascade_iterations"):
         validate(s)
-    from inrreg_pipeline.register import resolve_settings
+    from inrreg_pipeline.presets import PresetError, resolve
 
-    s = resolve_settings("fast", method="ensemble", omega=None, activation="morlet")
+    s = resolve("fast", method="ensemble", omega=None, activation="morlet")
     assert s.method == "ensemble" and s.network.activation == "morlet"
-    with pytest.raises(ValueError, match="--omega"):
-        resolve_settings("two-network-rigid", omega="width")
+    with pytest.raises(PresetError) as err:
+        resolve("two-network-rigid", omega="width")
+    assert "--omega" in err.value.for_cli()  # what the command line prints
 
 
 # --- every variant end to end ------------------------------------------------------------------
@@ -281,16 +282,16 @@ def test_nipype_interface_runs_a_variant(pair2d_files, tmp_path):
     from nipype.pipeline import engine as pe
 
     from inrreg_pipeline.interfaces import INRRegistration
-    from inrreg_pipeline.interfaces.registration import resolve_inr_preset
+    from inrreg_pipeline.interfaces.registration import inr_settings
 
     preset_file = tmp_path / "quick-fast.json"
     import json
 
     quick = cut_down("fast")
     preset_file.write_text(json.dumps({k: v for k, v in quick.to_dict().items() if k != "name"}))
-    _, s = resolve_inr_preset("attention-omega", str(preset_file))
+    s = inr_settings("attention-omega", str(preset_file))
     assert s.variants.omega_mode == "attention" and s.method == "siren"
-    _, s = resolve_inr_preset("cascade", research_preset("fast-ensemble"))
+    s = inr_settings("cascade", research_preset("fast-ensemble"))
     assert s.method == "cascade"
     reg = INRRegistration(fixed_image=str(pair2d_files[0]), moving_image=str(pair2d_files[1]),
                           preset=str(preset_file), method="fusion", num_threads=1)

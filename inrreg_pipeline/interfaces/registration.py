@@ -124,14 +124,6 @@ def inr_settings(method: str = "auto", preset: str | None = None) -> Registratio
         raise fail("method", message) from None
 
 
-def resolve_inr_preset(method: str = "auto", preset: str | None = None
-                       ) -> tuple[RegistrationSettings, RegistrationSettings]:
-    """``(settings, settings)`` of :func:`inr_settings`: the two-value form callers of this name
-    unpack (the first value was the ``preset`` argument for ``register_files``)."""
-    settings = inr_settings(method, preset)
-    return settings, settings
-
-
 def available_inr_presets() -> list[str]:
     """Names of the presets shipped with inrreg (``inrreg_pipeline.core.config.available_presets``)."""
     return available_presets()
@@ -297,5 +289,5 @@ class ANTsRegistration(SimpleInterface):
         return runtime
 
 
-__all__ = ["INRRegistration", "ANTsRegistration", "INR_METHODS", "ANTS_PRESETS", "inr_settings", "resolve_inr_preset",
+__all__ = ["INRRegistration", "ANTsRegistration", "INR_METHODS", "ANTS_PRESETS", "inr_settings",
            "describe_inr", "available_inr_presets"]
