@@ -36,23 +36,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import oasis_pairs  # noqa: E402  (finding and resampling OASIS-shaped subjects)
 
 from inrreg_pipeline.core.config import load_preset  # noqa: E402
+from inrreg_pipeline.core.registration import method_for  # noqa: E402
 from inrreg_pipeline.register import register_files  # noqa: E402
 
-#: (part, module file suffix, function name): the functions whose cumulative time is one part.
+#: (part, ((module file suffix, function name), ...)): the functions whose cumulative time is one part
+#: (one per method where methods differ: the displacement INR's and svf's stages are separate functions).
 PARTS = (
-    ("load inputs", "io/images.py", "load_pair"),
-    ("affine stage", "core/affine.py", "register_affine"),
-    ("deformable stage", "core/optimisation.py", "fit_deformation"),
-    ("dense: displacement field", "core/fields.py", "evaluate_displacement"),
-    ("dense: Jacobian determinant (finite differences)", "core/jacobian.py", "jacobian_determinant_fd"),
-    ("dense: numerical inverse", "core/fields.py", "invert_displacement"),
-    ("dense: inverse consistency", "core/fields.py", "inverse_consistency"),
-    ("dense: resampling (warped, inverse warped)", "core/space.py", "sample_array"),
-    ("write ANTs/ITK outputs", "inrreg_pipeline/register.py", "write_outputs"),
-    ("write: warps (1Warp, 1InverseWarp)", "io/itk.py", "write_ants_displacement_field"),
-    ("write: Composite.h5", "io/itk.py", "write_itk_composite_h5"),
-    ("write: InverseComposite.h5", "io/itk.py", "write_itk_inverse_composite_h5"),
-    ("write: images (Warped, InverseWarped, jacobian)", "io/images.py", "save_image"),
+    ("load inputs", (("io/images.py", "load_pair"),)),
+    ("affine stage", (("core/affine.py", "register_affine"),)),
+    ("deformable stage", (("core/optimisation.py", "fit_deformation"), ("core/svf.py", "fit_svf"))),
+    ("dense: displacement field", (("core/fields.py", "evaluate_displacement"),
+                                   ("core/svf.py", "dense_fields"))),
+    ("dense: Jacobian determinant (finite differences)", (("core/jacobian.py", "jacobian_determinant_fd"),)),
+    ("dense: numerical inverse", (("core/fields.py", "invert_displacement"),)),
+    ("dense: inverse consistency", (("core/fields.py", "inverse_consistency"),)),
+    ("dense: resampling (warped, inverse warped)", (("core/space.py", "sample_array"),)),
+    ("write ANTs/ITK outputs", (("inrreg_pipeline/register.py", "write_outputs"),)),
+    ("write: warps (1Warp, 1InverseWarp)", (("io/itk.py", "write_ants_displacement_field"),)),
+    ("write: Composite.h5", (("io/itk.py", "write_itk_composite_h5"),)),
+    ("write: InverseComposite.h5", (("io/itk.py", "write_itk_inverse_composite_h5"),)),
+    ("write: images (Warped, InverseWarped, jacobian)", (("io/images.py", "save_image"),)),
 )
 
 
@@ -86,9 +89,14 @@ def main() -> None:
         t1w, _labels = oasis_pairs.find(args.data, sub, "DKT31")
         images.append(oasis_pairs.resample(t1w, inputs / f"sub-{sub}_T1w.nii.gz", args.spacing, 1))
     settings = load_preset(args.preset)
-    preset_iterations = settings.optimisation.iterations
+    method = method_for(settings)
+    preset_iterations = method.iterations(settings)
     if args.iterations:
-        settings.optimisation.iterations = args.iterations
+        if settings.method == "svf":  # the same share of every level's steps
+            settings.svf.iterations = [max(1, round(n * args.iterations / preset_iterations))
+                                       for n in settings.svf.iterations]
+        else:
+            settings.optimisation.iterations = args.iterations
 
     profiler = cProfile.Profile()
     t0 = time.perf_counter()
@@ -101,10 +109,13 @@ def main() -> None:
     meta = json.loads((args.out / "pair_registration.json").read_text())
 
     parts = {}
-    for part, suffix, function in PARTS:
-        seconds, calls = cumulative_seconds(stats, suffix, function)
-        parts[part] = {"seconds": seconds, "calls": calls, "function": function}
-    iterations = settings.optimisation.iterations
+    for part, functions in PARTS:
+        found = [(cumulative_seconds(stats, suffix, function), function) for suffix, function in functions]
+        seconds = sum(sec for (sec, _calls), _ in found)
+        calls = sum(calls for (_sec, calls), _ in found)
+        parts[part] = {"seconds": seconds, "calls": calls,
+                       "function": "+".join(function for (_s, c), function in found if c) or functions[0][1]}
+    iterations = method.iterations(settings)
     per_iteration = parts["deformable stage"]["seconds"] / max(iterations, 1)
     full = wall + per_iteration * (preset_iterations - iterations)
     result = {"preset": args.preset, "spacing_mm": args.spacing, "fixed_shape": list(nib.load(str(images[0])).shape),

@@ -331,6 +331,26 @@ def test_profile_pair_accounts_for_the_stages_of_a_registration(tmp_path):
     assert (out / "pair_1Warp.nii.gz").exists() and "| deformable stage |" in (out / "profile.md").read_text()
 
 
+def test_profile_pair_attributes_the_svf_stages_and_shortens_every_level(tmp_path):
+    """For ``svf`` the deformable stage and the dense field are its own functions, its inverse is
+    integrated (no fixed-point inverse runs), and ``--iterations`` shortens each level in proportion."""
+    data, _ = _oasis_like_dataset(tmp_path)
+    preset = {"base": "svf", "affine": {"iterations": [10], "shrink_factors": [1], "rigid_iterations": 10,
+                                        "samples": 2000},
+              "network": {"hidden_features": 16}, "svf": {"iterations": [20, 20], "control_spacing_mm": 8.0}}
+    (tmp_path / "tiny-svf.json").write_text(json.dumps(preset))
+    out = tmp_path / "profile"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/profile_pair.py"), "--data", str(data), "--out", str(out),
+                    "--spacing", "0", "--preset", str(tmp_path / "tiny-svf.json"), "--iterations", "10",
+                    "--threads", "1"], check=True, cwd=ROOT)
+    result = json.loads((out / "profile.json").read_text())
+    parts = result["parts"]
+    assert parts["deformable stage"]["function"] == "fit_svf" and parts["deformable stage"]["calls"] == 1
+    assert parts["dense: displacement field"]["function"] == "dense_fields"
+    assert parts["dense: numerical inverse"]["calls"] == 0
+    assert result["iterations_profiled"] == 10 and result["preset_iterations"] == 40
+
+
 def test_benchmark_variant_presets_are_their_base_plus_one_variant():
     """``benchmarks/presets/default-*.json`` differ from ``default`` only in the variant they name,
     ``fast-<activation>.json`` from ``fast`` only in the activation, so the variants tables compare

@@ -15,8 +15,8 @@ from helpers import mni_small
 
 from inrreg_pipeline.core.config import load_preset
 from inrreg_pipeline.core.registration import register
-from inrreg_pipeline.core.space import SpatialImage, apply_affine, foreground_mask, voxel_grid_to_world
-from inrreg_pipeline.core.svf import ControlGrid, GridSampler, integrate
+from inrreg_pipeline.core.space import SpatialImage, apply_affine, foreground_mask, sample_array, voxel_grid_to_world
+from inrreg_pipeline.core.svf import ControlGrid, GridSampler, integrate, level_shrink_factors
 from inrreg_pipeline.demo import oblique_grid
 from inrreg_pipeline.metrics import jacobian_determinant_from_displacement
 from inrreg_pipeline.synthetic import deform, random_deformation
@@ -92,6 +92,7 @@ def _quick_svf():
     s.affine.samples = 4000
     s.network.hidden_features = 32
     s.svf.control_spacing_mm = 8.0
+    s.svf.level_spacing_mm = [8.0, 4.0]  # the shipped [4, 2] mm, one octave coarser for 4 mm test images
     s.svf.iterations = [40, 40]
     return s
 
@@ -124,6 +125,43 @@ def test_same_seed_same_result_on_cpu(recovery):
     again = register(fixed, moving, _quick_svf(), CPU, seed=3)
     np.testing.assert_allclose(again.displacement, result.displacement, atol=1e-5)
     assert again.summary["loss"] == result.summary["loss"]
+
+
+@pytest.mark.parametrize("spacing, factors", [
+    ((2.0, 2.0, 2.0), [2, 1]), ((1.0, 1.0, 1.0), [4, 2]), ((0.9, 0.9, 2.4), [4, 2]), ((4.0, 4.0, 4.0), [1, 1])])
+def test_pyramid_levels_are_sizes_in_mm_whatever_the_voxel_size(spacing, factors):
+    """The shipped svf preset works at 4 then 2 mm: a 1 mm image is shrunk by 4 and 2, a 2 mm one by 2 and 1."""
+    s = load_preset("svf").svf
+    image = SpatialImage(np.zeros((8, 8, 8), np.float32), np.diag(list(spacing) + [1.0]))
+    assert level_shrink_factors(image, s) == factors
+
+
+def test_preset_levels_in_mm_and_equal_shrink_factors_give_the_same_registration(recovery):
+    """On these 4 mm images ``level_spacing_mm [8, 4]`` is ``shrink_factors [2, 1]``: bit for bit the same run."""
+    fixed, moving, _, result = recovery
+    s = _quick_svf()
+    s.svf.level_spacing_mm, s.svf.shrink_factors = None, [2, 1]
+    again = register(fixed, moving, s, CPU, seed=3)
+    np.testing.assert_array_equal(again.displacement, result.displacement)
+
+
+def test_the_same_pair_at_half_the_voxel_size_gives_the_same_transform(recovery):
+    """Sizes in mm mean the same anatomy at any resolution: the pair on a 2 mm grid is optimised on the
+    same 8 and 4 mm levels as on its 4 mm grid, so the transforms agree to a fraction of a voxel."""
+    fixed, moving, _, result = recovery
+    fine = np.diag([2.0, 2.0, 2.0, 1.0])
+    fine[:3, 3] = fixed.affine[:3, 3]
+    shape = tuple(2 * n - 1 for n in fixed.shape)
+    points = voxel_grid_to_world(shape, fine)
+    fixed_fine = SpatialImage(sample_array(fixed.data, fixed.affine, points, CPU), fine)
+    moving_fine = SpatialImage(sample_array(moving.data, moving.affine, points, CPU), fine)
+    s = _quick_svf()
+    fine_result = register(fixed_fine, moving_fine, s, CPU, seed=3)
+    inside = foreground_mask(fixed.data)
+    coarse_map = apply_affine(result.affine, fixed.world_grid() + result.displacement)[inside]
+    fine_map = apply_affine(fine_result.affine, fixed_fine.world_grid() + fine_result.displacement)[::2, ::2, ::2]
+    gap = np.linalg.norm(fine_map[inside] - coarse_map, axis=-1)
+    assert gap.mean() < 1.0, gap.mean()  # mm, a quarter of the 4 mm voxel
 
 
 def test_svf_runs_in_2d_on_an_oblique_slice():

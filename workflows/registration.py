@@ -103,10 +103,13 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
                     f"{info['hidden_features']} units and sine activations [@siren] gave the velocity, which was "
                     f"integrated by {info['squaring_steps']} scalings and squarings [@arsigny] on a "
                     f"{info['control_spacing_mm']:g} mm control grid and optimised with Adam on the whole image "
-                    f"at shrink factors {', '.join(str(f) for f in info['svf_shrink_factors'])} "
-                    f"({', '.join(str(n) for n in info['svf_iterations'])} steps) to minimise "
+                    + (f"resampled to {', '.join(f'{m:g}' for m in info['svf_level_spacing_mm'])} mm voxels "
+                       if info.get("svf_level_spacing_mm") else
+                       f"at shrink factors {', '.join(str(f) for f in info['svf_shrink_factors'])} ")
+                    + f"({', '.join(str(n) for n in info['svf_iterations'])} steps) to minimise "
                     f"{str(info.get('similarity', '')).upper()} dissimilarity plus {info.get('alpha', 0):g} times "
-                    f"the diffusion energy of the velocity.")
+                    + ("the mean squared log Jacobian determinant of the transform."
+                       if info.get("regulariser") == "jacobian" else "the diffusion energy of the velocity."))
     if "hidden_layers" in info and info["method"] not in ("two-network", "svf"):
         desc.append(f"The displacement field was a coordinate MLP with {info['hidden_layers']} hidden layers of "
                     f"{info['hidden_features']} units and {info['activation']} activations"

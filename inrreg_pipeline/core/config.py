@@ -218,7 +218,12 @@ class SVFSettings:
 
     Coarse to fine: one level per ``shrink_factors`` entry (the fixed grid subsampled by that factor
     after Gaussian smoothing, as ANTs' shrink factors) with ``iterations`` Adam steps each at ``lr``
-    (cosine decay to ``lr * lr_final_fraction`` within each level). ``symmetric``: both images are
+    (cosine decay to ``lr * lr_final_fraction`` within each level). ``level_spacing_mm``, when set,
+    replaces ``shrink_factors`` by voxel sizes in mm: each image is shrunk by the integer factor that
+    brings its finest voxel axis closest to that size (at least 1), so a preset means the same
+    anatomy, and costs the same, on a 1 mm image as on a 2 mm one (``[4, 2]`` on 2 mm images is
+    ``shrink_factors [2, 1]``; on 1 mm images ``[4, 2]``). The dense outputs are still written on
+    the fixed image's own grid. ``symmetric``: both images are
     deformed to the midpoint, ``F(exp(-v/2))`` against ``M(A exp(v/2))``, as SyN does.
     ``velocity_smoothing_mm``: Gaussian sigma (mm) applied to the velocity on the control grid before
     integration (SyN's flow smoothing; 0: none).
@@ -228,6 +233,7 @@ class SVFSettings:
     margin_mm: float = 12.0
     squaring_steps: int = 7
     shrink_factors: list[int] = field(default_factory=lambda: [2, 1])
+    level_spacing_mm: list[float] | None = None
     iterations: list[int] = field(default_factory=lambda: [150, 150])
     lr: float = 1e-3
     lr_final_fraction: float = 0.1
@@ -293,6 +299,13 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise bad()
         return value
+    if default is None:  # an optional list of numbers (svf.level_spacing_mm): null or numbers, as floats
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in value):
+            raise ValueError(f"preset key '{where}' must be null or a list of numbers, got {value!r}")
+        return [float(v) for v in value]
     if isinstance(default, list):
         floats = bool(default) and isinstance(default[0], float)
         number = (int, float) if floats else int
@@ -349,6 +362,9 @@ def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
          "svf.shrink_factors and svf.iterations must be non-empty lists of the same length")
     need(all(f >= 1 for f in v.shrink_factors) and all(i >= 0 for i in v.iterations),
          "svf.shrink_factors must be >= 1 and svf.iterations >= 0")
+    need(v.level_spacing_mm is None or (len(v.level_spacing_mm) == len(v.iterations)
+                                        and all(math.isfinite(m) and m > 0 for m in v.level_spacing_mm)),
+         "svf.level_spacing_mm must be null or one finite size > 0 (mm) per entry of svf.iterations")
     need(v.lr > 0 and 0 < v.lr_final_fraction <= 1, "svf.lr must be > 0 and lr_final_fraction in (0, 1]")
     need(v.lncc_window_mm > 0 and v.velocity_smoothing_mm >= 0 and v.diffusion_alpha >= 0,
          "svf.lncc_window_mm must be > 0, velocity_smoothing_mm and diffusion_alpha >= 0")

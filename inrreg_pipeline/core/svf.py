@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
-from .config import RegistrationSettings
+from .config import RegistrationSettings, SVFSettings
 from .engine import Progress, optimise
 from .losses import box_mean, lncc_map, ncc, similarity_loss
 from .method import Fields, Fit, similarity_and_regulariser
@@ -47,7 +47,8 @@ from .optimisation import build_network
 from .pair import PreparedPair
 from .space import SpatialImage, downsample, voxel_grid_to_world, world_to_grid_map
 
-__all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations", "VelocityINR"]
+__all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations",
+           "level_shrink_factors", "VelocityINR"]
 
 
 @dataclass
@@ -212,6 +213,16 @@ def _smooth_field(field: torch.Tensor, kernels: list[torch.Tensor]) -> torch.Ten
     return x[:, 0].movedim(0, -1)
 
 
+def level_shrink_factors(image: SpatialImage, s: SVFSettings) -> list[int]:
+    """The integer shrink factor of ``image`` at each level: ``s.shrink_factors``, or, with
+    ``s.level_spacing_mm``, the factor that brings the image's finest voxel axis closest to each size
+    (at least 1; 4 mm on 0.9 mm voxels is 4, 2 mm on 0.9 mm voxels 2)."""
+    if s.level_spacing_mm is None:
+        return [int(f) for f in s.shrink_factors]
+    finest = float(np.min(image.spacing))
+    return [max(1, int(round(mm / finest))) for mm in s.level_spacing_mm]
+
+
 def _odd_window(window_mm: float, spacing: np.ndarray) -> int:
     n = max(3, int(round(window_mm / float(np.mean(spacing)))))
     return n if n % 2 else n + 1
@@ -256,7 +267,10 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
     history: dict[str, list[float]] = {"similarity": [], "regulariser": [], "total": [], "level": []}
     optimiser = torch.optim.Adam(model.network.parameters(), lr=s.lr)
     mask_f = sampling_mask.astype(np.float32)
-    for level, (factor, n_steps) in enumerate(zip(s.shrink_factors, s.iterations)):
+    fixed_factors = level_shrink_factors(fixed, s)
+    # a voxel count per image: in mm mode a 1 mm fixed and a 2 mm moving image meet at the level's size
+    moving_factors = fixed_factors if s.level_spacing_mm is None else level_shrink_factors(moving, s)
+    for level, (factor, moving_factor, n_steps) in enumerate(zip(fixed_factors, moving_factors, s.iterations)):
         if n_steps == 0:
             continue
         for group in optimiser.param_groups:
@@ -264,7 +278,7 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=n_steps,
                                                               eta_min=s.lr * s.lr_final_fraction)
         f_level = downsample(fixed, factor)
-        m_level = downsample(moving, factor)
+        m_level = downsample(moving, moving_factor)
         crop, crop_affine = grid.subgrid(fixed, factor)
         f_crop = torch.as_tensor(f_level.data[crop], dtype=torch.float32, device=device)
         inside = downsample(fixed.with_data(mask_f), factor).data[crop] > 0.5
@@ -276,7 +290,7 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
         fixed_volume = torch.as_tensor(f_level.data, dtype=torch.float32, device=device)[None, None]
         mmask = None
         if moving_mask is not None:
-            mm = downsample(moving.with_data(moving_mask.astype(np.float32)), factor)
+            mm = downsample(moving.with_data(moving_mask.astype(np.float32)), moving_factor)
             mmask = torch.as_tensor(mm.data, dtype=torch.float32, device=device)[None, None]
         window = _odd_window(s.lncc_window_mm, f_level.spacing)
 

@@ -155,7 +155,8 @@ def describe_inr(method: str = "auto", preset: str | None = None) -> dict:
     out = {"preset": s.name, "method": getattr(s, "method", "siren") or "siren"}
     if out["method"] == "svf":
         keys.update({"control_spacing_mm": "svf.control_spacing_mm", "squaring_steps": "svf.squaring_steps",
-                     "svf_shrink_factors": "svf.shrink_factors", "svf_iterations": "svf.iterations"})
+                     "svf_shrink_factors": "svf.shrink_factors", "svf_level_spacing_mm": "svf.level_spacing_mm",
+                     "svf_iterations": "svf.iterations"})
     if out["method"] == "two-network":
         keys = {"motion": "two_network.motion", "hidden_layers": "two_network.hidden_layers",
                 "hidden_features": "two_network.hidden_features", "iterations": "two_network.iterations",
