@@ -69,8 +69,9 @@ RUN if [ "$WITH_TCNN" = "1" ]; then \
     fi
 
 COPY . /opt/inrreg
-# the one install step (as `make setup`): the package with the ants extra (antspyx)
-RUN /opt/inrreg/.ci/install python ants \
+# the one install step (as `make setup`): the package with the ants extra (antspyx) and the
+# templateflow extra (--output-spaces; the templates themselves are bound in at $TEMPLATEFLOW_HOME)
+RUN /opt/inrreg/.ci/install python ants,templateflow \
     && python -c "import torch, ants, inrreg_pipeline; assert torch.version.cuda, 'CPU torch replaced the CUDA build'" \
     && inrreg-bids --version \
     && python -c "import matplotlib.pyplot" \

@@ -9,6 +9,8 @@ from pathlib import Path
 from inrreg_pipeline import __version__
 from inrreg_pipeline.cli import SEED_MAX, positive_int, seed_int
 
+from .spaces import parse_space, template_space
+
 #: BIDS App exit codes (BIDS execution spec; sysexits where the spec has none).
 EXIT_OK, EXIT_FAILURE = 0, 1
 EXIT_BIDS_INVALID = 16        # not a BIDS folder
@@ -103,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="derivative datasets; 'labels=PATH' holds *_dseg.nii.gz per participant for evaluation")
 
     g = p.add_argument_group("Template")
+    g.add_argument("--output-spaces", "--output_spaces", nargs="+", type=parse_space, default=None,
+                   metavar="SPACE",
+                   help="fMRIPrep-style template space from TemplateFlow, e.g. MNI152NLin2009cAsym:res-2 (also "
+                        ":cohort-N; T1w and anat are accepted and always written); the files must be in "
+                        "$TEMPLATEFLOW_HOME (nothing is downloaded); default: nilearn's embedded MNI152 2009a")
     g.add_argument("--template", type=Path, default=None, metavar="T1W",
                    help="template T1w image (default: nilearn's MNI152 2009a brain)")
     g.add_argument("--template-mask", type=Path, default=None, metavar="MASK")
@@ -157,6 +164,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     if opts.analysis_level not in LEVELS:
         raise UsageError(f"unknown analysis level '{opts.analysis_level}' (choose participant or group)",
                          EXIT_UNKNOWN_LEVEL)
+    try:
+        opts.template_space = template_space(opts.output_spaces)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if opts.template_space is not None:
+        clash = [flag for flag, value in (("--template", opts.template), ("--template-mask", opts.template_mask),
+                                          ("--template-dseg", opts.template_dseg),
+                                          ("--template-name", opts.template_name),
+                                          ("--template-resolution", opts.template_resolution)) if value is not None]
+        if clash:
+            raise UsageError(f"--output-spaces {opts.template_space.identifier} names the template; drop "
+                             f"{', '.join(clash)} (give the resolution as :res-N)")
     return opts
 
 

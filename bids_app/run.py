@@ -30,7 +30,7 @@ from .preset_options import SLOPPY_ANTS_SCALE, resolve_presets
 from .queries import collect_participants, load_filters, load_layout
 from .reports import write_citation, write_group, write_participant_report
 from .resources import node_threads, registration_mem_gb
-from .templates import resolve_template
+from .templates import resolve_template, templateflow_files
 from .workflow import Settings, init_participant_wf
 
 LOG = logging.getLogger("inrreg-bids")
@@ -126,6 +126,8 @@ def run_participant(opts, bids_dir: Path, output_dir: Path, work_dir: Path) -> i
             resolve_device(opts.device)
         except ValueError as err:
             raise AppError(f"--device: {err}", EXIT_USAGE) from None
+    # a TemplateFlow space is looked up (read only) before any folder is made
+    templateflow = templateflow_files(opts.template_space) if opts.template_space is not None else None
     labels_root = None
     for name, path in opts.derivatives:
         if not Path(path).is_dir():
@@ -145,7 +147,7 @@ def run_participant(opts, bids_dir: Path, output_dir: Path, work_dir: Path) -> i
                 [(p.dseg, "labels dseg")] * (p.dseg is not None):
             check_image(path, f"sub-{p.subject} {role}")
     make_writable_dir(output_dir, "output folder")
-    tpl = resolve_template(opts, work_dir)
+    tpl = resolve_template(opts, work_dir, templateflow)
     preset, mm_preset = resolve_presets(opts, work_dir)
     if plugin.batch:
         ensure_logname()

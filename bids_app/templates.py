@@ -1,12 +1,20 @@
 """The template every T1w is registered to: nilearn's MNI152 (ICBM 2009a) brain with a GM/WM
-dseg made from its tissue maps (written once under the work folder), or ``--template`` with its
-optional ``--template-mask`` / ``--template-dseg``, checked before the graph is built."""
+dseg made from its tissue maps (written once under the work folder), a TemplateFlow space named by
+``--output-spaces`` (:func:`templateflow_files`), or ``--template`` with its optional
+``--template-mask`` / ``--template-dseg``, checked before the graph is built.
+
+TemplateFlow is used offline: the files must already be in ``$TEMPLATEFLOW_HOME`` (templateflow's
+default cache folder when unset). They are found with ``TemplateFlowClient.ls`` (a PyBIDS query of
+that folder) and never with ``get``, which downloads the files it finds empty; an empty file (the
+stub of a template not downloaded) is refused like a missing one.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import re
 from pathlib import Path
+from typing import Optional
 
 import nibabel as nib
 import numpy as np
@@ -14,7 +22,8 @@ from nibabel.processing import resample_from_to, resample_to_output
 from nilearn import datasets
 
 from .image_checks import check_image, check_same_grid
-from .parser import EXIT_USAGE, AppError
+from .parser import EXIT_NOINPUT, EXIT_USAGE, AppError
+from .spaces import OutputSpace
 from .workflow import Template
 
 LOG = logging.getLogger("inrreg-bids")
@@ -53,11 +62,131 @@ def nilearn_template(work_dir: Path, resolution: float) -> dict:
     return paths
 
 
-def resolve_template(opts, work_dir: Path) -> Template:
+#: resolution indices tried, in order, when ``--output-spaces`` gives none (the app's 2 mm default first)
+DEFAULT_RESOLUTIONS = (2, 1)
+
+
+def _templateflow_client():
+    """templateflow's client on ``$TEMPLATEFLOW_HOME`` (or its default cache folder), and that folder.
+
+    Refused (one line) when the package is missing (exit 64) or the folder is missing or empty (66).
+    A ``$TEMPLATEFLOW_HOME`` that is set is checked before templateflow is imported: its first
+    import fills an empty home with its skeleton of empty files. Without ``$TEMPLATEFLOW_HOME``
+    templateflow's default cache folder is used as templateflow leaves it (the skeleton's empty
+    files are then refused as not downloaded).
+    """
+    def usable(folder: Path) -> Path:
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise AppError(f"TEMPLATEFLOW_HOME '{folder}' is missing or empty: put the TemplateFlow templates "
+                           f"there (nothing is downloaded)", EXIT_NOINPUT)
+        return folder
+
+    env_home = os.environ.get("TEMPLATEFLOW_HOME")
+    home = usable(Path(env_home).expanduser().absolute()) if env_home else None
+    try:
+        import templateflow
+        from templateflow import TemplateFlowClient
+    except ImportError:
+        raise AppError("--output-spaces needs the templateflow package (pip install 'inrreg[templateflow]'); "
+                       "without --output-spaces nilearn's embedded MNI152NLin2009aSym is used", EXIT_USAGE) from None
+    home = home or usable(Path(templateflow.conf.TF_HOME))
+    return TemplateFlowClient(root=home, autoupdate=False, use_datalad=False), home
+
+
+def _present(paths) -> list[Path]:
+    """The files among ``paths`` that have content (TemplateFlow's stubs of files not downloaded are empty)."""
+    return [Path(p) for p in paths if Path(p).is_file() and Path(p).stat().st_size > 0]
+
+
+def templateflow_files(space: OutputSpace) -> tuple[OutputSpace, dict[str, Optional[Path]]]:
+    """Find ``space``'s files in ``$TEMPLATEFLOW_HOME`` without downloading or writing anything.
+
+    Returns the space with its resolution index filled in (``res-2``, then ``res-1``, when none was
+    given) and ``{"T1w", "brain", "mask", "dseg"}``: the ``_T1w`` image, its ``desc-brain_T1w``
+    (None if absent), the ``desc-brain_mask`` and the plain ``_dseg`` (None if absent), all at that
+    resolution (and cohort). Errors, one line each: an unknown template (64); a resolution or cohort
+    the folder does not have, or files present only as empty stubs (66).
+    """
+    client, home = _templateflow_client()
+    if not (home / f"tpl-{space.template}").is_dir():
+        known = sorted(p.name[4:] for p in home.glob("tpl-*") if p.is_dir())
+        raise AppError(f"--output-spaces: unknown TemplateFlow template '{space.template}' (in '{home}': "
+                       f"{', '.join(known) or 'none'})", EXIT_USAGE)
+
+    def find(resolution: int, suffix: str, desc: Optional[str]) -> list[Path]:
+        try:
+            return sorted(client.ls(space.template, resolution=resolution, cohort=space.cohort, suffix=suffix,
+                                    desc=desc, atlas=None, extension=[".nii.gz", ".nii"]))
+        except Exception as err:  # PyBIDS: a query the layout cannot answer
+            raise AppError(f"--output-spaces {space.identifier}: TemplateFlow could not query '{home}' "
+                           f"({str(err).splitlines()[0] if str(err) else type(err).__name__})", EXIT_NOINPUT) from None
+
+    tried = (space.resolution,) if space.resolution is not None else DEFAULT_RESOLUTIONS
+    listed: list[Path] = []
+    for res in tried:
+        listed = find(res, "T1w", None)
+        t1w = _present(listed)
+        if t1w:
+            break
+    else:
+        what = f"{space.template}" + (f" cohort-{space.cohort}" if space.cohort is not None else "")
+        if listed:
+            raise AppError(f"--output-spaces {space.identifier}: {listed[0]} is not downloaded (an empty TemplateFlow "
+                           f"stub); fetch it where there is network, e.g. python -c \"from templateflow import api; "
+                           f"api.get('{space.template}', resolution={tried[-1]}, suffix='T1w', desc=None)\"",
+                           EXIT_NOINPUT)
+        raise AppError(f"--output-spaces {space.identifier}: no T1w of {what} at res-"
+                       f"{' or res-'.join(str(r) for r in tried)} in '{home}'", EXIT_NOINPUT)
+    space = space.with_resolution(res)
+    files: dict[str, Optional[Path]] = {"T1w": t1w[0]}
+    for key, suffix, desc in (("brain", "T1w", "brain"), ("mask", "mask", "brain"), ("dseg", "dseg", None)):
+        found = _present(find(res, suffix, desc))
+        files[key] = found[0] if found else None
+    return space, files
+
+
+def templateflow_template(space: OutputSpace, files: dict[str, Optional[Path]], work_dir: Path) -> Template:
+    """The :class:`~.workflow.Template` of a TemplateFlow space found by :func:`templateflow_files`.
+
+    The registration target is a brain image, as nilearn's default is: the ``desc-brain_T1w``, or
+    else the ``T1w`` with the brain mask applied (written once under ``work_dir/templates``), or
+    the whole-head ``T1w`` when the template has no mask. Its name in derivatives is the
+    template's, with ``[_cohort-N]_res-N`` after ``space-`` (TemplateFlow/fMRIPrep naming).
+    """
+    t1w, mask = files["T1w"], files["mask"]
+    brain = files["brain"]
+    check_image(t1w, "template")  # unreadable TemplateFlow files: exit 65 before they are used
+    if mask is not None:
+        check_image(mask, "template mask")
+    if brain is None and mask is not None:
+        folder = work_dir / "templates" / f"tpl-{space.template}{space.image_entities}"
+        brain = folder / f"tpl-{space.template}{space.image_entities}_desc-brain_T1w.nii.gz"
+        if not brain.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            head, m = nib.load(str(t1w)), nib.load(str(mask))
+            data = np.asarray(head.get_fdata(), np.float32) * (np.asarray(m.get_fdata()) > 0.5)
+            tmp = folder / f".tmp_{os.getpid()}_{brain.name}"
+            nib.save(nib.Nifti1Image(data, head.affine), str(tmp))
+            os.replace(tmp, brain)
+    zooms = nib.load(str(t1w)).header.get_zooms()[:3]
+    size = " x ".join(f"{z:g}" for z in zooms)
+    resolution = f"res-{space.resolution}: {size} mm voxels (TemplateFlow's {space.template})"
+    return Template(name=space.template, t1w=brain or t1w, mask=mask, dseg=files["dseg"], contours=files["dseg"],
+                    standard=True, image_entities=space.image_entities, xfm_entities=space.xfm_entities,
+                    metadata={"Resolution": resolution},
+                    description=f"TemplateFlow {space.identifier} ({size} mm, {'brain' if brain else 'head'}; "
+                                f"'{Path(t1w).name}')")
+
+
+def resolve_template(opts, work_dir: Path, templateflow: Optional[tuple[OutputSpace, dict]] = None) -> Template:
     """The run's :class:`~.workflow.Template` (nilearn's at ``--template-resolution``, 4 mm with
-    ``--sloppy``, else ``--template``), its images read in full; exit 64 or 65 otherwise."""
+    ``--sloppy``; the TemplateFlow space ``templateflow`` = :func:`templateflow_files`' result, for
+    ``--output-spaces``; else ``--template``), its images read in full; exit 64 or 65 otherwise."""
     res = opts.template_resolution or (4.0 if opts.sloppy else 2.0)
-    if opts.template is None:
+    if templateflow is not None:
+        tpl = templateflow_template(*templateflow, work_dir)
+        name = tpl.name
+    elif opts.template is None:
         if opts.template_mask or opts.template_dseg:
             raise AppError("--template-mask/--template-dseg need --template", EXIT_USAGE)
         paths = nilearn_template(work_dir, res)

@@ -34,6 +34,19 @@ class Template:
     standard: bool = False
     reference_uri: str | None = None  # SpatialReference of the space, when not a standard one
     description: str = ""
+    image_entities: str = ""          # after space-<name> in image names: TemplateFlow's [_cohort-N]_res-N
+    xfm_entities: str = ""            # after to-/from-<name> in transform and table names: [_cohort-N]
+    metadata: dict = field(default_factory=dict)  # sidecar fields of the space (e.g. Resolution)
+
+    @property
+    def space(self) -> str:
+        """The ``space-`` value and entities of images on this template's grid (``MNI152NLin2009cAsym_res-2``)."""
+        return self.name + self.image_entities
+
+    @property
+    def xfm(self) -> str:
+        """The ``to-``/``from-`` value and entities of transforms to this template (``MNI152NLin2009cAsym``)."""
+        return self.name + self.xfm_entities
 
 
 @dataclass
@@ -121,9 +134,9 @@ def init_participant_wf(*, participant: Participant, template: Template, output_
     pre = p.prefix
     has_labels = p.dseg is not None and tpl.dseg is not None
     t1_src = [source_uri(p.t1w)] + ([source_uri(p.dseg)] if has_labels else [])
-    spatial = {"SpatialReference": tpl.reference_uri} if tpl.reference_uri else {}
+    spatial = {**tpl.metadata, **({"SpatialReference": tpl.reference_uri} if tpl.reference_uri else {})}
     wf.__desc__ = (f"Each participant's T1w image was registered to the {tpl.description or tpl.name} template "
-                   f"(space `{tpl.name}`)" + (" (inputs skull-stripped beforehand)" if s.skull_stripped else "")
+                   f"(space `{tpl.space}`)" + (" (inputs skull-stripped beforehand)" if s.skull_stripped else "")
                    + (", with inrreg and, for comparison, with ANTs" if s.compare_ants else "") + ". ")
 
     methods = {"inr": init_inr_registration_wf(
@@ -164,29 +177,29 @@ def init_participant_wf(*, participant: Participant, template: Template, output_
         reg_out = (reg_wf, "outputnode.metadata")
         common = {"Sources": t1_src, "RegistrationMethod": what, **spatial}
         sink(f"ds_{key}_xfm", reg_wf, "outputnode.composite_transform",
-             anat / f"{pre}_from-T1w_to-{tpl.name}_mode-image{desc_ents}_xfm.h5",
+             anat / f"{pre}_from-T1w_to-{tpl.xfm}_mode-image{desc_ents}_xfm.h5",
              {**common, "Description": f"T1w to {tpl.name}: ITK/ANTs composite (antsApplyTransforms resamples the "
                                        f"T1w onto the template grid with it)"}, reg_out)
         sink(f"ds_{key}_inv_xfm", reg_wf, "outputnode.inverse_composite_transform",
-             anat / f"{pre}_from-{tpl.name}_to-T1w_mode-image{desc_ents}_xfm.h5",
+             anat / f"{pre}_from-{tpl.xfm}_to-T1w_mode-image{desc_ents}_xfm.h5",
              {**common, "Description": f"{tpl.name} to T1w: inverse of the composite above"}, reg_out)
         sink(f"ds_{key}_t1w_std", reg_wf, "outputnode.moving_in_fixed",
-             anat / f"{pre}_space-{tpl.name}_desc-{img_desc}_T1w.nii.gz",
+             anat / f"{pre}_space-{tpl.space}_desc-{img_desc}_T1w.nii.gz",
              {**common, "Description": f"T1w resampled onto the {tpl.name} grid (linear)"}, reg_out)
         sink(f"ds_{key}_jacobian", reg_wf, "outputnode.jacobian",
-             anat / f"{pre}_space-{tpl.name}_desc-{jac_desc}_T1w.nii.gz",
+             anat / f"{pre}_space-{tpl.space}_desc-{jac_desc}_T1w.nii.gz",
              {**common, "Description": "Jacobian determinant det(I + du/dx) of the deformable part of the "
                                        "T1w-to-template transform, on the template processing grid; <= 0: folding",
               "Units": "arbitrary (volume ratio)"})
         sink(f"ds_{key}_flicker", reg_wf, "outputnode.out_report",
-             figs / f"{pre}_space-{tpl.name}_desc-{key}_T1w.svg")
+             figs / f"{pre}_space-{tpl.space}_desc-{key}_T1w.svg")
         sink(f"ds_{key}_jacobian_report", reg_wf, "outputnode.jacobian_report",
-             figs / f"{pre}_space-{tpl.name}_desc-{key}jacobian_T1w.svg")
+             figs / f"{pre}_space-{tpl.space}_desc-{key}jacobian_T1w.svg")
         wf.connect(reg_wf, "outputnode.quality_tsv", tables, f"in{slot}")
         slot += 1
         if has_labels:
             sink(f"ds_{key}_dseg", reg_wf, "outputnode.labels_in_fixed",
-                 anat / f"{pre}_space-{tpl.name}{desc_ents}_dseg.nii.gz",
+                 anat / f"{pre}_space-{tpl.space}{desc_ents}_dseg.nii.gz",
                  {**common, "Description": f"participant labels resampled onto the {tpl.name} grid "
                                            f"(label-aware interpolation)"})
             overlap = pe.Node(LabelOverlap(reference=str(tpl.dseg), tags={"method": key}),
@@ -200,7 +213,7 @@ def init_participant_wf(*, participant: Participant, template: Template, output_
     merge = pe.Node(MergeTables(join_on=["method"], out_name="evaluation.tsv"), name="merge_evaluation",
                     run_without_submitting=True)
     wf.connect(tables, ("out", _present), merge, "in_files")
-    sink("ds_evaluation", merge, "out_file", anat / f"{pre}_from-T1w_to-{tpl.name}_desc-evaluation_metrics.tsv",
+    sink("ds_evaluation", merge, "out_file", anat / f"{pre}_from-T1w_to-{tpl.xfm}_desc-evaluation_metrics.tsv",
          {"Sources": t1_src, **spatial,
           "Description": "One row per method: folding_percent (% voxels with det J <= 0 in the template mask), "
                          "log_jacobian_std, inverse consistency (mm), runtime, device"
@@ -211,7 +224,7 @@ def init_participant_wf(*, participant: Participant, template: Template, output_
                                run_without_submitting=True)
         wf.connect(label_tables, "out", merge_labels, "in_files")
         sink("ds_label_evaluation", merge_labels, "out_file",
-             anat / f"{pre}_from-T1w_to-{tpl.name}_desc-labels_metrics.tsv",
+             anat / f"{pre}_from-T1w_to-{tpl.xfm}_desc-labels_metrics.tsv",
              {"Sources": t1_src + [source_uri(tpl.dseg)] if tpl.reference_uri is None else t1_src,
               "Description": "Per label and method: Dice, Jaccard, volumes, HD95 and ASSD (mm)"})
 

@@ -38,10 +38,16 @@ the edges. inrreg keeps these few classes instead, for now, because:
 
 1. inrreg reads and writes ITK/ANTs files through SimpleITK, ITK's own code, and its tests check
    those files against antsApplyTransforms itself. nitransforms parses ITK's HDF5 composites
-   itself through h5py (a dependency inrreg does not have) and would be a second reader of the
-   same files, one that these tests do not cover.
+   itself through h5py (a dependency inrreg's core does not have). It reads inrreg's files
+   correctly (``tests/test_nitransforms_interop.py``: the composite, the inverse composite and
+   the warp + affine pair, on an oblique anisotropic grid, map voxel centres as ANTs and this
+   module do, within 1e-3 mm), so users can load them with it.
 2. ``map`` must give what ANTs gives: the landmark TRE has to agree with
    ``antsApplyTransformsToPoints``. The field rule here is ITK's (above), checked against it.
+   nitransforms (25.1) interpolates a field between its voxel centres with cubic B-splines over
+   the positions ``x + u(x)`` instead, so off-grid points differ from ANTs by the field's
+   curvature (under 0.1 mm inside a smooth field in that test, more within a voxel or two of the
+   field's edge; docs/conventions.md section 2).
 3. The core, the metrics and io need an object that imports only NumPy: no torch, nibabel,
    SciPy or h5py, and no reference image attached. It must be a pull-back, fixed-to-moving map
    with its inverse known (``1InverseWarp``) or iterated.
