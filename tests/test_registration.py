@@ -302,11 +302,11 @@ def test_the_summary_says_whether_the_result_overlaps_and_improves_on_the_start(
     # the same measure flags a result that is the start itself, and one that leaves the moving image
     mask = brain(fixed)
     grid = fixed.world_grid()
-    same = assess(fixed, mask, result.warped, result.warped, inside_fraction(grid[mask], moving))
+    same = assess(fixed, mask, result.warped[mask], result.warped[mask], inside_fraction(grid[mask], moving))
     assert not same["improved"] and "no better than the start" in same["warnings"][0]
     away = inside_fraction(grid[mask] + 1e4, moving)
     assert away == 0
-    away_q = assess(fixed, mask, np.zeros_like(result.warped), result.warped, away)
+    away_q = assess(fixed, mask, np.zeros_like(result.warped[mask]), result.warped[mask], away)
     assert away_q["overlap_fraction"] == 0 and "maps inside the moving image" in away_q["warnings"][0]
 
 

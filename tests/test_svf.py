@@ -120,6 +120,39 @@ def test_svf_registration_recovers_a_known_deformation_without_folding(recovery)
     assert result.summary["inverse_consistency"]["mean_mm"] < 0.4
 
 
+def test_dense_field_is_the_control_grid_field_at_every_voxel(recovery):
+    """The written field is the integrated control-grid field interpolated at every fixed voxel,
+    also where the dense step skips the voxels it knows to be 0 (beyond one stride of the grid)."""
+    fixed, _, _, result = recovery
+    model = result.model
+    with torch.no_grad():
+        u = model.displacement(_quick_svf().svf.squaring_steps)
+        everywhere = model.at(u, torch.as_tensor(fixed.world_grid(), dtype=torch.float32)).numpy()
+    # float noise only (the world -> grid matmul rounds by batch): 1e-12 mm where a voxel sits on the box edge
+    np.testing.assert_allclose(result.displacement, everywhere, rtol=0, atol=1e-9)
+    assert np.abs(everywhere).max() > 1.0  # a real deformation, not zeros compared with zeros
+
+
+def test_voxels_beyond_one_stride_of_the_control_grid_are_exactly_zero():
+    """The box the dense step evaluates: multilinear interpolation with zero padding is 0 one stride
+    beyond the grid's first and last points, and the box ends there (clipped to the image)."""
+    from inrreg_pipeline.core.svf import _interpolated_box
+
+    affine = np.eye(4)  # 1 mm fixed grid; the control grid every 4th voxel from voxel (10, 0, 5)
+    grid_affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    grid_affine[:3, 3] = [10, 0, 5]
+    grid = ControlGrid((3, 4, 2), grid_affine, np.array([10, 0, 5]), np.array([4, 4, 4]))
+    box = _interpolated_box(grid, (40, 30, 12))
+    assert box == (slice(7, 22), slice(0, 16), slice(2, 12))
+    sampler = GridSampler(grid.shape, grid.affine, CPU)
+    field = torch.ones((1, 1) + grid.shape)
+    world = torch.as_tensor(voxel_grid_to_world((40, 30, 12), affine), dtype=torch.float32)
+    values = sampler(field, world)[0].numpy()
+    outside = np.ones(values.shape, bool)
+    outside[box] = False
+    assert values[outside].max() == 0 and values[box].min() > 0
+
+
 def test_same_seed_same_result_on_cpu(recovery):
     fixed, moving, _, result = recovery
     again = register(fixed, moving, _quick_svf(), CPU, seed=3)

@@ -88,18 +88,18 @@ def normalised_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) 
     return (entropy(p.sum(1)) + entropy(p.sum(0))) / h_ab if h_ab > 0 else 2.0
 
 
-def assess(fixed: SpatialImage, sampling_mask: np.ndarray, start_warped: np.ndarray, final_warped: np.ndarray,
+def assess(fixed: SpatialImage, sampling_mask: np.ndarray, start_inside: np.ndarray, final_inside: np.ndarray,
            overlap: float) -> dict:
     """``registration.json``'s ``quality`` entry: overlap and NMI at the start and at the result, and
     ``warnings`` (one line each) when the result is no better than the start or overlaps too little.
 
-    ``start_warped`` / ``final_warped``: the moving image on the fixed grid at the start / result;
-    ``overlap``: :func:`inside_fraction` of the mask's mapped points at the result.
+    ``start_inside`` / ``final_inside``: the moving image at the mask's voxels (``fixed.data[mask]``
+    order) mapped by the start / the result; ``overlap``: :func:`inside_fraction` of the mask's
+    mapped points at the result.
     """
-    inside = sampling_mask > 0
-    f = fixed.data[inside]
-    nmi_start = normalised_mutual_information(f, start_warped[inside])
-    nmi_final = normalised_mutual_information(f, final_warped[inside])
+    f = fixed.data[sampling_mask > 0]
+    nmi_start = normalised_mutual_information(f, start_inside)
+    nmi_final = normalised_mutual_information(f, final_inside)
     warnings = []
     if overlap < MIN_FINAL_OVERLAP:
         warnings.append(f"only {100 * overlap:.3g} % of the fixed mask maps inside the moving image")

@@ -79,10 +79,12 @@ def dense_outputs(pair: PreparedPair, affine: np.ndarray, u: np.ndarray, v: np.n
     grid = voxel_grid_to_world(fixed.shape, fixed.affine)
     mapped = apply_affine(affine, grid + u)
     warped = sample_array(moving.data, moving.affine, mapped, device)
-    start_warped = sample_array(moving.data, moving.affine, apply_affine(start, grid), device)
-    quality = assess(fixed, pair.sampling_mask, start_warped, warped,
-                     inside_fraction(mapped[pair.sampling_mask > 0], moving))
-    del mapped, start_warped
+    inside = pair.sampling_mask > 0
+    # the start is only assessed inside the mask: sample it there, not on the whole grid
+    start_inside = sample_array(moving.data, moving.affine, apply_affine(start, grid[inside]), device)
+    quality = assess(fixed, pair.sampling_mask, start_inside, warped[inside],
+                     inside_fraction(mapped[inside], moving))
+    del mapped, start_inside
     z = apply_affine(np.linalg.inv(affine), voxel_grid_to_world(moving.shape, moving.affine))
     v_at_z = sample_array(v, fixed.affine, z, device, vector=True)
     inverse_warped = sample_array(fixed.data, fixed.affine, z + v_at_z, device)
