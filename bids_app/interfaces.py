@@ -2,7 +2,10 @@
 
 A small stand-in for niworkflows' ``DerivativesDataSink``: the target name is computed by the
 workflow builder (BIDS entities known at build time), the copy goes to a temporary name in the
-target folder and is renamed with ``os.replace``, so a file appears only when complete.
+target folder and is renamed with ``os.replace``, so a file appears only when complete. The
+temporary name carries the writing process (``.inrreg-sink-<pid>@<host>-<name>.<random>``,
+:func:`~inrreg_pipeline.io.images.staging_prefix`): one left by a killed process is removed by the
+next run (:func:`~inrreg_pipeline.io.images.remove_stale_staging`).
 """
 from __future__ import annotations
 
@@ -14,15 +17,18 @@ from pathlib import Path
 
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
+from inrreg_pipeline.io.images import staging_prefix
+
 #: keys of the registration metadata JSON copied into sidecars
 _META_KEYS = ("method", "preset", "seed", "device", "device_name", "threads", "runtime_s", "elapsed_time",
               "settings", "versions", "ants_preset", "scale_iterations")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{staging_prefix('sink')}{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -34,9 +40,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temporary file beside it and a rename."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{staging_prefix('sink')}{dst.name}.", dir=dst.parent)
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)

@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from inrreg_pipeline.io.images import remove_stale_staging
+
 from .parser import EXIT_BIDS_INVALID, EXIT_CANTCREAT, EXIT_USAGE, AppError
 
 
@@ -88,3 +90,19 @@ def remove_if_left_empty(path: Path) -> None:
     for folder in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
         folder.rmdir()
     path.rmdir()
+
+
+def remove_stale_leftovers(output_dir: Path, skip: Path | None = None) -> list[Path]:
+    """Remove, everywhere in the derivatives folder ``output_dir``, the staging folders and
+    temporary derivative files of processes that are gone (a run killed with SIGKILL, or a worker
+    stopped in the middle of a copy), by :func:`~inrreg_pipeline.io.images.remove_stale_staging`:
+    only this project's ``.inrreg-<kind>-<pid>@<host>-`` names of dead processes of this host,
+    never another file. ``skip`` (the work dir, when it lies inside) is not searched, nor are
+    hidden folders or symbolic links. Returns the paths removed."""
+    removed: list[Path] = []
+    for folder, subfolders, _ in os.walk(output_dir):
+        here = Path(folder)
+        removed += remove_stale_staging(here)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")
+                         and (skip is None or here / name != skip) and not (here / name).is_symlink()]
+    return removed

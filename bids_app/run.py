@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -21,16 +22,17 @@ from inrreg_pipeline.workflows import CITATIONS, LiterateWorkflow
 from .cluster import apply_gpu_sbatch_args, ensure_logname, plugin_settings
 from .demo_dataset import make_demo_dataset
 from .derivative_dataset import copy_template, write_dataset_description
-from .execution import execute
+from .execution import EXIT_INTERRUPTED, EXIT_TERMINATED, execute
 from .image_checks import check_image
 from .parser import (EXIT_CANTCREAT, EXIT_NOINPUT, EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, AppError,
                      UsageError, parse_args, parse_demo_args)
-from .paths import check_paths, inside, make_writable_dir, remove_if_left_empty
+from .paths import check_paths, inside, make_writable_dir, remove_if_left_empty, remove_stale_leftovers
 from .preset_options import SLOPPY_ANTS_SCALE, resolve_presets
 from .queries import collect_participants, load_filters, load_layout
 from .reports import write_citation, write_group, write_participant_report
 from .resources import node_threads, registration_mem_gb
 from .templates import resolve_template, templateflow_files
+from .workers import Terminated
 from .workflow import Settings, init_participant_wf
 
 LOG = logging.getLogger("inrreg-bids")
@@ -39,7 +41,10 @@ LOG = logging.getLogger("inrreg-bids")
 def main(argv=None) -> int:
     """``inrreg-bids`` (``argv``: the arguments after the program name; ``None``: ``sys.argv``).
 
-    Returns the exit code; a user error is one line on stderr (codes in :mod:`.parser`), Ctrl-C 130.
+    Returns the exit code; a user error is one line on stderr (codes in :mod:`.parser`), Ctrl-C 130
+    and SIGTERM 143 (what schedulers send at a time limit), each with one line: the run stops,
+    MultiProc's workers with it, finished nodes stay cached in the work dir and the same command
+    resumes.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--demo"]:
@@ -52,6 +57,10 @@ def main(argv=None) -> int:
     except SystemExit as err:  # --version, --help
         return int(err.code or 0) if not isinstance(err.code, str) else EXIT_USAGE
     logging.basicConfig(level=logging.WARNING - 10 * min(opts.verbose, 2), format="%(name)s: %(message)s")
+    try:  # SIGTERM before or after the graph runs (execute() handles it while the graph runs)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return run(opts)
     except AppError as err:
@@ -59,7 +68,18 @@ def main(argv=None) -> int:
         return err.code
     except KeyboardInterrupt:
         print("inrreg-bids: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("inrreg-bids: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM outside the graph run: stop as for Ctrl-C (``finally`` blocks run), exit 143."""
+    raise Terminated
 
 
 def run_demo(argv: list[str]) -> int:
@@ -147,6 +167,7 @@ def run_participant(opts, bids_dir: Path, output_dir: Path, work_dir: Path) -> i
                 [(p.dseg, "labels dseg")] * (p.dseg is not None):
             check_image(path, f"sub-{p.subject} {role}")
     make_writable_dir(output_dir, "output folder")
+    remove_stale_leftovers(output_dir, skip=work_dir)  # of a run killed with SIGKILL
     tpl = resolve_template(opts, work_dir, templateflow)
     preset, mm_preset = resolve_presets(opts, work_dir)
     if plugin.batch:
@@ -189,7 +210,11 @@ def run_participant(opts, bids_dir: Path, output_dir: Path, work_dir: Path) -> i
         print(f"citation boilerplate: {output_dir / 'logs' / 'CITATION.md'}")
         return EXIT_OK
     if not opts.reports_only:
-        status = execute(top, opts, plugin, work_dir)
+        try:
+            status = execute(top, opts, plugin, work_dir)
+        except (KeyboardInterrupt, Terminated):  # a copy cut short in a worker killed by the signal
+            remove_stale_leftovers(output_dir, skip=work_dir)
+            raise
         if status != EXIT_OK:
             return status
         if plugin.graph:

@@ -469,3 +469,104 @@ def test_a_4d_t1w_and_a_missing_gpu_are_refused_before_any_work(dataset, tmp_pat
         _one_line_error(capsys, 64, [dataset["bids"], out2, "participant", "-w", tmp_path / "work2",
                                      "--device", "cuda"], "--device", "CUDA is not available")
         assert not out2.exists() and not (tmp_path / "work2").exists()
+
+
+def _tagged_processes(tag: str) -> list[int]:
+    """Pids of the processes whose environment holds ``INRREG_TEST_TAG=tag`` (a run and every
+    process it started: the fork server, the workers, the resource tracker, the ANTs child)."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"INRREG_TEST_TAG={tag}".encode() in environ.read_bytes().split(b"\0"):
+                pids.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return pids
+
+
+def _wait_gone(tag: str, seconds: float) -> list[int]:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (left := _tagged_processes(tag)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("target", ["app", "job"])
+def test_sigterm_during_a_multiproc_run_exits_143_and_the_rerun_resumes(dataset, tmp_path, target):
+    """Issue 16, defects 2 and 7: a scheduler's SIGTERM at a time limit, to the app alone (``kill``,
+    ``docker stop``: ``app``) or to every process of the job (SLURM: ``job``), while MultiProc
+    workers register. The app used to die at once, leaving the fork server and a worker running
+    their node under init. Now: exit 143 with one line, no process left, no temporary or
+    half-written file in the derivatives, and (``app``) the same command resumes: finished nodes are
+    not run again, and leftovers of dead processes are removed, nobody else's files."""
+    import signal
+    import time
+    import uuid
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    tag = uuid.uuid4().hex
+    env = {**ENV, "INRREG_TEST_TAG": tag}
+    args = [sys.executable, "-m", "inrreg_pipeline.bids_app.run", str(dataset["bids"]), str(out), "participant",
+            "-w", str(work), "--participant-label", "01", "--sloppy", "--nprocs", "2", "--template-resolution", "6",
+            "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        # a registration node runs in a worker: Nipype's hash file of a node that has not finished
+        while not list(work.glob("inrreg_wf/**/inr_registration/_0x*_unfinished.json")) \
+                and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before a registration started: {proc.stderr.read()[-2000:]}"
+        assert list(work.glob("inrreg_wf/**/inr_registration/_0x*_unfinished.json")), "no registration started"
+        assert len(_tagged_processes(tag)) >= 3, "no MultiProc worker running"  # app, fork server, worker(s)
+        finished = {p: p.stat().st_mtime_ns for p in work.glob("inrreg_wf/**/_0x*.json")
+                    if not p.name.endswith("_unfinished.json")}
+        assert finished, "no node had finished before the signal"
+        sent = time.monotonic()
+        if target == "app":
+            os.kill(proc.pid, signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        stopped = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err[-2000:]
+    assert err.splitlines() == ["inrreg-bids: terminated (SIGTERM)"], err[-2000:]
+    assert stopped < 30, f"took {stopped:.0f} s to stop"
+    assert _wait_gone(tag, 10) == [], "processes left running after the app exited"
+    assert [p.name for p in out.rglob(".*")] == [".bidsignore"]  # no temporary or half-written file
+    assert not list(work.rglob(".inrreg-*")) and not list(work.glob("inrreg_wf/**/_0x*_unfinished.json"))
+    if target == "job":
+        return
+
+    # leftovers of a run killed with SIGKILL: removed by the rerun; a live process's and the user's kept
+    from inrreg_pipeline.io.images import _host
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    anat = out / "sub-01" / "anat"
+    anat.mkdir(parents=True, exist_ok=True)
+    stale = [out / f".inrreg-{gone.pid}@{_host()}-abc123",
+             anat / f".inrreg-sink-{gone.pid}@{_host()}-sub-01_desc-brain_mask.nii.gz.x1y2z3"]
+    kept = [anat / f".inrreg-sink-{os.getpid()}@{_host()}-sub-01_T1w.nii.gz.live", out / ".user_notes",
+            anat / f".inrreg-sink-{gone.pid}@other.host-sub-01_T1w.nii.gz.remote"]
+    stale[0].mkdir()
+    (stale[0] / "sub-01_T1w.nii.gz").write_bytes(b"half-written")
+    for path in stale[1:] + kept:
+        path.write_bytes(b"half-written")
+    rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished, "finished nodes were run again"
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    for name in ["sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.h5", "sub-01_desc-brain_mask.nii.gz",
+                 "sub-01_space-T1w_desc-preproc_T2w.nii.gz"]:
+        assert (anat / name).is_file(), name
+    assert (out / "sub-01.html").is_file()
+    assert _wait_gone(tag, 10) == []

@@ -355,6 +355,41 @@ def test_sigterm_exits_143_and_removes_its_staging_folder(pair):
     _assert_nothing_written(out)
 
 
+def test_a_rerun_after_sigkill_leaves_no_staging_folder(pair):
+    """Issue 16, defect 7, with a real SIGKILL (no handler runs): the killed run's ``.inrreg-*``
+    folder stays, and the next run with that output folder removes it and writes its outputs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fixed, moving, out = pair
+    proc = subprocess.Popen([sys.executable, "-m", "inrreg_pipeline.cli", *map(str, _register_argv(
+        fixed, moving, out, "--preset", "default", "--no-progress", "--threads", "1"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".inrreg-*")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        left = list(out.glob(".inrreg-*"))
+        assert left, "the run never staged its outputs"
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert all(folder.is_dir() for folder in left)  # what SIGKILL leaves
+    preset = fixed.parent / "tiny.json"
+    preset.write_text(json.dumps(FAST_PRESET))
+    rerun = subprocess.run([sys.executable, "-m", "inrreg_pipeline.cli", *map(str, _register_argv(
+        fixed, moving, out, "--preset", preset, "--no-progress", "--threads", "1"))],
+        capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not list(out.glob(".inrreg-*"))
+    assert (out / f"{PREFIX}Warped.nii.gz").is_file()
+
+
 # ----------------------------------------------------------------------------- outputs never replace inputs
 
 

@@ -285,3 +285,81 @@ def test_multiproc_without_gpu_slots_refuses_gpu_nodes(pair, tmp_path):
     with pytest.raises(RuntimeError, match="Insufficient GPU resources"):
         wf.run(plugin="MultiProc", plugin_args={"n_procs": 2})
     assert multiproc_plugin_args(n_procs=2)["n_gpu_procs"] == 1
+
+
+_SCRIPT = """\
+import sys
+from inrreg_pipeline.workflows import init_preproc_wf, multiproc_plugin_args
+wf = init_preproc_wf(n4=False, resolution=8.0, name="preproc_wf")
+wf.inputs.inputnode.in_file = sys.argv[1]
+wf.base_dir = sys.argv[2]
+wf.run(plugin="MultiProc", plugin_args=multiproc_plugin_args(n_procs=2))
+print("finished")
+"""
+
+
+def _run_script(tmp_path: Path, how: str):
+    """Run :data:`_SCRIPT` (the preprocessing workflow under MultiProc, with its fork server) from
+    standard input, as a file without a ``__main__`` guard, or with one; a hang fails after 180 s."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    image = tmp_path / "image.nii.gz"
+    data = np.zeros((16, 16, 16), np.float32)
+    data[4:12, 4:12, 4:12] = 1.0
+    save_image(data + np.random.default_rng(0).random(data.shape, np.float32) * 0.1, np.diag([4.0, 4, 4, 1]), image)
+    work = tmp_path / "work"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    if how == "stdin":
+        argv, stdin = [sys.executable, "-", str(image), str(work)], _SCRIPT
+    else:
+        script = tmp_path / "script.py"
+        body = _SCRIPT if how == "unguarded" else (
+            "def main():\n" + textwrap.indent(_SCRIPT, "    ") + "\n\nif __name__ == '__main__':\n    main()\n")
+        script.write_text(body)
+        argv, stdin = [sys.executable, str(script), str(image), str(work)], None
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, timeout=180,
+                              cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"MultiProc from a script ({how}) hung")
+    resampled = list(work.glob("preproc_wf/resample/*.nii.gz"))
+    return proc, resampled
+
+
+@pytest.mark.parametrize("how", ["stdin", "unguarded"])
+def test_multiproc_from_a_main_script_its_workers_cannot_import_falls_back_to_linear(tmp_path, how):
+    """Issue 16, defect 10: fork-server workers import the main script again; from standard input
+    they cannot, and an unguarded script starts the workflow again in each of them. Either hung
+    with no message. Now: one warning line naming the fix, the graph run by Linear, exit 0."""
+    proc, resampled = _run_script(tmp_path, how)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "finished"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("inrreg: MultiProc workers import the main script"), lines
+    assert "if __name__ == \"__main__\":" in lines[0] and "Linear plugin instead" in lines[0]
+    assert ("standard input" in lines[0]) == (how == "stdin")
+    assert "[MultiProc]" not in proc.stdout and resampled
+
+
+def test_multiproc_from_a_guarded_script_runs_multiproc(tmp_path):
+    """The fallback is only for those two: a script with the guard runs MultiProc, with no warning."""
+    proc, resampled = _run_script(tmp_path, "guarded")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == "" and "[MultiProc]" in proc.stdout and resampled
+
+
+def test_main_guard_detection(tmp_path):
+    """``_under_main_guard`` reads the guard at any depth, either way round, and nothing else."""
+    from inrreg_pipeline.workflows.base import _under_main_guard
+
+    script = tmp_path / "s.py"
+    script.write_text("import x\nrun()\nif __name__ == '__main__':\n    run()\n    try:\n        run()\n"
+                      "    except E:\n        pass\nelse:\n    run()\nif '__main__' == __name__:\n    run()\n"
+                      "if __name__ != '__main__':\n    run()\ndef f():\n    run()\n")
+    assert [_under_main_guard(str(script), n) for n in range(1, 17)] == [
+        False, False, False, True, True, True, True, True, False, False, False, True, False, False, False, False]
+    assert _under_main_guard(str(tmp_path / "missing.py"), 1)

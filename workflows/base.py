@@ -3,17 +3,26 @@
 ``LiterateWorkflow`` is niworkflows' idea without the dependency: a ``nipype`` workflow carrying a
 ``__desc__`` (and ``__postdesc__``) of what it does, with which parameters and versions, and
 :meth:`LiterateWorkflow.visit_desc` collecting the texts of nested workflows in graph order,
-from which the BIDS app writes ``logs/CITATION.md``.
+from which the BIDS app writes ``logs/CITATION.md``. Its :meth:`~LiterateWorkflow.run` runs
+MultiProc only where its workers can start (:func:`main_reimport_problem`).
 """
 from __future__ import annotations
 
+import ast
+import logging
+import multiprocessing as mp
+import os
+import sys
 from importlib import metadata
 
 import torch
+from nipype import config as nipype_config
 from nipype.pipeline import engine as pe
 from nipype.pipeline.engine.utils import topological_sort
 
 from inrreg_pipeline import __version__
+
+LOG = logging.getLogger("inrreg.workflows")
 
 #: BibTeX keys cited by the ``__desc__`` texts (``[@key]``, Pandoc style, as fMRIPrep's boilerplate).
 CITATIONS = {
@@ -45,6 +54,40 @@ class LiterateWorkflow(pe.Workflow):
         super().__init__(name, base_dir)
         self.__desc__ = None
         self.__postdesc__ = None
+
+    def run(self, plugin=None, plugin_args=None, updatehash=False):
+        """Nipype's ``Workflow.run``, except for MultiProc from a main script its workers cannot import.
+
+        MultiProc workers started from a fork server or spawned (``mp_context`` ``forkserver``, as
+        :func:`multiproc_plugin_args` sets, or ``spawn``) first run the main script again. Run
+        from standard input (``python - < script.py``) they cannot, and run from a script whose run
+        is not under ``if __name__ == "__main__":`` each worker starts the whole workflow again and
+        fails: Nipype then waits forever for a node that will never report (a hang with no
+        message). When :func:`main_reimport_problem` finds either, the workflow runs with the
+        Linear plugin instead, after a one-line warning that names the fix.
+
+        Why fall back and not fail: that is what Nipype users expect. Nipype's own default on Linux
+        (the ``fork`` start method) runs exactly these scripts, unguarded or from standard input,
+        so they are written and shared that way. Linear runs the same graph to the same results,
+        only one node at a time, and the warning says how to get the parallel run back. The
+        ``fork`` context is not the fallback: a fork after PyTorch's OpenMP threads (or ITK's) have
+        started can deadlock a worker, the hang :func:`multiproc_plugin_args` avoids with its fork
+        server, and a forked child cannot use CUDA once the parent has. fMRIPrep-style entry
+        points (``inrreg-bids``) are guarded and never take the fallback.
+        """
+        name = plugin if plugin is None or isinstance(plugin, str) else type(plugin).__name__[:-len("Plugin")]
+        args = plugin_args if plugin is None or isinstance(plugin, str) else plugin.plugin_args
+        if (name or nipype_config.get("execution", "plugin")) == "MultiProc":
+            problem = main_reimport_problem((args or {}).get("mp_context"))
+            if problem:
+                LOG.warning("inrreg: %s; running the workflow with the Linear plugin instead (one node at a "
+                            "time)", problem)
+                pool = getattr(plugin, "pool", None)  # a plugin instance: its pool has started no worker
+                if pool is not None:
+                    pool.shutdown(wait=False)
+                linear = {k: v for k, v in (args or {}).items() if k == "status_callback"}
+                return super().run(plugin="Linear", plugin_args=linear, updatehash=updatehash)
+        return super().run(plugin=plugin, plugin_args=plugin_args, updatehash=updatehash)
 
     def visit_desc(self) -> str:
         """This workflow's ``__desc__``, the texts of nested workflows in topological order, then its
@@ -118,6 +161,74 @@ def multiproc_plugin_args(n_procs: int | None = None, memory_gb: float | None = 
         n_gpu_procs = torch.cuda.device_count() if torch.cuda.is_available() else 0
     args["n_gpu_procs"] = max(1, int(n_gpu_procs))
     return args
+
+
+def main_reimport_problem(mp_context: str | None = None) -> str | None:
+    """Why multiprocessing workers of start method ``mp_context`` (``None``: the default one),
+    started by the caller, could not start; ``None`` when they can.
+
+    Only ``forkserver`` and ``spawn`` workers import the main module again (as ``__mp_main__``:
+    ``multiprocessing.spawn.prepare``); ``fork`` workers do not, nor does any worker when the main
+    module has no file (``python -c``, an interactive session, Jupyter) or is a package's
+    ``__main__`` (``python -m pkg``). The two failing cases: a main script read from standard
+    input (its path, ``<stdin>``, is no file), and a call from the main module's top-level code
+    (what the workers' re-import runs again) at a line outside an ``if __name__ == "__main__":``
+    block (:func:`_under_main_guard`). A script that cannot be read or parsed is given the benefit
+    of the doubt.
+    """
+    if mp.get_context(mp_context).get_start_method() not in ("forkserver", "spawn"):
+        return None
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    module_name = getattr(spec, "name", None)
+    if module_name is not None:  # python -m module: re-imported by name, except a package's __main__
+        if module_name == "__main__" or module_name.endswith(".__main__"):
+            return None
+        path = getattr(spec, "origin", None)
+    else:
+        path = getattr(main, "__file__", None)
+        if path is None:
+            return None
+        if not os.path.isfile(path):
+            return (f"MultiProc workers import the main script again, and '{path}' (standard input) cannot "
+                    "be: save the script to a file and put the run under 'if __name__ == \"__main__\":'")
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None or path is None or _under_main_guard(path, frame.f_lineno):
+        return None  # not called by the main module's top-level code, or under the guard
+    return (f"MultiProc workers import the main script '{path}' again, which would start this workflow in "
+            f"each of them: put the run (line {frame.f_lineno}) under 'if __name__ == \"__main__\":'")
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    """Whether ``test`` is ``__name__ == "__main__"`` (either way round)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return any(isinstance(a, ast.Name) and a.id == "__name__" for a in sides) and \
+        any(isinstance(a, ast.Constant) and a.value == "__main__" for a in sides)
+
+
+def _under_main_guard(path: str, lineno: int) -> bool:
+    """Whether line ``lineno`` of the Python file ``path`` lies in the body of an
+    ``if __name__ == "__main__":`` block, at any depth of ``if``, ``with``, ``try`` and loops;
+    ``True`` when the file cannot be read or parsed (nothing can be said about it)."""
+    try:
+        with open(path, "rb") as fh:
+            tree = ast.parse(fh.read(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return True
+    body: list[ast.stmt] = tree.body
+    while True:
+        stmt = next((s for s in body if s.lineno <= lineno <= (s.end_lineno or s.lineno)), None)
+        if stmt is None or isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            return False
+        if isinstance(stmt, ast.If) and _is_main_test(stmt.test) and \
+                any(s.lineno <= lineno <= (s.end_lineno or s.lineno) for s in stmt.body):
+            return True
+        body = [s for field in ("body", "orelse", "finalbody") for s in getattr(stmt, field, [])] + \
+            [s for handler in getattr(stmt, "handlers", []) for s in handler.body]
 
 
 def pick_warp(transforms):

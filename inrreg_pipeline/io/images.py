@@ -265,8 +265,9 @@ def save_image(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dt
 
 
 #: ``.inrreg-[<kind>-]<pid>@<host>-<random>``: the staging folders of :class:`StagedOutputs` (and of
-#: the ANTs baselines), named by their process so that a later run can tell a dead run's leftovers
-#: (SIGKILL, a node that went down) from a live run's folder.
+#: the ANTs baselines) and the temporary files of the BIDS App's atomic copies (kind ``sink``),
+#: named by their process so that a later run can tell a dead run's leftovers (SIGKILL, a node that
+#: went down) from a live run's.
 _STAGING = re.compile(r"^\.inrreg-(?:[a-z]+-)?(?P<pid>\d+)@(?P<host>[A-Za-z0-9._]+)-")
 
 
@@ -290,9 +291,10 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_staging(directory: Path) -> list[Path]:
-    """Remove the staging folders in ``directory`` left by processes of this host that are gone
-    (killed with SIGKILL, or a machine that rebooted); folders of live processes and of other hosts
-    (a shared file system) are left alone. Returns the folders removed."""
+    """Remove the staging folders and temporary files (names of :func:`staging_prefix`) in
+    ``directory`` left by processes of this host that are gone (killed with SIGKILL, or a machine
+    that rebooted); those of live processes and of other hosts (a shared file system), symbolic
+    links and every other name are left alone. Returns the paths removed."""
     removed = []
     host = _host()
     try:
@@ -301,10 +303,18 @@ def remove_stale_staging(directory: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _STAGING.match(entry.name)
-        if match and match["host"] == host and not _alive(int(match["pid"])) and entry.is_dir() \
-                and not entry.is_symlink():
+        if not match or match["host"] != host or _alive(int(match["pid"])) or entry.is_symlink():
+            continue
+        if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+        elif entry.is_file():
+            try:
+                entry.unlink()
+            except OSError:
+                continue
+        else:
+            continue
+        removed.append(entry)
     return removed
 
 
