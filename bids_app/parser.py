@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("Registration")
     g.add_argument("--method", default="auto", help="INR method (auto, siren, relu, ..., two-network)")
-    g.add_argument("--preset", default=None, help="INR preset name or JSON file (default: the method's default)")
+    g.add_argument("--preset", default=None, help="INR preset name or JSON file (default: svf, or the method's own preset: inrreg register --help)")
     g.add_argument("--multimodal-preset", default=None, help="preset of the T2w/FLAIR/... to T1w co-registration")
     g.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--compare-ants", nargs="?", const="ants-syn-cc", default=None, metavar="PRESET",

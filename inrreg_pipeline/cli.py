@@ -43,8 +43,9 @@ def _register_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="PREFIX", help="output prefix, e.g. out/sub-01_")
     p.add_argument("--preset", metavar="NAME|FILE",
                    help=f"settings preset: one of {', '.join(available_presets())}, or a JSON file (default: the "
-                        "method's own: svf for --method svf, two-network-rigid/-deformable for --method two-network "
-                        "(by --motion), else default); research variants: benchmarks/presets/*.json; the baselines "
+                        "method's own: two-network-rigid/-deformable for --method two-network (by --motion), default "
+                        "(the displacement SIREN) for --method siren or a variant and for --omega/--activation alone, "
+                        "else svf, the diffeomorphic velocity INR); research variants: benchmarks/presets/*.json; the baselines "
                         "ants-syn, ants-syn-cc, ants-precise, antspyx-syn-s and antspyx-synquick-s "
                         "(antsRegistration through antspyx) and greedy and greedy-permissive (picsl-greedy) run those "
                         "tools instead and write the same files")

@@ -7,10 +7,15 @@ is :func:`inrreg_pipeline.core.config.load_preset`'s job (a ``"base"`` that is a
 shipped preset, one ending in ``.json`` a file next to the inheriting one); this module adds the
 rules for the overrides, in one place:
 
-1. **No preset** (``None``): the method's own shipped preset: ``svf`` for ``method="svf"``,
-   ``two-network-rigid`` for ``method="two-network"`` with ``motion="rigid"``,
-   ``two-network-deformable`` for any other two-network run, ``default`` otherwise. A preset that
-   is named is used as named: ``--preset default --method svf`` is refused, not replaced.
+1. **No preset** (``None``): the method's own shipped preset: ``two-network-rigid`` for
+   ``method="two-network"`` with ``motion="rigid"``, ``two-network-deformable`` for any other
+   two-network run, ``default`` (the displacement SIREN) for ``siren``, a variant, or an omega or
+   activation override without a method (what those options always meant), and ``svf`` otherwise,
+   with no method named too: the diffeomorphic velocity INR is the most accurate INR preset on
+   unseen subjects and the only one that does not fold (benchmarks/results/
+   oasis-trt-20_validation_2mm_cpu.md), and its levels are in millimetres, so it holds its accuracy
+   and its cost on 1 mm images (benchmarks/results/profile_1mm_cpu.md). A preset that is named is
+   used as named: ``--preset default --method svf`` is refused, not replaced.
 2. **two-network and svf** keep their settings in sections of their own (``two_network``,
    ``svf``), so ``method`` may only confirm them: the preset must already be of that method. (The
    CLI used to switch the method and run with the section's untuned defaults; like an
@@ -68,13 +73,14 @@ class PresetError(ValueError):
         return f"--{self.option} {self}" if self.option in OVERRIDES else str(self)
 
 
-def default_preset(method: str | None = None, motion: str | None = None) -> str:
-    """The shipped preset a ``method`` runs with when no preset is named (rule 1 of the module)."""
-    if method == "svf":
-        return "svf"
+def default_preset(method: str | None = None, motion: str | None = None, omega: str | None = None,
+                   activation: str | None = None) -> str:
+    """The shipped preset a run takes when no preset is named (rule 1 of the module)."""
     if method == "two-network":
         return "two-network-rigid" if motion == "rigid" else "two-network-deformable"
-    return "default"
+    if method in SINGLE_NETWORK_METHODS or (method is None and (omega is not None or activation is not None)):
+        return "default"
+    return "svf"
 
 
 def resolve(preset: str | Path | RegistrationSettings | None = None, method: str | None = None,
@@ -89,7 +95,7 @@ def resolve(preset: str | Path | RegistrationSettings | None = None, method: str
     Raises :class:`PresetError`.
     """
     if preset is None:
-        preset = default_preset(method, motion)
+        preset = default_preset(method, motion, omega, activation)
     if isinstance(preset, RegistrationSettings):
         settings = copy.deepcopy(preset)
     else:

@@ -135,6 +135,21 @@ def test_settings_validation():
     assert "--omega" in err.value.for_cli()  # what the command line prints
 
 
+@pytest.mark.parametrize("overrides, preset", [
+    ({}, "svf"), ({"method": "svf"}, "svf"), ({"method": "siren"}, "default"), ({"method": "cascade"}, "default"),
+    ({"omega": "trainable"}, "default"), ({"activation": "relu"}, "default"),
+    ({"method": "svf", "activation": "relu"}, "svf"), ({"method": "two-network"}, "two-network-deformable"),
+    ({"method": "two-network", "motion": "rigid"}, "two-network-rigid")])
+def test_a_run_without_a_preset_gets_the_methods_own_and_svf_when_nothing_is_named(overrides, preset):
+    """No ``--preset``: the diffeomorphic svf preset, unless an option names the displacement INR
+    (``--method siren``/a variant, ``--omega`` or ``--activation`` alone) or two-network."""
+    from inrreg_pipeline.presets import resolve
+
+    s = resolve(None, **overrides)
+    assert s.name == preset
+    assert s.method == overrides.get("method", load_preset(preset).method)
+
+
 # --- every variant end to end ------------------------------------------------------------------
 
 @pytest.mark.parametrize("preset", VARIANT_PRESETS)

@@ -178,7 +178,8 @@ class INRRegistrationInputSpec(_RegistrationInputSpecBase):
              "benchmarks/presets/fast-cascade.json of the repository)")
     preset = traits.Str(
         desc="shipped preset name (see inrreg_pipeline.core.config.available_presets()) or a JSON file; "
-             "default: 'default', 'two-network-deformable' for method='two-network', 'svf' for method='svf'")
+             "default: 'svf'; 'default' (the displacement SIREN) for method='siren', a variant, an activation or "
+             "an omega control; 'two-network-deformable' for method='two-network'")
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
     use_gpu = traits.Bool(
         False, usedefault=True,
