@@ -169,6 +169,19 @@ def test_pyramid_levels_are_sizes_in_mm_whatever_the_voxel_size(spacing, factors
     assert level_shrink_factors(image, s) == factors
 
 
+def test_levels_in_mm_replace_the_shrink_factors_in_the_preset_check(tmp_path):
+    """Three mm levels on a base with two shrink factors is a valid preset; one size per level or a
+    non-positive size is refused before any work, naming the key."""
+    good = tmp_path / "three.json"
+    good.write_text('{"base": "svf", "svf": {"level_spacing_mm": [4, 2, 1], "iterations": [10, 10, 10]}}')
+    assert load_preset(str(good)).svf.level_spacing_mm == [4.0, 2.0, 1.0]
+    for bad in ('[4, 2, 1], "iterations": [10, 10]', '[4, 0]', '"4mm"'):
+        path = tmp_path / "bad.json"
+        path.write_text('{"base": "svf", "svf": {"level_spacing_mm": ' + bad + '}}')
+        with pytest.raises(ValueError, match="level_spacing_mm"):
+            load_preset(str(path))
+
+
 def test_preset_levels_in_mm_and_equal_shrink_factors_give_the_same_registration(recovery):
     """On these 4 mm images ``level_spacing_mm [8, 4]`` is ``shrink_factors [2, 1]``: bit for bit the same run."""
     fixed, moving, _, result = recovery

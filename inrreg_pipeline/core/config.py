@@ -358,8 +358,9 @@ def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
     v = settings.svf
     need(v.control_spacing_mm > 0 and v.margin_mm >= 0, "svf.control_spacing_mm must be > 0 and margin_mm >= 0")
     need(0 <= v.squaring_steps <= 20, "svf.squaring_steps must be in 0..20")
-    need(len(v.shrink_factors) >= 1 and len(v.shrink_factors) == len(v.iterations),
-         "svf.shrink_factors and svf.iterations must be non-empty lists of the same length")
+    need(len(v.iterations) >= 1 and (v.level_spacing_mm is not None or len(v.shrink_factors) == len(v.iterations)),
+         "svf.shrink_factors (or level_spacing_mm, which replaces it) and svf.iterations must be non-empty lists "
+         "of the same length")
     need(all(f >= 1 for f in v.shrink_factors) and all(i >= 0 for i in v.iterations),
          "svf.shrink_factors must be >= 1 and svf.iterations >= 0")
     need(v.level_spacing_mm is None or (len(v.level_spacing_mm) == len(v.iterations)
