@@ -390,7 +390,7 @@ def test_gpu_check_cpu_smoke_writes_its_json(tmp_path):
     device run reports."""
     out = tmp_path / "gpu"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_check.py"), "--cpu-smoke", "--presets", "fast",
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_check.py"), "--cpu-smoke", "--presets", "svf",
                     "--out", str(out)], check=True, cwd=ROOT, env=env, timeout=600)
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["mode"] == "cpu-smoke" and report["device"] == "cpu"
@@ -402,7 +402,7 @@ def test_gpu_check_cpu_smoke_writes_its_json(tmp_path):
     if not torch.cuda.is_available():
         assert tests["skipped"] == tests["tests"]
     assert report["pair"]["status"] == "ok" and report["pair"]["shape"] == [32, 32, 20]
-    row = report["methods"]["fast"]
+    row = report["methods"]["svf"]
     assert row["status"] == "ok", row
     assert set(row["seconds"]) == {"affine", "deformable", "dense_outputs", "registration_total",
                                    "registration_wall", "writing"}
