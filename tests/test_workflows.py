@@ -244,7 +244,7 @@ def multimodal_pair(tmp_path_factory):
 def test_multimodal_coreg_wf(multimodal_pair, tmp_path, plugin):
     from inrreg_pipeline.workflows import default_multimodal_preset
 
-    assert default_multimodal_preset() in ("two-network-deformable", "multimodal")
+    assert default_multimodal_preset() == "coreg-rigid-multimodal"
     wf = init_multimodal_coreg_wf(contrast="FLAIR", preset=multimodal_pair["preset"], device="cpu", sloppy=True,
                                   name="flair_to_t1w_wf")
     wf.inputs.inputnode.t1w = multimodal_pair["t1w"]

@@ -7,6 +7,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from inrreg_pipeline.interfaces.base import fail
+from inrreg_pipeline.interfaces.registration import inr_settings
 from inrreg_pipeline.presets import available_presets
 
 from .base import LiterateWorkflow
@@ -19,9 +20,21 @@ OUTPUT_FIELDS = ["source_in_t1w", "labels_in_t1w", "composite_transform", "inver
                  "jacobian", "metadata", "quality_tsv", "out_report", "jacobian_report"]
 
 
+#: The shipped preset of the co-registrations: rigid (6 dof), two image channels (issue 16; see its description)
+DEFAULT_MULTIMODAL_PRESET = "coreg-rigid-multimodal"
+
+
 def default_multimodal_preset() -> str:
-    """``two-network-deformable`` when that preset ships, else ``multimodal`` (mutual information)."""
-    return "two-network-deformable" if "two-network-deformable" in available_presets() else "multimodal"
+    """The preset another contrast of the same head is co-registered to the T1w with.
+
+    ``coreg-rigid-multimodal``: a rigid (6 degrees of freedom) two-network registration with one
+    image channel per contrast, as fMRIPrep co-registers T2w/FLAIR/PDw to the T1w rigidly by mutual
+    information; deforming there usually does harm. It replaced ``two-network-deformable``, whose
+    single image channel stored both contrasts in one and moved an already aligned synthetic pair by
+    4.2 mm on average (benchmarks/results/multimodal_coreg_cpu.md). ``multimodal`` (mutual
+    information, affine + deformable) if the preset is missing from the installed package.
+    """
+    return DEFAULT_MULTIMODAL_PRESET if DEFAULT_MULTIMODAL_PRESET in available_presets() else "multimodal"
 
 
 def init_multimodal_coreg_wf(*, contrast: str = "T2w", preset: str | None = None, method: str = "auto",
@@ -32,9 +45,11 @@ def init_multimodal_coreg_wf(*, contrast: str = "T2w", preset: str | None = None
                              name: str = "multimodal_coreg_wf") -> LiterateWorkflow:
     """Co-register a ``contrast`` image (T2w, FLAIR, PDw, ...) to the T1w image of the same subject.
 
-    The INR registration runs with a multi-modal preset: ``two-network-deformable`` when inrreg
-    ships it, else ``multimodal`` (mutual information in the affine and deformable stages); pass
-    ``preset`` to choose another. The T1w image is the fixed image, so the outputs live on its grid.
+    The INR registration runs with :func:`default_multimodal_preset` (``coreg-rigid-multimodal``:
+    rigid, 6 degrees of freedom, a two-channel image network, so each contrast has its own channel);
+    pass ``preset`` to choose another (e.g. ``two-network-deformable-multimodal`` or ``multimodal``
+    for a deformable co-registration). The T1w image is the fixed image, so the outputs live on its
+    grid; the transforms map T1w world points (RAS mm) to source world points, as ANTs' do.
 
     ``inputnode``: ``t1w, t1w_mask, source_file, source_mask`` (masks read with ``use_masks``),
     ``source_labels`` (list, with ``label_maps``), ``t1w_labels`` (report contours, with ``t1w_labels``).
@@ -46,7 +61,11 @@ def init_multimodal_coreg_wf(*, contrast: str = "T2w", preset: str | None = None
         raise fail("contrast", f"'{contrast}' must be a BIDS suffix such as T2w or FLAIR")
     preset = default_multimodal_preset() if preset is None else preset
     workflow = LiterateWorkflow(name=name)
-    workflow.__desc__ = (f"The {contrast} image was co-registered to the T1w image with a multi-modal "
+    settings = inr_settings(method, preset)
+    kind = ("a rigid (6 degrees of freedom) multi-modal" if settings.method == "two-network"
+            and settings.two_network.motion == "affine-param" and settings.two_network.affine_param_rigid
+            else "a multi-modal")
+    workflow.__desc__ = (f"The {contrast} image was co-registered to the T1w image with {kind} "
                          f"registration (preset `{preset}`), the T1w image being the fixed image. ")
     inputnode = pe.Node(niu.IdentityInterface(fields=INPUT_FIELDS), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
