@@ -27,7 +27,7 @@ import struct
 import sys
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import nibabel as nib
 import numpy as np
@@ -197,15 +197,24 @@ def _suffixes(result: RegistrationResult) -> dict[str, str]:
     return {**OUTPUT_SUFFIXES, **extra}
 
 
+def write_transforms(path: Callable[[str], str], affine: np.ndarray, displacement: np.ndarray,
+                     inverse_displacement: np.ndarray, fixed_affine: np.ndarray) -> None:
+    """The five ANTs/ITK transform files of ``phi(x) = A(x + u(x))`` (RAS mm, fixed -> moving):
+    ``path(key)`` is the file of each key ``affine``, ``warp``, ``inverse_warp``, ``composite``,
+    ``inverse_composite`` (those of :data:`OUTPUT_SUFFIXES`); ``displacement`` / ``inverse_displacement``
+    are ``u`` / ``v`` on the fixed grid whose voxel -> RAS map is ``fixed_affine``."""
+    write_itk_affine(path("affine"), affine)
+    write_ants_displacement_field(path("warp"), displacement, fixed_affine)
+    write_ants_displacement_field(path("inverse_warp"), inverse_displacement, fixed_affine)
+    write_itk_composite_h5(path("composite"), affine, displacement, fixed_affine)
+    write_itk_inverse_composite_h5(path("inverse_composite"), affine, inverse_displacement, fixed_affine)
+
+
 def write_outputs(stage: StagedOutputs, result: RegistrationResult, fixed, moving) -> None:
     """Write transforms and images of ``result`` into ``stage``."""
     s = OUTPUT_SUFFIXES
-    write_itk_affine(stage.path(s["affine"]), result.affine)
-    write_ants_displacement_field(stage.path(s["warp"]), result.displacement, fixed.affine)
-    write_ants_displacement_field(stage.path(s["inverse_warp"]), result.inverse_displacement, fixed.affine)
-    write_itk_composite_h5(stage.path(s["composite"]), result.affine, result.displacement, fixed.affine)
-    write_itk_inverse_composite_h5(stage.path(s["inverse_composite"]), result.affine, result.inverse_displacement,
-                                   fixed.affine)
+    write_transforms(lambda key: stage.path(s[key]), result.affine, result.displacement,
+                     result.inverse_displacement, fixed.affine)
     save_image(result.warped, fixed.affine, stage.path(s["warped"]))
     save_image(result.inverse_warped, moving.affine, stage.path(s["inverse_warped"]))
     save_image(result.jacobian, fixed.affine, stage.path(s["jacobian"]))

@@ -37,8 +37,8 @@ nt_resampling = pytest.importorskip("nitransforms.resampling")
 import nibabel as nib  # noqa: E402
 
 from inrreg_pipeline.core.transform import DisplacementField, registration_transform  # noqa: E402
-from inrreg_pipeline.io.itk import (read_transform_chain, write_ants_displacement_field,  # noqa: E402
-                                    write_itk_affine, write_itk_composite_h5, write_itk_inverse_composite_h5)
+from inrreg_pipeline.io.itk import read_transform_chain  # noqa: E402
+from inrreg_pipeline.register import write_transforms  # noqa: E402
 
 #: agreement a user would accept for point maps (mm); the files store the fields in float32
 TOL_MM = 1e-3
@@ -77,11 +77,7 @@ def outputs(tmp_path_factory):
     files = {k: f"{p}{s}" for k, s in (("affine", "0GenericAffine.mat"), ("warp", "1Warp.nii.gz"),
                                        ("inverse_warp", "1InverseWarp.nii.gz"), ("composite", "Composite.h5"),
                                        ("inverse_composite", "InverseComposite.h5"))}
-    write_itk_affine(files["affine"], affine)
-    write_ants_displacement_field(files["warp"], u, grid)
-    write_ants_displacement_field(files["inverse_warp"], v, grid)
-    write_itk_composite_h5(files["composite"], affine, u, grid)
-    write_itk_inverse_composite_h5(files["inverse_composite"], affine, v, grid)
+    write_transforms(files.__getitem__, affine, u, v, grid)  # what register.write_outputs writes
     chain = registration_transform(affine, u, grid, inverse_displacement=v)
     return {"files": files, "grid": grid, "affine": affine, "u": u, "chain": chain, "folder": folder}
 

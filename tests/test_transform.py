@@ -18,9 +18,8 @@ from inrreg_pipeline.core.transform import (AffineTransform, DisplacementField, 
                                             registration_transform)
 from inrreg_pipeline.io import frames
 from inrreg_pipeline.io.itk import (read_transform, read_transform_chain, transform_chain_to_points,
-                                    transform_from_sitk, transform_to_sitk, write_ants_displacement_field,
-                                    write_itk_affine, write_itk_composite_h5, write_itk_inverse_composite_h5,
-                                    write_itk_transform)
+                                    transform_from_sitk, transform_to_sitk, write_itk_transform)
+from inrreg_pipeline.register import write_transforms
 
 DIMS = pytest.mark.parametrize("d", [2, 3], ids=["2d", "3d"])
 
@@ -232,11 +231,9 @@ def written(request, tmp_path_factory):
     paths = {k: tmp / n for k, n in (("mat", "0GenericAffine.mat"), ("warp", "1Warp.nii.gz"),
                                      ("invwarp", "1InverseWarp.nii.gz"), ("h5", "Composite.h5"),
                                      ("inv_h5", "InverseComposite.h5"))}
-    write_itk_affine(paths["mat"], A)
-    write_ants_displacement_field(paths["warp"], u, grid)
-    write_ants_displacement_field(paths["invwarp"], v, grid)
-    write_itk_composite_h5(paths["h5"], A, u, grid)
-    write_itk_inverse_composite_h5(paths["inv_h5"], A, v, grid)
+    keys = {"affine": "mat", "warp": "warp", "inverse_warp": "invwarp", "composite": "h5",
+            "inverse_composite": "inv_h5"}
+    write_transforms(lambda key: paths[keys[key]], A, u, v, grid)  # what register.write_outputs writes
     # the points: voxel centres, scattered points, and points in the half-voxel band and beyond
     pts = np.concatenate([_voxel_points(shape, grid, 300, seed=d, margin=2.0),
                           _centres(shape, grid).reshape(-1, d)[::37]])
