@@ -327,23 +327,34 @@ def test_a_later_run_removes_staging_folders_of_dead_processes(pair, capsys):
     assert all(folder.is_dir() for folder in kept)
 
 
-def test_sigterm_exits_143_and_removes_its_staging_folder(pair):
-    """What a scheduler sends at a time limit: the run stops, says so in one line, exit 143, and its
-    staging folder (named with its pid) is gone."""
-    import signal
+def _register_until_staged(fixed, moving, out):
+    """``inrreg register`` (preset ``default``) started in a subprocess and waited for until its
+    ``.inrreg-*`` staging folder exists (asserted; the process is killed if it never appears)."""
     import subprocess
     import sys
     import time
 
-    fixed, moving, out = pair
     proc = subprocess.Popen([sys.executable, "-m", "inrreg_pipeline.cli", *map(str, _register_argv(
         fixed, moving, out, "--preset", "default", "--no-progress", "--threads", "1"))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".inrreg-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    if not list(out.glob(".inrreg-*")):
+        proc.kill()
+        raise AssertionError("the run never staged its outputs")
+    return proc
+
+
+def test_sigterm_exits_143_and_removes_its_staging_folder(pair):
+    """What a scheduler sends at a time limit: the run stops, says so in one line, exit 143, and its
+    staging folder (named with its pid) is gone."""
+    import signal
+    import time
+
+    fixed, moving, out = pair
+    proc = _register_until_staged(fixed, moving, out)
     try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob(".inrreg-*")) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert list(out.glob(".inrreg-*")), "the run never staged its outputs"
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
@@ -361,18 +372,11 @@ def test_a_rerun_after_sigkill_leaves_no_staging_folder(pair):
     import signal
     import subprocess
     import sys
-    import time
 
     fixed, moving, out = pair
-    proc = subprocess.Popen([sys.executable, "-m", "inrreg_pipeline.cli", *map(str, _register_argv(
-        fixed, moving, out, "--preset", "default", "--no-progress", "--threads", "1"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = _register_until_staged(fixed, moving, out)
     try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob(".inrreg-*")) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
         left = list(out.glob(".inrreg-*"))
-        assert left, "the run never staged its outputs"
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     finally:
