@@ -238,3 +238,60 @@ def test_log_jacobian_regulariser_is_the_measured_spread_of_volume_change(grid):
     assert det.min() > 0
     assert ours == pytest.approx(float(np.mean(np.log(det) ** 2)), rel=1e-3)
     assert ours > 1e-3  # a real volume change
+
+
+def test_the_compared_region_is_the_foreground_grown_by_a_distance_in_mm():
+    """``dilate_mm`` grows a mask by a Euclidean distance in mm through the voxel spacing: on 1 x 3 mm
+    voxels, 3 mm is three voxels along the first axis and one along the second."""
+    from inrreg_pipeline.core.space import dilate_mm
+    mask = np.zeros((11, 11), bool)
+    mask[5, 5] = True
+    grown = dilate_mm(mask, np.array([1.0, 3.0]), 3.0)
+    assert grown[2, 5] and grown[8, 5] and not grown[1, 5] and not grown[9, 5]
+    assert grown[5, 4] and grown[5, 6] and not grown[5, 3] and not grown[5, 7]
+    assert not grown[3, 4]  # sqrt(2^2 + 3^2) = 3.6 mm > 3 mm
+    np.testing.assert_array_equal(dilate_mm(mask, np.array([1.0, 3.0]), 0.0), mask)
+
+
+@pytest.mark.parametrize("user_mask", [False, True])
+def test_only_the_automatic_foreground_is_grown_never_a_users_mask(monkeypatch, user_mask):
+    """Without a mask both stages compare the fixed foreground grown by the preset's distances (its
+    outline against the background drives the alignment); a user's fixed mask says where to compare
+    and is used as given, as ANTs' ``-x``."""
+    import inrreg_pipeline.core.affine as affine_module
+    import inrreg_pipeline.core.svf as svf_module
+    from inrreg_pipeline.core.space import dilate_mm
+    seen: dict[str, list[float]] = {"affine": [], "svf": []}
+
+    def recording(name):
+        def grow(mask, spacing, distance_mm):
+            seen[name].append(distance_mm)
+            return dilate_mm(mask, spacing, distance_mm)
+        return grow
+
+    monkeypatch.setattr(affine_module, "dilate_mm", recording("affine"))
+    monkeypatch.setattr(svf_module, "dilate_mm", recording("svf"))
+    fixed = mni_small(2)
+    s = _quick_svf()
+    s.affine.iterations, s.affine.rigid_iterations, s.svf.iterations = [2, 2], 2, [2, 2]
+    shipped = load_preset("svf")
+    assert shipped.affine.sample_dilation_mm > 0 and shipped.svf.similarity_dilation_mm > 0
+    mask = foreground_mask(fixed.data) if user_mask else None
+    register(fixed, deform(fixed, random_deformation(fixed, amplitude_mm=3.0, seed=1)), s, CPU, seed=0,
+             fixed_mask=mask)
+    expected_affine = 0.0 if user_mask else s.affine.sample_dilation_mm
+    expected_svf = 0.0 if user_mask else s.svf.similarity_dilation_mm
+    assert seen["affine"] and set(seen["affine"]) == {expected_affine}
+    assert seen["svf"] == [expected_svf]
+
+
+@pytest.mark.parametrize("section, key, value", [("svf", "similarity_dilation_mm", -1),
+                                                 ("svf", "similarity_dilation_mm", 50),
+                                                 ("affine", "sample_dilation_mm", -2)])
+def test_a_growth_distance_out_of_range_is_refused_naming_the_key(tmp_path, section, key, value):
+    """Negative distances, and a similarity region beyond the control grid's margin (where the velocity
+    is 0 and cannot follow), are refused before any work."""
+    path = tmp_path / "bad.json"
+    path.write_text('{"base": "svf", "%s": {"%s": %s}}' % (section, key, value))
+    with pytest.raises(ValueError, match=key):
+        load_preset(str(path))

@@ -18,7 +18,7 @@ import torch
 from .config import AffineSettings
 from .engine import Progress, optimise
 from .losses import similarity_loss
-from .space import DeviceImage, SpatialImage, apply_affine, downsample, world_bounding_box
+from .space import DeviceImage, SpatialImage, apply_affine, dilate_mm, downsample, world_bounding_box
 
 
 def centre_of_mass(image: SpatialImage, mask: np.ndarray | None = None) -> np.ndarray:
@@ -105,7 +105,9 @@ def register_affine(fixed: SpatialImage, moving: SpatialImage, settings: AffineS
     for factor, iterations, rigid_only in schedule:
         f_low = downsample(fixed, factor)
         m_low = DeviceImage.from_image(downsample(moving, factor), device)
-        candidates = np.argwhere(f_low.data > 0.05 * f_low.data.max())
+        # the fixed foreground, grown into the background around it unless a user's mask bounds it
+        candidates = np.argwhere(dilate_mm(f_low.data > 0.05 * f_low.data.max(), f_low.spacing,
+                                           settings.sample_dilation_mm if fixed_mask is None else 0.0))
         if len(candidates) == 0:
             candidates = np.argwhere(np.ones(f_low.shape, bool))
         params = [model.rotation, model.translation] if rigid_only else list(model.parameters())

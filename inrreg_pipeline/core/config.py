@@ -30,6 +30,12 @@ class AffineSettings:
     ``shrink_factors`` / ``iterations`` are per resolution level (coarse to fine); ``samples`` is
     the number of fixed-image voxels drawn per iteration; ``lr`` is Adam's step on the
     (dimensionless) matrix parameters, translations being scaled by the image size.
+    The samples are drawn from the fixed foreground (voxels above 5 % of its maximum, per level)
+    dilated by ``sample_dilation_mm`` (Euclidean, mm; 0: the foreground alone; never beyond a
+    user's fixed mask, which says where to compare), so that the
+    background just outside the fixed outline is compared too and a moving image that overlaps it
+    is penalised (without it, only the fixed foreground is compared and the moving outline is free
+    to spill over the fixed one).
     """
 
     enabled: bool = True
@@ -39,6 +45,7 @@ class AffineSettings:
     samples: int = 20000
     lr: float = 0.01
     rigid_iterations: int = 100
+    sample_dilation_mm: float = 0.0
 
 
 @dataclass
@@ -226,7 +233,12 @@ class SVFSettings:
     the fixed image's own grid. ``symmetric``: both images are
     deformed to the midpoint, ``F(exp(-v/2))`` against ``M(A exp(v/2))``, as SyN does.
     ``velocity_smoothing_mm``: Gaussian sigma (mm) applied to the velocity on the control grid before
-    integration (SyN's flow smoothing; 0: none).
+    integration (SyN's flow smoothing; 0: none). ``similarity_dilation_mm``: the similarity compares
+    the fixed foreground dilated by that distance (Euclidean, mm; at most ``margin_mm``; a user's
+    fixed mask is used as given), so the foreground's edge
+    (a skull-stripped brain's outline against the background) lies inside the compared region and
+    drives the alignment of the outer cortex, as it does for ANTs and greedy, which compare the whole
+    image (0: the mask alone, whose LNCC windows at the edge are half outside it and not counted).
     """
 
     control_spacing_mm: float = 4.0
@@ -241,6 +253,7 @@ class SVFSettings:
     symmetric: bool = False
     velocity_smoothing_mm: float = 0.0
     diffusion_alpha: float = 0.0
+    similarity_dilation_mm: float = 0.0
 
 
 @dataclass
@@ -326,6 +339,7 @@ def _check_affine(a: AffineSettings, need: Need) -> None:
     need(all(f >= 1 for f in a.shrink_factors), "affine.shrink_factors must be >= 1")
     need(all(i >= 0 for i in a.iterations) and a.rigid_iterations >= 0, "affine iterations must be >= 0")
     need(a.samples >= 10 and a.lr > 0, "affine.samples must be >= 10 and affine.lr > 0")
+    need(a.sample_dilation_mm >= 0, "affine.sample_dilation_mm must be >= 0")
 
 
 def _check_network(n: NetworkSettings, need: Need) -> None:
@@ -369,6 +383,8 @@ def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
     need(v.lr > 0 and 0 < v.lr_final_fraction <= 1, "svf.lr must be > 0 and lr_final_fraction in (0, 1]")
     need(v.lncc_window_mm > 0 and v.velocity_smoothing_mm >= 0 and v.diffusion_alpha >= 0,
          "svf.lncc_window_mm must be > 0, velocity_smoothing_mm and diffusion_alpha >= 0")
+    need(0 <= v.similarity_dilation_mm <= v.margin_mm,
+         "svf.similarity_dilation_mm must be between 0 and svf.margin_mm")
     need(settings.loss.regulariser in SVF_REGULARISERS,
          f"method svf regularises with loss.regulariser {' or '.join(map(repr, SVF_REGULARISERS))}")
 

@@ -161,6 +161,17 @@ def foreground_mask(data: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     return mask if mask.any() else np.ones(data.shape, bool)
 
 
+def dilate_mm(mask: np.ndarray, spacing: np.ndarray, distance_mm: float) -> np.ndarray:
+    """``mask`` (boolean, any dimension) grown by ``distance_mm``: the voxels whose centre lies within
+    that Euclidean distance (mm, through the per-axis voxel ``spacing``) of a mask voxel's centre;
+    ``mask > 0`` itself for a distance of 0 or an empty mask."""
+    inside = np.asarray(mask) > 0
+    if distance_mm <= 0 or not inside.any():
+        return inside
+    from scipy.ndimage import distance_transform_edt
+    return distance_transform_edt(~inside, sampling=np.asarray(spacing, dtype=float)) <= distance_mm
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
     """Map ``auto|cpu|cuda|cuda:N`` to a torch device.
 

@@ -45,7 +45,7 @@ from .method import Fields, Fit, similarity_and_regulariser
 from .networks import DeformationINR
 from .optimisation import build_network
 from .pair import PreparedPair
-from .space import SpatialImage, downsample, voxel_grid_to_world, world_to_grid_map
+from .space import SpatialImage, dilate_mm, downsample, voxel_grid_to_world, world_to_grid_map
 
 __all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations",
            "level_shrink_factors", "VelocityINR"]
@@ -250,12 +250,15 @@ def _masked_similarity(name: str, fixed: torch.Tensor, warped: torch.Tensor, mas
 
 def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, settings: RegistrationSettings,
             device: torch.device, sampling_mask: np.ndarray, moving_mask: np.ndarray | None = None,
-            progress: Progress | None = None) -> tuple[VelocityField, dict[str, list[float]]]:
+            progress: Progress | None = None, dilate_mask: bool = True
+            ) -> tuple[VelocityField, dict[str, list[float]]]:
     """Optimise a velocity INR for the pair (intensities already rescaled); returns it and the loss history.
 
     ``affine``: ``(d+1, d+1)`` RAS fixed -> moving from the affine stage. ``sampling_mask``: fixed
     grid voxels compared (and whose bounding box the control grid covers). ``moving_mask``, when
-    given, multiplies both intensities at the mapped points. Torch's RNG must be seeded by the
+    given, multiplies both intensities at the mapped points. ``dilate_mask``: compare
+    ``sampling_mask`` dilated by ``svf.similarity_dilation_mm`` (False for a user's mask, which
+    says where to compare). Torch's RNG must be seeded by the
     caller (network initialisation); the loop itself draws no random numbers.
     """
     s = settings.svf
@@ -266,7 +269,9 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
     d = fixed.ndim
     history: dict[str, list[float]] = {"similarity": [], "regulariser": [], "total": [], "level": []}
     optimiser = torch.optim.Adam(model.network.parameters(), lr=s.lr)
-    mask_f = sampling_mask.astype(np.float32)
+    # a user's mask says where to compare; only the automatic foreground is dilated
+    dilation_mm = s.similarity_dilation_mm if dilate_mask else 0.0
+    mask_f = dilate_mm(sampling_mask, fixed.spacing, dilation_mm).astype(np.float32)
     fixed_factors = level_shrink_factors(fixed, s)
     # a voxel count per image: in mm mode a 1 mm fixed and a 2 mm moving image meet at the level's size
     moving_factors = fixed_factors if s.level_spacing_mm is None else level_shrink_factors(moving, s)
@@ -378,7 +383,8 @@ class VelocityINR:
     def fit(self, pair: PreparedPair, affine: np.ndarray, settings: RegistrationSettings, use_affine: bool,
             progress: Progress | None) -> Fit:
         model, history = fit_svf(pair.fixed_norm, pair.moving_norm, affine, settings, pair.device,
-                                 pair.sampling_mask, pair.moving_mask, progress)
+                                 pair.sampling_mask, pair.moving_mask, progress,
+                                 dilate_mask=pair.fixed_mask is None)
         return Fit(model, history)
 
     def fields(self, fit: Fit, pair: PreparedPair, affine: np.ndarray, settings: RegistrationSettings) -> Fields:
