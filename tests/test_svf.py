@@ -13,9 +13,12 @@ import pytest
 import torch
 from helpers import mni_small
 
+import inrreg_pipeline.core.affine as affine_module
+import inrreg_pipeline.core.svf as svf_module
 from inrreg_pipeline.core.config import load_preset
 from inrreg_pipeline.core.registration import register
-from inrreg_pipeline.core.space import SpatialImage, apply_affine, foreground_mask, sample_array, voxel_grid_to_world
+from inrreg_pipeline.core.space import (SpatialImage, apply_affine, dilate_mm, foreground_mask, sample_array,
+                                       voxel_grid_to_world)
 from inrreg_pipeline.core.svf import ControlGrid, GridSampler, integrate, level_shrink_factors
 from inrreg_pipeline.demo import oblique_grid
 from inrreg_pipeline.metrics import jacobian_determinant_from_displacement
@@ -243,7 +246,6 @@ def test_log_jacobian_regulariser_is_the_measured_spread_of_volume_change(grid):
 def test_the_compared_region_is_the_foreground_grown_by_a_distance_in_mm():
     """``dilate_mm`` grows a mask by a Euclidean distance in mm through the voxel spacing: on 1 x 3 mm
     voxels, 3 mm is three voxels along the first axis and one along the second."""
-    from inrreg_pipeline.core.space import dilate_mm
     mask = np.zeros((11, 11), bool)
     mask[5, 5] = True
     grown = dilate_mm(mask, np.array([1.0, 3.0]), 3.0)
@@ -258,9 +260,6 @@ def test_only_the_automatic_foreground_is_grown_never_a_users_mask(monkeypatch, 
     """Without a mask both stages compare the fixed foreground grown by the preset's distances (its
     outline against the background drives the alignment); a user's fixed mask says where to compare
     and is used as given, as ANTs' ``-x``."""
-    import inrreg_pipeline.core.affine as affine_module
-    import inrreg_pipeline.core.svf as svf_module
-    from inrreg_pipeline.core.space import dilate_mm
     seen: dict[str, list[float]] = {"affine": [], "svf": []}
 
     def recording(name):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 # the torch-free part of physical space (images, grids, affine maps), re-exported here
 from .geometry import SpatialImage, affine_problem, apply_affine, voxel_grid_to_world, world_bounding_box
@@ -168,7 +168,6 @@ def dilate_mm(mask: np.ndarray, spacing: np.ndarray, distance_mm: float) -> np.n
     inside = np.asarray(mask) > 0
     if distance_mm <= 0 or not inside.any():
         return inside
-    from scipy.ndimage import distance_transform_edt
     return distance_transform_edt(~inside, sampling=np.asarray(spacing, dtype=float)) <= distance_mm
 
 
