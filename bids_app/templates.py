@@ -49,17 +49,28 @@ def nilearn_template(work_dir: Path, resolution: float) -> dict:
     mask_r = resample_from_to(nib.Nifti1Image(np.asarray(mask.get_fdata(), np.float32), mask.affine), t1, order=1)
     gm_r = resample_from_to(nib.Nifti1Image(np.asarray(gm.get_fdata(), np.float32), gm.affine), t1, order=1)
     wm_r = resample_from_to(nib.Nifti1Image(np.asarray(wm.get_fdata(), np.float32), wm.affine), t1, order=1)
-    g, w = gm_r.get_fdata(), wm_r.get_fdata()
     brain = mask_r.get_fdata() > 0.5
-    dseg = np.where(brain & (np.maximum(g, w) > 0.3), np.where(w > g, 2, 1), 0).astype(np.int16)
+    dseg = tissue_dseg(gm_r.get_fdata(), wm_r.get_fdata(), brain)
     images = {"T1w": nib.Nifti1Image(np.asarray(t1.get_fdata(), np.float32), t1.affine),
               "mask": nib.Nifti1Image(brain.astype(np.uint8), t1.affine),
               "dseg": nib.Nifti1Image(dseg, t1.affine)}
     for key, img in images.items():
-        tmp = folder / f".tmp_{os.getpid()}_{paths[key].name}"
-        nib.save(img, str(tmp))
-        os.replace(tmp, paths[key])
+        _save_once(img, paths[key])
     return paths
+
+
+def tissue_dseg(gm: np.ndarray, wm: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """GM(1)/WM(2) labels from tissue probability maps (0..1, same grid): the likelier of the two where
+    it exceeds 0.3 inside ``brain``, 0 elsewhere. The labels Dice is computed on for a template
+    that ships no plain ``dseg`` (nilearn's; TemplateFlow's ``label-GM``/``label-WM`` ``probseg``)."""
+    return np.where(brain & (np.maximum(gm, wm) > 0.3), np.where(wm > gm, 2, 1), 0).astype(np.int16)
+
+
+def _save_once(img: nib.Nifti1Image, path: Path) -> None:
+    """Write ``img`` to ``path`` through a temporary name in the same folder (never half-written)."""
+    tmp = path.parent / f".tmp_{os.getpid()}_{path.name}"
+    nib.save(img, str(tmp))
+    os.replace(tmp, path)
 
 
 #: resolution indices tried, in order, when ``--output-spaces`` gives none (the app's 2 mm default first)
@@ -102,9 +113,9 @@ def templateflow_files(space: OutputSpace) -> tuple[OutputSpace, dict[str, Optio
     """Find ``space``'s files in ``$TEMPLATEFLOW_HOME`` without downloading or writing anything.
 
     Returns the space with its resolution index filled in (``res-2``, then ``res-1``, when none was
-    given) and ``{"T1w", "brain", "mask", "dseg"}``: the ``_T1w`` image, its ``desc-brain_T1w``
-    (None if absent), the ``desc-brain_mask`` and the plain ``_dseg`` (None if absent), all at that
-    resolution (and cohort). Errors, one line each: an unknown template (64); a resolution or cohort
+    given) and ``{"T1w", "brain", "mask", "dseg", "GM", "WM"}``: the ``_T1w`` image, its
+    ``desc-brain_T1w`` (None if absent), the ``desc-brain_mask``, the plain ``_dseg`` and the
+    ``label-GM``/``label-WM`` ``_probseg`` maps (each None if absent), all at that resolution (and cohort). Errors, one line each: an unknown template (64); a resolution or cohort
     the folder does not have, or files present only as empty stubs (66).
     """
     client, home = _templateflow_client()
@@ -113,10 +124,10 @@ def templateflow_files(space: OutputSpace) -> tuple[OutputSpace, dict[str, Optio
         raise AppError(f"--output-spaces: unknown TemplateFlow template '{space.template}' (in '{home}': "
                        f"{', '.join(known) or 'none'})", EXIT_USAGE)
 
-    def find(resolution: int, suffix: str, desc: Optional[str]) -> list[Path]:
+    def find(resolution: int, suffix: str, desc: Optional[str], label: Optional[str] = None) -> list[Path]:
         try:
             return sorted(client.ls(space.template, resolution=resolution, cohort=space.cohort, suffix=suffix,
-                                    desc=desc, atlas=None, extension=[".nii.gz", ".nii"]))
+                                    desc=desc, atlas=None, label=label, extension=[".nii.gz", ".nii"]))
         except Exception as err:  # PyBIDS: a query the layout cannot answer
             raise AppError(f"--output-spaces {space.identifier}: TemplateFlow could not query '{home}' "
                            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})", EXIT_NOINPUT) from None
@@ -139,8 +150,10 @@ def templateflow_files(space: OutputSpace) -> tuple[OutputSpace, dict[str, Optio
                        f"{' or res-'.join(str(r) for r in tried)} in '{home}'", EXIT_NOINPUT)
     space = space.with_resolution(res)
     files: dict[str, Optional[Path]] = {"T1w": t1w[0]}
-    for key, suffix, desc in (("brain", "T1w", "brain"), ("mask", "mask", "brain"), ("dseg", "dseg", None)):
-        found = _present(find(res, suffix, desc))
+    for key, suffix, desc, label in (("brain", "T1w", "brain", None), ("mask", "mask", "brain", None),
+                                     ("dseg", "dseg", None, None), ("GM", "probseg", None, "GM"),
+                                     ("WM", "probseg", None, "WM")):
+        found = _present(find(res, suffix, desc, label))
         files[key] = found[0] if found else None
     return space, files
 
@@ -168,14 +181,42 @@ def templateflow_template(space: OutputSpace, files: dict[str, Optional[Path]], 
             tmp = folder / f".tmp_{os.getpid()}_{brain.name}"
             nib.save(nib.Nifti1Image(data, head.affine), str(tmp))
             os.replace(tmp, brain)
+    dseg = files["dseg"] or _tissue_dseg_file(space, files, work_dir)
     zooms = nib.load(str(t1w)).header.get_zooms()[:3]
     size = " x ".join(f"{z:g}" for z in zooms)
     resolution = f"res-{space.resolution}: {size} mm voxels (TemplateFlow's {space.template})"
-    return Template(name=space.template, t1w=brain or t1w, mask=mask, dseg=files["dseg"], contours=files["dseg"],
+    return Template(name=space.template, t1w=brain or t1w, mask=mask, dseg=dseg, contours=dseg,
                     standard=True, image_entities=space.image_entities, xfm_entities=space.xfm_entities,
                     metadata={"Resolution": resolution},
                     description=f"TemplateFlow {space.identifier} ({size} mm, {'brain' if brain else 'head'}; "
-                                f"'{Path(t1w).name}')")
+                                f"'{Path(t1w).name}'"
+                                + ("; GM=1/WM=2 labels from its label-GM/-WM probseg maps"
+                                   if dseg is not None and files["dseg"] is None else "") + ")")
+
+
+def _tissue_dseg_file(space: OutputSpace, files: dict[str, Optional[Path]], work_dir: Path) -> Optional[Path]:
+    """A GM(1)/WM(2) dseg (:func:`tissue_dseg`) from the template's ``label-GM``/``label-WM``
+    ``probseg`` maps, inside its brain mask (or where either map is non-zero without one), written once
+    under ``work_dir/templates``: what Dice is computed on, as for nilearn's template. Real TemplateFlow
+    templates (``MNI152NLin2009cAsym``, ``MNI152NLin6Asym``...) ship these maps and no plain ``dseg``.
+    None when either map is missing."""
+    if files.get("GM") is None or files.get("WM") is None:
+        return None
+    folder = work_dir / "templates" / f"tpl-{space.template}{space.image_entities}"
+    path = folder / f"tpl-{space.template}{space.image_entities}_desc-tissue_dseg.nii.gz"
+    if path.exists():
+        return path
+    ref = check_image(files["T1w"], "template")
+    maps = []
+    for key in ("GM", "WM"):
+        img = check_image(files[key], f"template {key} probseg")
+        check_same_grid(ref, files["T1w"], img, files[key], f"template {key} probseg")
+        maps.append(np.asarray(img.get_fdata(), np.float32))
+    brain = (np.asarray(check_image(files["mask"], "template mask").get_fdata()) > 0.5 if files["mask"] is not None
+             else (maps[0] > 0) | (maps[1] > 0))
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_once(nib.Nifti1Image(tissue_dseg(maps[0], maps[1], brain), ref.affine), path)
+    return path
 
 
 def resolve_template(opts, work_dir: Path, templateflow: Optional[tuple[OutputSpace, dict]] = None) -> Template:

@@ -19,7 +19,7 @@ pytest.importorskip("bids")
 pytest.importorskip("nilearn")
 
 import nibabel as nib  # noqa: E402
-from nibabel.processing import resample_to_output  # noqa: E402
+from nibabel.processing import resample_from_to, resample_to_output  # noqa: E402
 
 from inrreg_pipeline.bids_app.parser import UsageError, parse_args  # noqa: E402
 from inrreg_pipeline.bids_app.spaces import OutputSpace, parse_space  # noqa: E402
@@ -86,7 +86,8 @@ def _save(img: nib.Nifti1Image, path) -> None:
 
 @pytest.fixture(scope="module")
 def tf_home(tmp_path_factory):
-    """``tpl-MNI152NLin2009cAsym`` with res-06 T1w + brain mask (nilearn's MNI152 at 6 mm), an empty
+    """``tpl-MNI152NLin2009cAsym`` with res-06 T1w + brain mask + GM/WM ``probseg`` maps and no plain
+    ``dseg``, as the real template ships them (nilearn's MNI152 at 6 mm), an empty
     res-01 T1w (a TemplateFlow stub of a file not downloaded), and a second template without files."""
     from nilearn import datasets
 
@@ -101,6 +102,12 @@ def tf_home(tmp_path_factory):
     mask = (t1.get_fdata() > 0.1 * t1.get_fdata().max()).astype(np.uint8)
     _save(nib.Nifti1Image(np.asarray(t1.get_fdata(), np.float32), t1.affine), folder / f"tpl-{TPL}_res-06_T1w.nii.gz")
     _save(nib.Nifti1Image(mask, t1.affine), folder / f"tpl-{TPL}_res-06_desc-brain_mask.nii.gz")
+    for label, load in (("GM", datasets.load_mni152_gm_template), ("WM", datasets.load_mni152_wm_template)):
+        tissue = load(resolution=2)
+        tissue = resample_from_to(nib.Nifti1Image(np.asarray(tissue.get_fdata(), np.float32), tissue.affine), t1,
+                                  order=1)
+        _save(nib.Nifti1Image(np.asarray(tissue.get_fdata(), np.float32), t1.affine),
+              folder / f"tpl-{TPL}_res-06_label-{label}_probseg.nii.gz")
     (folder / f"tpl-{TPL}_res-01_T1w.nii.gz").write_bytes(b"")
     (home / "tpl-MNI152NLin6Asym").mkdir()
     (home / "tpl-MNI152NLin6Asym" / "template_description.json").write_text("{}")
@@ -131,6 +138,8 @@ def test_files_are_found_in_templateflow_home(tf_env):
     assert files["T1w"] == tf_env / f"tpl-{TPL}" / f"tpl-{TPL}_res-06_T1w.nii.gz"
     assert files["mask"] == tf_env / f"tpl-{TPL}" / f"tpl-{TPL}_res-06_desc-brain_mask.nii.gz"
     assert files["brain"] is None and files["dseg"] is None
+    assert files["GM"].name == f"tpl-{TPL}_res-06_label-GM_probseg.nii.gz"
+    assert files["WM"].name == f"tpl-{TPL}_res-06_label-WM_probseg.nii.gz"
     assert sorted(p.relative_to(tf_env) for p in tf_env.rglob("*")) == before  # nothing written or fetched
 
 
@@ -146,6 +155,29 @@ def test_template_is_the_masked_templateflow_image(tf_env, tmp_path):
     np.testing.assert_allclose(brain.affine, head.affine)
     np.testing.assert_allclose(brain.get_fdata()[mask], head.get_fdata()[mask])
     assert not brain.get_fdata()[~mask].any()
+
+
+def test_dice_labels_come_from_the_tissue_maps(tf_env, tmp_path):
+    """A TemplateFlow template without a plain dseg (the real ones) still gets GM/WM labels to score
+    Dice on: the likelier tissue where it exceeds 0.3 inside the brain mask, on the template's grid,
+    written under the work folder (TEMPLATEFLOW_HOME untouched), as for nilearn's default template."""
+    from inrreg_pipeline.bids_app.templates import templateflow_files, templateflow_template
+
+    before = sorted(p.relative_to(tf_env) for p in tf_env.rglob("*"))
+    tpl = templateflow_template(*templateflow_files(OutputSpace(TPL, 6)), tmp_path)
+    assert tpl.dseg is not None and tpl.dseg.is_relative_to(tmp_path) and tpl.contours == tpl.dseg
+    folder = tf_env / f"tpl-{TPL}"
+    gm, wm = (nib.load(str(folder / f"tpl-{TPL}_res-06_label-{k}_probseg.nii.gz")).get_fdata() for k in ("GM", "WM"))
+    brain = nib.load(str(folder / f"tpl-{TPL}_res-06_desc-brain_mask.nii.gz")).get_fdata() > 0
+    dseg = nib.load(str(tpl.dseg))
+    labels = np.asarray(dseg.dataobj)
+    np.testing.assert_allclose(dseg.affine, nib.load(str(tpl.t1w)).affine)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    tissue = brain & (np.maximum(gm, wm) > 0.3)
+    assert np.array_equal(labels > 0, tissue)
+    assert np.array_equal(labels[tissue] == 2, (wm > gm)[tissue])
+    assert "label-GM/-WM probseg" in tpl.description
+    assert sorted(p.relative_to(tf_env) for p in tf_env.rglob("*")) == before
 
 
 @pytest.mark.parametrize("space, code, fragment", [
