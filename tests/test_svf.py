@@ -294,3 +294,36 @@ def test_a_growth_distance_out_of_range_is_refused_naming_the_key(tmp_path, sect
     path.write_text('{"base": "svf", "%s": {"%s": %s}}' % (section, key, value))
     with pytest.raises(ValueError, match=key):
         load_preset(str(path))
+
+
+def test_a_finer_control_grid_at_the_last_level_is_the_transforms_grid(recovery, tmp_path):
+    """``level_control_spacing_mm [16, 8]``: the continuous velocity network is evaluated on a 16 mm
+    grid at the coarse level, then on an 8 mm one, which the written transform is integrated on; it
+    still recovers the deformation without folding. A spacing list of the wrong length is refused."""
+    fixed, moving, psi, result = recovery  # 8 mm control grid at both levels
+    s = _quick_svf()
+    s.svf.level_control_spacing_mm = [16.0, 8.0]
+    seen = []
+    original = svf_module.VelocityField.set_grid
+
+    def spy(self, grid, taper, device):
+        seen.append(tuple(grid.stride))
+        original(self, grid, taper, device)
+
+    svf_module.VelocityField.set_grid = spy
+    try:
+        again = register(fixed, moving, s, CPU, seed=3)
+    finally:
+        svf_module.VelocityField.set_grid = original
+    assert seen == [(4, 4, 4), (2, 2, 2)]  # 16 then 8 mm on 4 mm voxels
+    assert tuple(again.model.grid.stride) == (2, 2, 2)
+    inside = foreground_mask(fixed.data)
+    grid = fixed.world_grid()
+    error = np.linalg.norm(psi(apply_affine(again.affine, grid + again.displacement)) - grid, axis=-1)[inside]
+    reference = np.linalg.norm(psi(apply_affine(result.affine, grid + result.displacement)) - grid, axis=-1)[inside]
+    assert error.mean() < 1.25 * reference.mean() and error.mean() < 2.0
+    assert again.jacobian[inside].min() > 0
+    path = tmp_path / "bad.json"
+    path.write_text('{"base": "svf", "svf": {"level_control_spacing_mm": [4]}}')
+    with pytest.raises(ValueError, match="level_control_spacing_mm"):
+        load_preset(str(path))

@@ -239,6 +239,10 @@ class SVFSettings:
     (a skull-stripped brain's outline against the background) lies inside the compared region and
     drives the alignment of the outer cortex, as it does for ANTs and greedy, which compare the whole
     image (0: the mask alone, whose LNCC windows at the edge are half outside it and not counted).
+    ``level_control_spacing_mm``: one control-grid spacing (mm) per level instead of
+    ``control_spacing_mm`` at all (the network is continuous, so a finer level can evaluate it on a
+    finer grid; the last level's grid is the transform's). A 2 mm grid at the last level costs about
+    5x the time on a CPU (``benchmarks/results/oasis-trt-20_validation_2mm_cpu.md``, session 9).
     """
 
     control_spacing_mm: float = 4.0
@@ -254,6 +258,7 @@ class SVFSettings:
     velocity_smoothing_mm: float = 0.0
     diffusion_alpha: float = 0.0
     similarity_dilation_mm: float = 0.0
+    level_control_spacing_mm: list[float] | None = None
 
 
 @dataclass
@@ -380,6 +385,9 @@ def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
     need(v.level_spacing_mm is None or (len(v.level_spacing_mm) == len(v.iterations)
                                         and all(math.isfinite(m) and m > 0 for m in v.level_spacing_mm)),
          "svf.level_spacing_mm must be null or one finite size > 0 (mm) per entry of svf.iterations")
+    need(v.level_control_spacing_mm is None or (len(v.level_control_spacing_mm) == len(v.iterations)
+                                                and all(math.isfinite(m) and m > 0 for m in v.level_control_spacing_mm)),
+         "svf.level_control_spacing_mm must be null or one finite spacing > 0 (mm) per entry of svf.iterations")
     need(v.lr > 0 and 0 < v.lr_final_fraction <= 1, "svf.lr must be > 0 and lr_final_fraction in (0, 1]")
     need(v.lncc_window_mm > 0 and v.velocity_smoothing_mm >= 0 and v.diffusion_alpha >= 0,
          "svf.lncc_window_mm must be > 0, velocity_smoothing_mm and diffusion_alpha >= 0")

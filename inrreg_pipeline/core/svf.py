@@ -48,7 +48,7 @@ from .pair import PreparedPair
 from .space import SpatialImage, dilate_mm, downsample, voxel_grid_to_world, world_to_grid_map
 
 __all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations",
-           "level_shrink_factors", "VelocityINR"]
+           "level_shrink_factors", "level_control_spacings", "VelocityINR"]
 
 
 @dataclass
@@ -145,6 +145,12 @@ class VelocityField(torch.nn.Module):
                  smoothing_mm: float = 0.0):
         super().__init__()
         self.network = network
+        self.smoothing_mm = smoothing_mm
+        self.set_grid(grid, taper, device)
+
+    def set_grid(self, grid: ControlGrid, taper: np.ndarray, device: torch.device) -> None:
+        """Evaluate the (continuous) network on another control grid from now on (a finer one at a
+        finer pyramid level); ``taper`` is that grid's window."""
         self.grid = grid
         self.register_buffer("points", torch.as_tensor(voxel_grid_to_world(grid.shape, grid.affine),
                                                        dtype=torch.float32, device=device))
@@ -154,8 +160,8 @@ class VelocityField(torch.nn.Module):
         # d(index)/d(world): du/dx = (du/di) @ inv(L), L the control grid's voxel -> world linear part
         self.register_buffer("voxel_from_world", torch.as_tensor(np.linalg.inv(grid.affine[:-1, :-1]),
                                                                  dtype=torch.float32, device=device))
-        self.kernels = None if smoothing_mm <= 0 else [
-            torch.as_tensor(_gaussian_kernel(smoothing_mm / h), dtype=torch.float32, device=device)
+        self.kernels = None if self.smoothing_mm <= 0 else [
+            torch.as_tensor(_gaussian_kernel(self.smoothing_mm / h), dtype=torch.float32, device=device)
             for h in self.spacing]
 
     def velocity(self) -> torch.Tensor:
@@ -223,6 +229,14 @@ def level_shrink_factors(image: SpatialImage, s: SVFSettings) -> list[int]:
     return [max(1, int(round(mm / finest))) for mm in s.level_spacing_mm]
 
 
+def level_control_spacings(s: SVFSettings) -> list[float]:
+    """The control grid's spacing (mm) at each level: ``s.level_control_spacing_mm``, or
+    ``s.control_spacing_mm`` at every level. The last level's grid is the transform's."""
+    if s.level_control_spacing_mm is None:
+        return [float(s.control_spacing_mm)] * len(s.iterations)
+    return [float(mm) for mm in s.level_control_spacing_mm]
+
+
 def _odd_window(window_mm: float, spacing: np.ndarray) -> int:
     n = max(3, int(round(window_mm / float(np.mean(spacing)))))
     return n if n % 2 else n + 1
@@ -262,9 +276,14 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
     caller (network initialisation); the loop itself draws no random numbers.
     """
     s = settings.svf
-    grid = ControlGrid.around_mask(fixed, sampling_mask, s.control_spacing_mm, s.margin_mm)
-    model = VelocityField(build_network(fixed, settings.network), grid,
-                          _taper(grid, fixed, sampling_mask, s.margin_mm), device, s.velocity_smoothing_mm).to(device)
+    control_spacings = level_control_spacings(s)
+
+    def control_grid(spacing_mm: float) -> tuple[ControlGrid, np.ndarray]:
+        grid = ControlGrid.around_mask(fixed, sampling_mask, spacing_mm, s.margin_mm)
+        return grid, _taper(grid, fixed, sampling_mask, s.margin_mm)
+
+    model = VelocityField(build_network(fixed, settings.network), *control_grid(control_spacings[0]), device,
+                          s.velocity_smoothing_mm).to(device)
     a = torch.as_tensor(affine, dtype=torch.float32, device=device)
     d = fixed.ndim
     history: dict[str, list[float]] = {"similarity": [], "regulariser": [], "total": [], "level": []}
@@ -276,6 +295,8 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
     # a voxel count per image: in mm mode a 1 mm fixed and a 2 mm moving image meet at the level's size
     moving_factors = fixed_factors if s.level_spacing_mm is None else level_shrink_factors(moving, s)
     for level, (factor, moving_factor, n_steps) in enumerate(zip(fixed_factors, moving_factors, s.iterations)):
+        if control_spacings[level] != control_spacings[max(level - 1, 0)]:
+            model.set_grid(*control_grid(control_spacings[level]), device)
         if n_steps == 0:
             continue
         for group in optimiser.param_groups:
@@ -284,7 +305,7 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
                                                               eta_min=s.lr * s.lr_final_fraction)
         f_level = downsample(fixed, factor)
         m_level = downsample(moving, moving_factor)
-        crop, crop_affine = grid.subgrid(fixed, factor)
+        crop, crop_affine = model.grid.subgrid(fixed, factor)
         f_crop = torch.as_tensor(f_level.data[crop], dtype=torch.float32, device=device)
         inside = downsample(fixed.with_data(mask_f), factor).data[crop] > 0.5
         mask_crop = torch.as_tensor(inside.astype(np.float32), device=device)
