@@ -346,3 +346,46 @@ def test_the_result_is_a_transform_object_that_maps_points_as_its_fields_do():
     inside = brain(fixed)
     back = chain.inverse().map(mapped[inside])
     assert np.abs(back - grid[inside]).max() < 0.5 * fixed.spacing.min()
+
+
+def test_patches_cover_the_same_anatomy_at_any_input_resolution(monkeypatch, tmp_path):
+    """``optimisation.image_spacing_mm``: on images already that coarse nothing changes (bit for bit);
+    on images at half that voxel size the patches are drawn from both images shrunk to it, so a
+    16-voxel patch spans the same millimetres, while the outputs stay on the fixed image's own grid
+    and the deformation is still recovered. A negative or infinite size is refused naming the key."""
+    import inrreg_pipeline.core.optimisation as optimisation_module
+
+    seen: list[np.ndarray] = []
+    original = optimisation_module.PatchSampler.__init__
+
+    def spy(self, fixed, mask, patch_size, device):
+        seen.append(np.asarray(fixed.spacing))
+        original(self, fixed, mask, patch_size, device)
+
+    monkeypatch.setattr(optimisation_module.PatchSampler, "__init__", spy)
+    coarse = mni_small()  # 4 mm
+    psi = random_deformation(coarse, amplitude_mm=5.0, seed=2)
+    plain, in_mm = quick_settings(iterations=60), quick_settings(iterations=60)
+    in_mm.optimisation.image_spacing_mm = 4.0
+    a = register(coarse, deform(coarse, psi), plain, CPU, seed=0)
+    b = register(coarse, deform(coarse, psi), in_mm, CPU, seed=0)
+    np.testing.assert_array_equal(a.displacement, b.displacement)
+    np.testing.assert_allclose(seen[1], 4.0)
+
+    fine = mni_small(1)  # the same anatomy on 2 mm voxels
+    psi = random_deformation(fine, amplitude_mm=5.0, seed=2)
+    moving = deform(fine, psi)
+    seen.clear()
+    result = register(fine, moving, in_mm, CPU, seed=0)
+    np.testing.assert_allclose(seen[0], 4.0)  # the optimisation saw 4 mm voxels
+    assert result.displacement.shape == fine.shape + (3,)
+    grid = fine.world_grid()
+    inside = brain(fine)
+    affine_only = registration_error(psi, apply_affine(result.affine, grid), grid)[inside].mean()
+    after = registration_error(psi, apply_affine(result.affine, grid + result.displacement), grid)[inside].mean()
+    assert after < affine_only, (affine_only, after)
+    for bad in ("-1", "1e309"):
+        path = tmp_path / "bad.json"
+        path.write_text('{"base": "default", "optimisation": {"image_spacing_mm": %s}}' % bad)
+        with pytest.raises(ValueError, match="image_spacing_mm"):
+            load_preset(str(path))

@@ -73,6 +73,13 @@ class OptimisationSettings:
     levels and at each level both images are Gaussian-smoothed with that sigma in mm (0: none),
     as ANTs' ``--smoothing-sigmas ...mm``. ``lr_schedule`` is ``constant`` or ``cosine`` (decay to
     ``lr * lr_final_fraction`` over all iterations).
+
+    ``image_spacing_mm``: both images are shrunk (Gaussian-smoothed, every ``k``-th voxel, as
+    ANTs' shrink factors) by the integer factor that brings each one's finest voxel axis closest to
+    that size before the optimisation (0: as given), so the patches and the LNCC window, counted in
+    voxels, cover the same anatomy at any input resolution (a 16-voxel patch is 32 mm on 2 mm and
+    on 1 mm images at 2.0). The network is continuous: the dense outputs are still evaluated on the
+    fixed image's own grid.
     """
 
     iterations: int = 2000
@@ -85,6 +92,7 @@ class OptimisationSettings:
     smoothing_mm: list[float] = field(default_factory=lambda: [0.0])
     lr_schedule: str = "constant"
     lr_final_fraction: float = 0.1
+    image_spacing_mm: float = 0.0
 
 
 @dataclass
@@ -359,6 +367,8 @@ def _check_optimisation(o: OptimisationSettings, need: Need) -> None:
     need(o.optimizer.lower() in OPTIMIZERS, f"optimisation.optimizer must be one of {', '.join(OPTIMIZERS)}")
     need(o.lr > 0 and o.weight_decay >= 0, "optimisation.lr must be > 0 and weight_decay >= 0")
     need(o.regulariser_points >= 0, "optimisation.regulariser_points must be >= 0")
+    need(math.isfinite(o.image_spacing_mm) and o.image_spacing_mm >= 0,
+         "optimisation.image_spacing_mm must be a finite size >= 0 (mm; 0: the images as given)")
     need(len(o.smoothing_mm) >= 1 and all(v >= 0 for v in o.smoothing_mm),
          "optimisation.smoothing_mm must be a non-empty list of sigmas >= 0 (mm)")
     need(len(o.smoothing_mm) <= o.iterations, "optimisation.smoothing_mm has more levels than iterations")

@@ -40,6 +40,12 @@ def downsample(image: SpatialImage, factor: int) -> SpatialImage:
     return SpatialImage(smoothed[sl], image.affine @ scale)
 
 
+def shrink_factor(image: SpatialImage, spacing_mm: float) -> int:
+    """The integer factor that brings ``image``'s finest voxel axis closest to ``spacing_mm`` (at
+    least 1): 4 mm on 1 mm voxels is 4, 2 mm on 0.9 mm voxels 2, 2 mm on 2.5 mm voxels 1."""
+    return max(1, int(round(spacing_mm / float(np.min(image.spacing)))))
+
+
 def smooth(image: SpatialImage, sigma_mm: float) -> SpatialImage:
     """Gaussian smoothing with ``sigma_mm`` millimetres along every world axis direction of the
     grid (converted per voxel axis with the voxel spacing, so anisotropic grids smooth the same

@@ -45,7 +45,8 @@ from .method import Fields, Fit, similarity_and_regulariser
 from .networks import DeformationINR
 from .optimisation import build_network
 from .pair import PreparedPair
-from .space import SpatialImage, dilate_mm, downsample, voxel_grid_to_world, world_to_grid_map
+from .space import (SpatialImage, dilate_mm, downsample, shrink_factor, voxel_grid_to_world,
+                    world_to_grid_map)
 
 __all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations",
            "level_shrink_factors", "level_control_spacings", "VelocityINR"]
@@ -225,8 +226,7 @@ def level_shrink_factors(image: SpatialImage, s: SVFSettings) -> list[int]:
     (at least 1; 4 mm on 0.9 mm voxels is 4, 2 mm on 0.9 mm voxels 2)."""
     if s.level_spacing_mm is None:
         return [int(f) for f in s.shrink_factors]
-    finest = float(np.min(image.spacing))
-    return [max(1, int(round(mm / finest))) for mm in s.level_spacing_mm]
+    return [shrink_factor(image, mm) for mm in s.level_spacing_mm]
 
 
 def level_control_spacings(s: SVFSettings) -> list[float]:

@@ -41,7 +41,8 @@ from .engine import Progress
 from .fields import evaluate_displacement
 from .networks import DeformationINR
 from .optimisation import DeformationModel, LossContext, build_network, fit_deformation
-from .space import DeviceImage, SpatialImage, rescale_intensity, voxel_grid_to_world, world_bounding_box
+from .space import (DeviceImage, SpatialImage, downsample, rescale_intensity, shrink_factor, voxel_grid_to_world,
+                    world_bounding_box)
 
 
 def uses_variants(settings: RegistrationSettings) -> bool:
@@ -304,6 +305,25 @@ def build_model(fixed: SpatialImage, moving: SpatialImage, settings: Registratio
     return SingleDeformation(network, v.omega_lr).to(device)
 
 
+def shrink_to(spacing_mm: float, fixed: SpatialImage, moving: SpatialImage, sampling_mask: np.ndarray,
+              moving_mask: np.ndarray | None) -> tuple[SpatialImage, SpatialImage, np.ndarray, np.ndarray | None]:
+    """The pair and its masks shrunk to about ``spacing_mm`` voxels (``optimisation.image_spacing_mm``;
+    each image by its own :func:`~.space.shrink_factor`, masks kept where more than half the shrunk
+    voxel was inside); unchanged when ``spacing_mm`` is 0 or the images are already that coarse."""
+    if spacing_mm <= 0:
+        return fixed, moving, sampling_mask, moving_mask
+    f, m = shrink_factor(fixed, spacing_mm), shrink_factor(moving, spacing_mm)
+
+    def mask_at(image: SpatialImage, mask: np.ndarray, factor: int) -> np.ndarray:
+        return mask if factor == 1 else downsample(image.with_data(mask.astype(np.float32)), factor).data > 0.5
+
+    shrunk_mask = mask_at(fixed, sampling_mask, f)
+    if not shrunk_mask.any():  # a mask thinner than the shrunk voxels: keep every voxel it touches
+        shrunk_mask = downsample(fixed.with_data(sampling_mask.astype(np.float32)), f).data > 0
+    return (downsample(fixed, f), downsample(moving, m), shrunk_mask,
+            None if moving_mask is None else mask_at(moving, moving_mask, m))
+
+
 def fit_variant(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, settings: RegistrationSettings,
                 device: torch.device, rng: np.random.Generator, sampling_mask: np.ndarray,
                 moving_mask: np.ndarray | None = None, progress: Progress | None = None
@@ -312,6 +332,8 @@ def fit_variant(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, s
     rescaled; the plain ``siren`` too); cascades train stage by stage. Returns the model and the loss
     history (cascades: the stages' histories one after the other, plus ``stage_start_gap_mm``, the
     largest ``|u_C - u_previous|`` (mm) at 4096 mask points when each stage starts)."""
+    fixed, moving, sampling_mask, moving_mask = shrink_to(settings.optimisation.image_spacing_mm, fixed, moving,
+                                                          sampling_mask, moving_mask)
     fit = dict(optimisation=settings.optimisation, loss=settings.loss, device=device, rng=rng,
                sampling_mask=sampling_mask, moving_mask=moving_mask, progress=progress)
     if settings.method != "cascade":
