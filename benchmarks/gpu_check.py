@@ -186,6 +186,7 @@ def cut_down(settings, smoke: bool):
         return settings
     settings.affine.iterations = [4, 4]
     settings.affine.shrink_factors = [2, 1]
+    settings.affine.level_spacing_mm = None  # the two smoke levels are these shrink factors
     settings.affine.rigid_iterations = 4
     settings.affine.samples = 2000
     settings.optimisation.iterations = 6

@@ -389,3 +389,37 @@ def test_patches_cover_the_same_anatomy_at_any_input_resolution(monkeypatch, tmp
         path.write_text('{"base": "default", "optimisation": {"image_spacing_mm": %s}}' % bad)
         with pytest.raises(ValueError, match="image_spacing_mm"):
             load_preset(str(path))
+
+
+def test_affine_levels_in_mm_mean_the_same_anatomy_at_any_resolution(monkeypatch):
+    """``affine.level_spacing_mm``: on 4 mm images ``[8, 4]`` is ``shrink_factors [2, 1]`` bit for bit;
+    on 2 mm images the same sizes shrink by 4 and 2 (the shipped ``default``'s [8, 4, 2] mm is its
+    tuned [4, 2, 1] on 2 mm images and [8, 4, 2] on 1 mm ones), each image by its own factor."""
+    import inrreg_pipeline.core.affine as affine_module
+    from inrreg_pipeline.core.affine import register_affine
+    from inrreg_pipeline.core.pair import prepare_pair
+
+    assert load_preset("default").affine.level_spacing_mm == [8.0, 4.0, 2.0]
+    seen: list[int] = []
+    original = affine_module.downsample
+
+    def spy(image, factor):
+        seen.append(factor)
+        return original(image, factor)
+
+    monkeypatch.setattr(affine_module, "downsample", spy)
+
+    def affine_of(fixed, moving, shrink, mm):
+        s = quick_settings().affine
+        s.shrink_factors, s.level_spacing_mm, s.iterations, s.rigid_iterations = shrink, mm, [20, 10], 10
+        pair = prepare_pair(fixed, moving, CPU, 0)
+        return register_affine(pair.fixed_norm, pair.moving_norm, s, CPU, pair.rng)[0]
+
+    coarse = mni_small()  # 4 mm
+    moving = deform(coarse, random_deformation(coarse, amplitude_mm=2.0, rotation_deg=5.0, translation_mm=4.0, seed=3))
+    np.testing.assert_array_equal(affine_of(coarse, moving, [2, 1], None), affine_of(coarse, moving, [4, 4], [8.0, 4.0]))
+    seen.clear()
+    fine = mni_small(1)  # 2 mm
+    affine_of(fine, SpatialImage(sample_image(moving, fine.world_grid()).astype(np.float32), fine.affine), [2, 1],
+              [8.0, 4.0])
+    assert seen == [4, 4, 4, 4, 2, 2], seen  # (fixed, moving) at the rigid level, then per level

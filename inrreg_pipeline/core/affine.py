@@ -18,7 +18,8 @@ import torch
 from .config import AffineSettings
 from .engine import Progress, optimise
 from .losses import similarity_loss
-from .space import DeviceImage, SpatialImage, apply_affine, dilate_mm, downsample, world_bounding_box
+from .space import (DeviceImage, SpatialImage, apply_affine, dilate_mm, downsample, shrink_factor,
+                    world_bounding_box)
 
 
 def centre_of_mass(image: SpatialImage, mask: np.ndarray | None = None) -> np.ndarray:
@@ -80,7 +81,7 @@ def register_affine(fixed: SpatialImage, moving: SpatialImage, settings: AffineS
 
     ``fixed``/``moving`` intensities should be comparable in range (inrreg rescales them to
     [0, 1]). Iterations: ``rigid_iterations`` of rotation + translation at the coarsest level,
-    then ``iterations[i]`` of the full affine at ``shrink_factors[i]``.
+    then ``iterations[i]`` of the full affine at ``shrink_factors[i]`` (or ``level_spacing_mm[i]``).
     """
     d = fixed.ndim
     c_fixed = centre_of_mass(fixed, fixed_mask)
@@ -97,14 +98,19 @@ def register_affine(fixed: SpatialImage, moving: SpatialImage, settings: AffineS
     if moving_mask is not None:
         moving = moving.with_data(moving.data * (moving_mask > 0))
 
-    schedule: list[tuple[int, int, bool]] = []
-    if settings.rigid_iterations > 0 and settings.shrink_factors:
-        schedule.append((settings.shrink_factors[0], settings.rigid_iterations, True))
-    schedule += [(f, n, False) for f, n in zip(settings.shrink_factors, settings.iterations)]
+    # (fixed factor, moving factor, iterations, rigid only) per level; sizes in mm shrink each image by its own factor
+    if settings.level_spacing_mm is None:
+        factors = [(int(f), int(f)) for f in settings.shrink_factors]
+    else:
+        factors = [(shrink_factor(fixed, mm), shrink_factor(moving, mm)) for mm in settings.level_spacing_mm]
+    schedule: list[tuple[int, int, int, bool]] = []
+    if settings.rigid_iterations > 0 and factors:
+        schedule.append((*factors[0], settings.rigid_iterations, True))
+    schedule += [(f, m, n, False) for (f, m), n in zip(factors, settings.iterations)]
 
-    for factor, iterations, rigid_only in schedule:
+    for factor, moving_factor, iterations, rigid_only in schedule:
         f_low = downsample(fixed, factor)
-        m_low = DeviceImage.from_image(downsample(moving, factor), device)
+        m_low = DeviceImage.from_image(downsample(moving, moving_factor), device)
         # the fixed foreground, grown into the background around it unless a user's mask bounds it
         candidates = np.argwhere(dilate_mm(f_low.data > 0.05 * f_low.data.max(), f_low.spacing,
                                            settings.sample_dilation_mm if fixed_mask is None else 0.0))

@@ -36,6 +36,10 @@ class AffineSettings:
     background just outside the fixed outline is compared too and a moving image that overlaps it
     is penalised (without it, only the fixed foreground is compared and the moving outline is free
     to spill over the fixed one).
+    ``level_spacing_mm``, when set, replaces ``shrink_factors`` by voxel sizes in mm: each image is
+    shrunk by the integer factor that brings its finest voxel axis closest to each size
+    (:func:`~.space.shrink_factor`), so the levels mean the same anatomy at any input resolution
+    (``[8, 4, 2]`` is ``shrink_factors [4, 2, 1]`` on 2 mm images and ``[8, 4, 2]`` on 1 mm ones).
     """
 
     enabled: bool = True
@@ -46,6 +50,7 @@ class AffineSettings:
     lr: float = 0.01
     rigid_iterations: int = 100
     sample_dilation_mm: float = 0.0
+    level_spacing_mm: list[float] | None = None
 
 
 @dataclass
@@ -350,6 +355,9 @@ def _check_affine(a: AffineSettings, need: Need) -> None:
          f"{', '.join(AFFINE_SIMILARITIES)} (the affine stage compares scattered voxels: no local windows)")
     need(len(a.shrink_factors) == len(a.iterations), "affine.shrink_factors and affine.iterations differ in length")
     need(all(f >= 1 for f in a.shrink_factors), "affine.shrink_factors must be >= 1")
+    need(a.level_spacing_mm is None or (len(a.level_spacing_mm) == len(a.iterations)
+                                        and all(math.isfinite(m) and m > 0 for m in a.level_spacing_mm)),
+         "affine.level_spacing_mm must be null or one finite size > 0 (mm) per entry of affine.iterations")
     need(all(i >= 0 for i in a.iterations) and a.rigid_iterations >= 0, "affine iterations must be >= 0")
     need(a.samples >= 10 and a.lr > 0, "affine.samples must be >= 10 and affine.lr > 0")
     need(a.sample_dilation_mm >= 0, "affine.sample_dilation_mm must be >= 0")
