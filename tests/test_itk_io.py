@@ -259,8 +259,8 @@ def _ants_apply(fixed_path, moving_path, transformlist, whichtoinvert=None):
     return out.numpy().astype(np.float64)
 
 
-def _assert_agree(got, expected, mask, wrong=None, wrong_mask=None):
-    assert mask.mean() > 0.25, "test geometry: too few voxels map inside the input FOV"
+def _assert_agree(got, expected, mask, wrong=None, wrong_mask=None, min_inside=0.25):
+    assert mask.mean() > min_inside, "test geometry: too few voxels map inside the input FOV"
     corr = _corr(got, expected, mask)
     assert corr > MIN_CORR, corr
     err = np.abs(got - expected)[mask].max()
@@ -544,7 +544,10 @@ def test_read_files_written_by_ants(scen, tmp_path):
     assert np.abs(pts - pred_pts).max() < 1e-3
     vals, inside = _sample(scen.moving_data, scen.moving_affine, pred_pts)
     got = ants.apply_transforms(fixed, moving, fwd, interpolator="linear").numpy().astype(np.float64)
-    _assert_agree(got, vals, inside)
+    # the transform is whatever ANTs found, and its multi-threaded sampling is not reproducible on a
+    # loaded machine (19 % of the 2-D grid mapped inside the moving image in one such run): require
+    # enough voxels to compare, not the 25 % of the geometries built here
+    _assert_agree(got, vals, inside, min_inside=0.1)
     # inverse list: [[affine, invert], InverseWarp]
     inv = reg["invtransforms"]
     assert inv[0].endswith("0GenericAffine.mat") and inv[1].endswith("1InverseWarp.nii.gz")
