@@ -184,7 +184,10 @@ class TorchHashEncoding(nn.Module):
         if n_dense < lay.n_levels:
             rows.append(self._rows(cell[:, n_dense:], slice(n_dense, lay.n_levels), hashed=True))
         rows = torch.cat(rows, 1) if len(rows) > 1 else rows[0]
-        feats = self.table()[rows]  # (N, L, 2^d, F)
+        # index_select, not table[rows]: its backward (index_add_) sums each entry's gradient in a fixed
+        # order, where advanced indexing's accumulates across threads in any order, so that a multi-threaded
+        # CPU run was not reproducible (two-network results varied by up to 0.7 mm between runs)
+        feats = torch.index_select(self.table(), 0, rows.reshape(-1)).reshape(rows.shape + (lay.features_per_level,))
         out = torch.matmul(weights[..., None, :], feats)  # (N, L, 1, F)
         return out.reshape(n, lay.out_features)
 
