@@ -16,9 +16,11 @@ from helpers import mni_small
 import inrreg_pipeline.core.affine as affine_module
 import inrreg_pipeline.core.svf as svf_module
 from inrreg_pipeline.core.config import load_preset
+from inrreg_pipeline.core.encodings import NormalisedBox
+from inrreg_pipeline.core.hash_grid_inr import HashGridINR, growth_factor
 from inrreg_pipeline.core.registration import register
 from inrreg_pipeline.core.space import (SpatialImage, apply_affine, dilate_mm, foreground_mask, sample_array,
-                                       voxel_grid_to_world)
+                                       voxel_grid_to_world, world_bounding_box)
 from inrreg_pipeline.core.svf import ControlGrid, GridSampler, integrate, level_shrink_factors
 from inrreg_pipeline.demo import oblique_grid
 from inrreg_pipeline.metrics import jacobian_determinant_from_displacement
@@ -326,4 +328,59 @@ def test_a_finer_control_grid_at_the_last_level_is_the_transforms_grid(recovery,
     path = tmp_path / "bad.json"
     path.write_text('{"base": "svf", "svf": {"level_control_spacing_mm": [4]}}')
     with pytest.raises(ValueError, match="level_control_spacing_mm"):
+        load_preset(str(path))
+
+
+@pytest.fixture(scope="module")
+def hash_recovery(recovery):
+    """The same pair as ``recovery``, the velocity given by the hash-grid network (cells 32 to 8 mm)."""
+    fixed, moving, psi, _ = recovery
+    s = _quick_svf()
+    s.svf.network, s.svf.lr = "hash-grid", 0.01
+    s.svf.hash.levels, s.svf.hash.finest_mm = 4, 8.0
+    return s, register(fixed, moving, s, CPU, seed=3)
+
+
+def test_hash_grid_velocity_recovers_a_known_deformation_without_folding(recovery, hash_recovery):
+    fixed, moving, psi, siren = recovery
+    settings, result = hash_recovery
+    assert isinstance(result.model.network, HashGridINR)
+    inside = foreground_mask(fixed.data)
+    grid = fixed.world_grid()
+    after_affine = np.linalg.norm(psi(apply_affine(result.affine, grid)) - grid, axis=-1)[inside]
+    after = np.linalg.norm(psi(apply_affine(result.affine, grid + result.displacement)) - grid, axis=-1)[inside]
+    assert after.mean() < 0.8 * after_affine.mean() and after.mean() < 2.0, (after_affine.mean(), after.mean())
+    assert result.jacobian[inside].min() > 0
+    assert result.summary["inverse_consistency"]["mean_mm"] < 0.4
+    # same seed, same result on a multi-threaded CPU (the table gradient is summed in a fixed order)
+    again = register(fixed, moving, settings, CPU, seed=3)
+    np.testing.assert_array_equal(again.displacement, result.displacement)
+
+
+def test_hash_grid_sizes_are_in_mm_and_it_starts_at_the_identity():
+    """The finest cells are ``finest_mm`` (to within the level rounding) over a 4 mm and a 2 mm grid of the
+    same box, so a preset means the same anatomy at any voxel size; the output starts at exactly 0."""
+    coarse = mni_small(2)
+    fine = SpatialImage(np.zeros(tuple(2 * n - 1 for n in coarse.shape), np.float32),
+                        coarse.affine @ np.diag([0.5, 0.5, 0.5, 1.0]))
+    s = load_preset("svf").svf.hash
+    cells = []
+    for image in (coarse, fine):
+        torch.manual_seed(0)
+        lower, upper = world_bounding_box(image.shape, image.affine)
+        network = HashGridINR(NormalisedBox(lower, upper), 3, s)
+        cells.append(network.finest_cell_mm())
+        with torch.no_grad():
+            assert network(torch.as_tensor(image.world_grid()[::4, ::4, ::4], dtype=torch.float32)).abs().max() == 0
+    assert cells[0] == pytest.approx(cells[1], rel=0.02)
+    assert s.finest_mm <= cells[0] < 1.1 * s.finest_mm
+    assert growth_factor(100.0, s) > 1.0 and growth_factor(1.0, s) == 1.0  # a box finer than the base: one size
+
+
+@pytest.mark.parametrize("key, value", [("network", '"sine"'), ("hash", '{"finest_mm": 0}'),
+                                        ("hash", '{"levels": 0}'), ("hash", '{"backend": "cuda"}')])
+def test_a_bad_velocity_network_is_refused_naming_the_key(tmp_path, key, value):
+    path = tmp_path / "bad.json"
+    path.write_text('{"base": "svf", "svf": {"%s": %s}}' % (key, value))
+    with pytest.raises(ValueError, match=f"svf.{key}"):
         load_preset(str(path))

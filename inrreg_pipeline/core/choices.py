@@ -24,6 +24,8 @@ AFFINE_SIMILARITIES = ("ncc", "mse", "mi")
 REGULARISERS = ("jacobian", "bending", "diffusion", "none")
 #: Regularisers the ``svf`` method supports (of its velocity or of exp(v)).
 SVF_REGULARISERS = ("diffusion", "jacobian")
+#: What gives the ``svf`` method's velocity: the SIREN of the ``network`` section, or a hash-grid MLP.
+SVF_NETWORKS = ("siren", "hash-grid")
 #: Hidden-layer activations of the deformation MLP (:class:`.networks.Activation`).
 ACTIVATIONS = ("relu", "sine", "snake", "sine+", "chirp", "morlet")
 #: Activations with a frequency ``omega`` (the ones ``variants.omega_mode`` can vary).

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .choices import (AFFINE_SIMILARITIES, ACTIVATIONS, BACKENDS, LR_SCHEDULES, METHODS, MOTIONS, OMEGA_MODES, OPTIMIZERS, PERIODIC,
-                      REGULARISERS, SIMILARITIES, SVF_REGULARISERS, VARIANT_METHODS)
+                      REGULARISERS, SIMILARITIES, SVF_NETWORKS, SVF_REGULARISERS, VARIANT_METHODS)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -222,6 +222,26 @@ class VariantSettings:
 
 
 @dataclass
+class VelocityHashSettings:
+    """The ``svf`` method's ``hash-grid`` velocity network (:mod:`inrreg_pipeline.core.hash_grid_inr`):
+    a ``hidden_layers`` x ``hidden_features`` ReLU MLP of a hash encoding of ``levels`` levels with
+    ``features_per_level`` features and at most ``2**log2_table_size`` entries each, whose coarsest
+    level has ``base_resolution`` vertices across the fixed image's world box (its longest side) and
+    whose finest cells are about ``finest_mm`` (mm; the growth factor follows from both), so its
+    sizes mean the same anatomy at any voxel size. ``backend``: ``auto`` (tiny-cuda-nn on CUDA when
+    importable, else PyTorch), ``torch`` or ``tcnn``; both compute the same function."""
+
+    levels: int = 8
+    features_per_level: int = 2
+    log2_table_size: int = 18
+    base_resolution: int = 4
+    finest_mm: float = 4.0
+    hidden_features: int = 64
+    hidden_layers: int = 1
+    backend: str = "auto"
+
+
+@dataclass
 class SVFSettings:
     """The diffeomorphic velocity INR (``method: "svf"``; :mod:`inrreg_pipeline.core.svf`).
 
@@ -256,6 +276,8 @@ class SVFSettings:
     ``control_spacing_mm`` at all (the network is continuous, so a finer level can evaluate it on a
     finer grid; the last level's grid is the transform's). A 2 mm grid at the last level costs about
     5x the time on a CPU (``benchmarks/results/oasis-trt-20_validation_2mm_cpu.md``, session 9).
+    ``network``: what gives ``v``: ``siren``, the MLP of the ``network`` section, or ``hash-grid``,
+    the multi-resolution hash-grid MLP of ``hash`` (:class:`VelocityHashSettings`).
     """
 
     control_spacing_mm: float = 4.0
@@ -272,6 +294,8 @@ class SVFSettings:
     diffusion_alpha: float = 0.0
     similarity_dilation_mm: float = 0.0
     level_control_spacing_mm: list[float] | None = None
+    network: str = "siren"
+    hash: VelocityHashSettings = field(default_factory=VelocityHashSettings)
 
 
 @dataclass
@@ -411,6 +435,14 @@ def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
          "svf.lncc_window_mm must be > 0, velocity_smoothing_mm and diffusion_alpha >= 0")
     need(0 <= v.similarity_dilation_mm <= v.margin_mm,
          "svf.similarity_dilation_mm must be between 0 and svf.margin_mm")
+    need(v.network in SVF_NETWORKS, f"svf.network must be one of {', '.join(SVF_NETWORKS)}")
+    h = v.hash
+    need(1 <= h.levels <= 16 and 1 <= h.features_per_level <= 8 and 4 <= h.log2_table_size <= 24,
+         "svf.hash needs levels in 1..16, features_per_level in 1..8 and log2_table_size in 4..24")
+    need(h.base_resolution >= 2 and math.isfinite(h.finest_mm) and h.finest_mm > 0,
+         "svf.hash needs base_resolution >= 2 and finest_mm > 0 (mm)")
+    need(h.hidden_layers >= 0 and h.hidden_features >= 1 and h.backend in BACKENDS,
+         f"svf.hash needs hidden_layers >= 0, hidden_features >= 1 and backend in {', '.join(BACKENDS)}")
     need(settings.loss.regulariser in SVF_REGULARISERS,
          f"method svf regularises with loss.regulariser {' or '.join(map(repr, SVF_REGULARISERS))}")
 

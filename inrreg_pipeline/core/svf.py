@@ -39,17 +39,18 @@ import torch
 import torch.nn.functional as nnf
 
 from .config import RegistrationSettings, SVFSettings
+from .encodings import NormalisedBox
 from .engine import Progress, optimise
+from .hash_grid_inr import HashGridINR
 from .losses import box_mean, lncc_map, ncc, similarity_loss
 from .method import Fields, Fit, similarity_and_regulariser
-from .networks import DeformationINR
 from .optimisation import build_network
 from .pair import PreparedPair
 from .space import (SpatialImage, dilate_mm, downsample, shrink_factor, voxel_grid_to_world,
-                    world_to_grid_map)
+                    world_bounding_box, world_to_grid_map)
 
 __all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations",
-           "level_shrink_factors", "level_control_spacings", "VelocityINR"]
+           "level_shrink_factors", "level_control_spacings", "velocity_network", "VelocityINR"]
 
 
 @dataclass
@@ -142,7 +143,7 @@ def _taper(grid: ControlGrid, fixed: SpatialImage, mask: np.ndarray, margin_mm: 
 class VelocityField(torch.nn.Module):
     """The velocity INR on its control grid: ``velocity()`` is ``(*shape, d)`` mm, tapered to 0 at the margin."""
 
-    def __init__(self, network: DeformationINR, grid: ControlGrid, taper: np.ndarray, device: torch.device,
+    def __init__(self, network: torch.nn.Module, grid: ControlGrid, taper: np.ndarray, device: torch.device,
                  smoothing_mm: float = 0.0):
         super().__init__()
         self.network = network
@@ -220,6 +221,15 @@ def _smooth_field(field: torch.Tensor, kernels: list[torch.Tensor]) -> torch.Ten
     return x[:, 0].movedim(0, -1)
 
 
+def velocity_network(fixed: SpatialImage, settings: RegistrationSettings, device: torch.device) -> torch.nn.Module:
+    """A fresh velocity network over ``fixed``'s world box (``svf.network``): the SIREN of the
+    ``network`` section, or the hash-grid MLP of ``svf.hash``. Torch's RNG must be seeded by the caller."""
+    if settings.svf.network == "hash-grid":
+        lower, upper = world_bounding_box(fixed.shape, fixed.affine)
+        return HashGridINR(NormalisedBox(lower, upper), fixed.ndim, settings.svf.hash, device)
+    return build_network(fixed, settings.network)
+
+
 def level_shrink_factors(image: SpatialImage, s: SVFSettings) -> list[int]:
     """The integer shrink factor of ``image`` at each level: ``s.shrink_factors``, or, with
     ``s.level_spacing_mm``, the factor that brings the image's finest voxel axis closest to each size
@@ -282,7 +292,7 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
         grid = ControlGrid.around_mask(fixed, sampling_mask, spacing_mm, s.margin_mm)
         return grid, _taper(grid, fixed, sampling_mask, s.margin_mm)
 
-    model = VelocityField(build_network(fixed, settings.network), *control_grid(control_spacings[0]), device,
+    model = VelocityField(velocity_network(fixed, settings, device), *control_grid(control_spacings[0]), device,
                           s.velocity_smoothing_mm).to(device)
     a = torch.as_tensor(affine, dtype=torch.float32, device=device)
     d = fixed.ndim
