@@ -24,7 +24,8 @@ rules for the overrides, in one place:
    replace the preset's ``method`` when the preset is a single-network INR preset (``siren`` or a
    variant); the variant's options come from the preset's ``"variants"``.
 4. **omega** (``variants.omega_mode``) applies to siren and the variants; **activation**
-   (``network.activation``) also to ``svf``, whose velocity network is the same MLP; **motion**
+   (``network.activation``) also to an ``svf`` preset whose velocity network is that MLP
+   (``svf.network: siren``, as ``svf-siren``), not to one whose velocity is a hash grid; **motion**
    (``two_network.motion``) to two-network only. An override that the method would ignore is an
    error, never silently dropped.
 5. The result is validated; every problem is a :class:`PresetError` (a ``ValueError``, one line).
@@ -45,7 +46,7 @@ from .core.config import PRESET_DIR, RegistrationSettings, available_presets, lo
 #: Methods whose settings live in the shared ``network`` / ``optimisation`` sections.
 SINGLE_NETWORK_METHODS = ("siren",) + VARIANT_METHODS
 #: Methods with a settings section of their own -> the shipped presets that set them.
-OWN_SECTION_METHODS = {"two-network": ("two-network-rigid", "two-network-deformable"), "svf": ("svf",)}
+OWN_SECTION_METHODS = {"two-network": ("two-network-rigid", "two-network-deformable"), "svf": ("svf", "svf-siren")}
 #: The overrides :func:`resolve` takes, in the order it applies them.
 OVERRIDES = ("method", "motion", "omega", "activation")
 #: The shipped preset ``inrreg-bids --sloppy`` runs (tests and quick looks only).
@@ -122,6 +123,10 @@ def resolve(preset: str | Path | RegistrationSettings | None = None, method: str
                           f"{label}", "omega")
     if activation is not None and settings.method not in SINGLE_NETWORK_METHODS + ("svf",):
         raise PresetError(f"'{activation}' applies to the INR methods (siren, its variants, svf); {label}",
+                          "activation")
+    if activation is not None and settings.method == "svf" and settings.svf.network != "siren":
+        raise PresetError(f"'{activation}' sets the SIREN's activation, and preset '{settings.name}' gives the "
+                          f"velocity by its svf.network '{settings.svf.network}' (preset svf-siren has the SIREN)",
                           "activation")
     if motion is not None:
         settings.two_network.motion = motion

@@ -384,3 +384,24 @@ def test_a_bad_velocity_network_is_refused_naming_the_key(tmp_path, key, value):
     path.write_text('{"base": "svf", "svf": {"%s": %s}}' % (key, value))
     with pytest.raises(ValueError, match=f"svf.{key}"):
         load_preset(str(path))
+
+
+def test_cell_corner_determinants_see_the_fold_that_central_differences_miss():
+    """On an oblique, anisotropic control grid: the identity has det J = 1 at every cell corner; moving
+    every other point along axis 0 by its spacing (a checkerboard) folds half the cells, which every
+    cell corner shows, while the central differences of the log-Jacobian energy see no change at all."""
+    linear = np.array([[2.0, 0.3, 0.0], [0.0, 3.0, 0.0], [0.1, 0.0, 2.5]])
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    grid = ControlGrid((6, 5, 4), affine, np.zeros(3, int), np.ones(3, int))
+    field = svf_module.VelocityField(torch.nn.Identity(), grid, np.ones(grid.shape, np.float32), CPU)
+    u = torch.zeros(grid.shape + (3,))
+    np.testing.assert_allclose(field.cell_corner_determinants(u).numpy(), 1.0, atol=1e-5)
+    assert float(field.folding_energy(u, 0.1)) == 0.0
+    u[::2, ..., :] = 1.2 * torch.as_tensor(linear[:, 0], dtype=torch.float32)  # points 0, 2, 4 pass points 1, 3, 5
+    dets = field.cell_corner_determinants(u)
+    assert (dets[:, 0::2] < 0).all() and (dets[:, 1::2] > 0).all()  # cells 0-1, 2-3, 4-5 fold; 1-2, 3-4 stretch
+    assert float(field.folding_energy(u, 0.1)) > 0
+    interior = (slice(1, -1),) * 3  # central differences there span two cells and see a plain shift
+    du_di = torch.stack(torch.gradient(u, dim=(0, 1, 2)), dim=-1)
+    assert float(du_di[interior].abs().max()) < 1e-6

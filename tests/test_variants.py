@@ -138,7 +138,7 @@ def test_settings_validation():
 @pytest.mark.parametrize("overrides, preset", [
     ({}, "svf"), ({"method": "svf"}, "svf"), ({"method": "siren"}, "default"), ({"method": "cascade"}, "default"),
     ({"omega": "trainable"}, "default"), ({"activation": "relu"}, "default"),
-    ({"method": "svf", "activation": "relu"}, "svf"), ({"method": "two-network"}, "two-network-deformable"),
+    ({"method": "two-network"}, "two-network-deformable"),
     ({"method": "two-network", "motion": "rigid"}, "two-network-rigid")])
 def test_a_run_without_a_preset_gets_the_methods_own_and_svf_when_nothing_is_named(overrides, preset):
     """No ``--preset``: the diffeomorphic svf preset, unless an option names the displacement INR
@@ -148,6 +148,17 @@ def test_a_run_without_a_preset_gets_the_methods_own_and_svf_when_nothing_is_nam
     s = resolve(None, **overrides)
     assert s.name == preset
     assert s.method == overrides.get("method", load_preset(preset).method)
+
+
+def test_an_activation_applies_to_the_siren_velocity_and_is_refused_for_the_hash_grid():
+    """``--activation`` sets the SIREN's activation: for ``svf-siren`` it does; the shipped ``svf``'s
+    velocity is a hash-grid MLP, which has none to set, so the option is refused, never dropped."""
+    from inrreg_pipeline.presets import PresetError, resolve
+
+    assert resolve("svf-siren", method="svf", activation="relu").network.activation == "relu"
+    with pytest.raises(PresetError, match="svf-siren") as err:
+        resolve(None, method="svf", activation="relu")
+    assert err.value.for_cli().startswith("--activation 'relu'")
 
 
 # --- every variant end to end ------------------------------------------------------------------

@@ -38,6 +38,8 @@ CITATIONS = {
             "image registration. MIDL, PMLR 172:1349-1359",
     "arsigny": "Arsigny V. et al. (2006) A log-Euclidean framework for statistics on diffeomorphisms. "
                "MICCAI 2006, LNCS 4190:924-931. doi:10.1007/11866565_113",
+    "instantngp": "Muller T., Evans A., Schied C., Keller A. (2022) Instant neural graphics primitives with a "
+                  "multiresolution hash encoding. ACM Trans. Graph. 41(4):102. doi:10.1145/3528223.3530127",
     "greedy": "Yushkevich P.A. et al. (2016) Fast automatic segmentation of hippocampal subfields and medial "
               "temporal lobe subregions in 3 Tesla and 7 Tesla T2-weighted MRI. Alzheimer's & Dementia "
               "12(7):P126-P127 (greedy registration). doi:10.1016/j.jalz.2016.06.205",

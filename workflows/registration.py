@@ -98,9 +98,19 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
                     f"{str(info.get('affine_similarity', '')).upper()} at shrink factors "
                     f"{', '.join(str(f) for f in info.get('shrink_factors', []))}.")
     if info["method"] == "svf":
+        if info.get("svf_network") == "hash-grid":
+            network = (f"a coordinate MLP with {info['hidden_layers']} hidden layer(s) of {info['hidden_features']} "
+                       f"ReLU units on a multi-resolution hash encoding [@instantngp] of {info['hash_levels']} levels "
+                       f"(cells from the image's extent / {info['hash_base_resolution'] - 1} down to "
+                       f"{info['hash_finest_mm']:g} mm) gave the velocity")
+        else:
+            network = (f"a coordinate MLP with {info['hidden_layers']} hidden layers of {info['hidden_features']} "
+                       f"units and sine activations [@siren] gave the velocity")
+        smoothing = info.get("velocity_smoothing_mm") or 0
+        if smoothing > 0:
+            network += f", Gaussian-smoothed (sigma {smoothing:g} mm) as SyN smooths its flow [@ants]"
         desc.append(f"The transform was the group exponential of a stationary velocity field, diffeomorphic by "
-                    f"construction: a coordinate MLP with {info['hidden_layers']} hidden layers of "
-                    f"{info['hidden_features']} units and sine activations [@siren] gave the velocity, which was "
+                    f"construction: {network}, which was "
                     f"integrated by {info['squaring_steps']} scalings and squarings [@arsigny] on a "
                     f"{info['control_spacing_mm']:g} mm control grid and optimised with Adam on the whole image "
                     + (f"resampled to {', '.join(f'{m:g}' for m in info['svf_level_spacing_mm'])} mm voxels "

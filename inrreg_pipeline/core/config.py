@@ -276,6 +276,8 @@ class SVFSettings:
     ``control_spacing_mm`` at all (the network is continuous, so a finer level can evaluate it on a
     finer grid; the last level's grid is the transform's). A 2 mm grid at the last level costs about
     5x the time on a CPU (``benchmarks/results/oasis-trt-20_validation_2mm_cpu.md``, session 9).
+    ``folding_alpha``: weight of ``mean relu(folding_floor - det J)^2`` of ``exp(v)`` at the corners of
+    every control-grid cell (the Jacobians of the interpolated map that the written field has; 0: off).
     ``network``: what gives ``v``: ``siren``, the MLP of the ``network`` section, or ``hash-grid``,
     the multi-resolution hash-grid MLP of ``hash`` (:class:`VelocityHashSettings`).
     """
@@ -294,6 +296,8 @@ class SVFSettings:
     diffusion_alpha: float = 0.0
     similarity_dilation_mm: float = 0.0
     level_control_spacing_mm: list[float] | None = None
+    folding_alpha: float = 0.0
+    folding_floor: float = 0.1
     network: str = "siren"
     hash: VelocityHashSettings = field(default_factory=VelocityHashSettings)
 
@@ -435,6 +439,8 @@ def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
          "svf.lncc_window_mm must be > 0, velocity_smoothing_mm and diffusion_alpha >= 0")
     need(0 <= v.similarity_dilation_mm <= v.margin_mm,
          "svf.similarity_dilation_mm must be between 0 and svf.margin_mm")
+    need(v.folding_alpha >= 0 and 0 <= v.folding_floor < 1,
+         "svf.folding_alpha must be >= 0 and svf.folding_floor in [0, 1)")
     need(v.network in SVF_NETWORKS, f"svf.network must be one of {', '.join(SVF_NETWORKS)}")
     h = v.hash
     need(1 <= h.levels <= 16 and 1 <= h.features_per_level <= 8 and 4 <= h.log2_table_size <= 24,

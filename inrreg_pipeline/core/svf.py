@@ -193,6 +193,37 @@ class VelocityField(torch.nn.Module):
         jac = du_di @ self.voxel_from_world + torch.eye(d, device=displacement.device)
         return torch.log(torch.linalg.det(jac).clamp_min(1e-3)).pow(2).mean()
 
+    def cell_corner_determinants(self, displacement: torch.Tensor) -> torch.Tensor:
+        """det J of the multilinear interpolant of a control-grid displacement ``(*shape, d)`` (mm) at
+        the ``2^d`` corners of every grid cell: ``(2^d, *cells)``.
+
+        Inside a cell the interpolated map's Jacobian at a corner has the cell's edges from that corner
+        as columns (forward differences along each axis, mapped to world mm by the grid's linear
+        part), so the interpolant is orientation-preserving in the cell when all ``2^d`` are > 0. Central
+        differences, which :meth:`log_jacobian_energy` uses, average two cells and miss a fold that
+        only one of them has.
+        """
+        d = displacement.shape[-1]
+        step = torch.linalg.inv(self.voxel_from_world)  # world step of one grid index per axis (columns)
+        diffs = [torch.diff(displacement, dim=axis) for axis in range(d)]
+        cells = [n - 1 for n in displacement.shape[:-1]]
+        dets = []
+        for corner in range(1 << d):
+            offset = [(corner >> axis) & 1 for axis in range(d)]
+            columns = []
+            for axis in range(d):
+                index = tuple(slice(0, cells[b]) if b == axis else slice(offset[b], offset[b] + cells[b])
+                              for b in range(d))
+                columns.append(diffs[axis][index] + step[:, axis])
+            dets.append(torch.linalg.det(torch.stack(columns, -1)))
+        return torch.stack(dets) / torch.linalg.det(step)
+
+    def folding_energy(self, displacement: torch.Tensor, floor: float) -> torch.Tensor:
+        """``mean relu(floor - det J)^2`` over every cell corner (:meth:`cell_corner_determinants`): 0
+        while every interpolated cell keeps at least ``floor`` of its volume, growing with how far one
+        folds (the log-Jacobian energy's clamp gives a folded point no gradient)."""
+        return torch.relu(floor - self.cell_corner_determinants(displacement)).pow(2).mean()
+
     def at(self, displacement: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """A control-grid displacement ``(*shape, d)`` interpolated at world points ``(*lead, d)``."""
         return self.sampler(displacement.movedim(-1, 0)[None], points).movedim(0, -1)
@@ -355,6 +386,9 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
             total = sim + settings.loss.alpha * reg
             if s.diffusion_alpha > 0:
                 total = total + s.diffusion_alpha * model.diffusion(v)
+            if s.folding_alpha > 0:
+                phi_full = phi_half if not s.symmetric else model.displacement(s.squaring_steps, 1.0, v)
+                total = total + s.folding_alpha * model.folding_energy(phi_full, s.folding_floor)
             return {"similarity": sim, "regulariser": reg, "total": total, "level": level}
 
         optimise(step, optimiser, n_steps, history, schedule=schedule, progress=progress)
