@@ -1,4 +1,6 @@
-"""A hash-grid coordinate network: world point (mm) -> vector (mm), the ``svf`` method's ``hash-grid`` network.
+"""Hash-grid coordinate networks: a ReLU MLP of a hash encoding of world points (mm), shared by the
+two-network method's motion and image networks (:class:`HashMLP`) and the ``svf`` method's
+``hash-grid`` velocity (:class:`HashGridINR`).
 
 The SIREN of :mod:`.networks` represents the whole velocity with a few global sinusoids: every
 parameter moves the field everywhere, and fine detail costs many steps. Here the field is a small
@@ -21,14 +23,15 @@ a CPU run by float rounding only.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from .config import VelocityHashSettings
+from .config import HashSettings, VelocityHashSettings
 from .encodings import NormalisedBox
-from .hash_encoding import HashEncoding
+from .hash_encoding import HashEncoding, coarse_to_fine_weights
 
-__all__ = ["HashGridINR", "growth_factor"]
+__all__ = ["EncodingDomain", "HashMLP", "HashGridINR", "growth_factor"]
 
 
 def growth_factor(box_mm: float, settings: VelocityHashSettings) -> float:
@@ -41,42 +44,96 @@ def growth_factor(box_mm: float, settings: VelocityHashSettings) -> float:
     return max(1.0, ratio ** (1.0 / (settings.levels - 1)))
 
 
-class HashGridINR(nn.Module):
+class EncodingDomain(nn.Module):
+    """World mm -> ``[0, 1]^d`` for the hash grids: the fixed image's :class:`NormalisedBox`
+    (``[-1, 1]`` over its longest side, isotropic) enlarged by ``margin`` on every side."""
+
+    def __init__(self, box: NormalisedBox, margin: float):
+        super().__init__()
+        self.box = box
+        self.half_width = 1.0 + float(margin)
+
+    def normalised(self, points_mm: torch.Tensor) -> torch.Tensor:
+        """``(x - centre) / scale``: about ``[-1, 1]`` over the fixed image."""
+        return self.box(points_mm)
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        return (self.box(points_mm) / self.half_width + 1.0) / 2.0
+
+    def contains(self, points_mm: np.ndarray) -> np.ndarray:
+        """Which world points lie inside the encoding domain."""
+        centre = self.box.centre.cpu().numpy().astype(np.float64)
+        return np.all(np.abs(points_mm - centre) / self.box.scale <= self.half_width, axis=-1)
+
+
+class HashMLP(nn.Module):
+    """``MLP([hash(x), x_norm])``: hash encoding of the domain coordinate (the first ``use_levels``
+    levels of ``hash_settings``), optionally concatenated with the normalised coordinate itself,
+    then ``hidden_layers`` ReLU layers of ``hidden_features`` units and a linear output."""
+
+    def __init__(self, domain: EncodingDomain, ndim: int, hash_settings: HashSettings, use_levels: int,
+                 hidden_features: int, hidden_layers: int, out_features: int, include_input: bool,
+                 backend: str, device: torch.device):
+        super().__init__()
+        self.domain = domain
+        self.include_input = include_input
+        h = hash_settings
+        self.encoding = HashEncoding(ndim, n_levels=use_levels, features_per_level=h.features_per_level,
+                                     log2_table_size=h.log2_table_size, base_resolution=h.base_resolution,
+                                     growth_factor=h.growth_factor, backend=backend, device=device)
+        layers: list[nn.Module] = []
+        fan_in = self.encoding.out_features + (ndim if include_input else 0)
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(fan_in, hidden_features), nn.ReLU()]
+            fan_in = hidden_features
+        self.mlp = nn.Sequential(*layers)
+        self.out = nn.Linear(fan_in, out_features)
+
+    @property
+    def n_levels(self) -> int:
+        return self.encoding.layout.n_levels
+
+    def set_alpha(self, alpha: float | None) -> None:
+        """Coarse-to-fine progress: level weights :func:`coarse_to_fine_weights` (``None``: all 1)."""
+        n = self.n_levels
+        self.encoding.set_level_weights(np.ones(n) if alpha is None else coarse_to_fine_weights(alpha, n))
+
+    def features(self, points_mm: torch.Tensor) -> torch.Tensor:
+        feats = self.encoding(self.domain(points_mm))
+        if self.include_input:
+            feats = torch.cat([feats, self.domain.normalised(points_mm)], -1)
+        return self.mlp(feats)
+
+    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(points_mm))
+
+
+class HashGridINR(HashMLP):
     """``v(x)``: world points ``(..., d)`` (mm) -> vectors ``(..., d)`` (mm); starts at exactly 0.
 
-    ``box``: the fixed image's normalised world box (the encoding domain is that box, ``[-1, 1]``
-    mapped to ``[0, 1]``; points outside it are clamped onto its faces). ``device``: where the
-    network will run (``backend: auto`` picks tiny-cuda-nn on CUDA when it is importable). Torch's
-    global RNG must be seeded by the caller (the tables' ``U(-1e-4, 1e-4)`` initialisation, then the
-    hidden layers').
+    A :class:`HashMLP` over the fixed image's normalised world box (``box``; no margin: ``[-1, 1]``
+    mapped to ``[0, 1]``, points outside clamped onto its faces), the hash levels' growth factor
+    from ``settings.finest_mm`` (:func:`growth_factor`), no coordinate input, the output layer at 0
+    and in the box's unit (mm = ``box.scale`` x output). ``device``: where the network will run
+    (``backend: auto`` picks tiny-cuda-nn on CUDA when it is importable). Torch's global RNG must be
+    seeded by the caller (the tables' ``U(-1e-4, 1e-4)`` initialisation, then the hidden layers').
     """
 
     def __init__(self, box: NormalisedBox, ndim: int, settings: VelocityHashSettings,
                  device: torch.device | str | None = None):
-        super().__init__()
-        self.box = box
-        self.encoding = HashEncoding(ndim, n_levels=settings.levels, features_per_level=settings.features_per_level,
-                                     log2_table_size=settings.log2_table_size,
-                                     base_resolution=settings.base_resolution,
-                                     growth_factor=growth_factor(2.0 * box.scale, settings),
-                                     backend=settings.backend, device=device)
-        layers: list[nn.Module] = []
-        width = self.encoding.out_features
-        for _ in range(settings.hidden_layers):
-            layers += [nn.Linear(width, settings.hidden_features), nn.ReLU()]
-            width = settings.hidden_features
-        self.hidden = nn.Sequential(*layers)
-        self.out = nn.Linear(width, ndim)
+        levels = HashSettings(levels=settings.levels, features_per_level=settings.features_per_level,
+                              log2_table_size=settings.log2_table_size, base_resolution=settings.base_resolution,
+                              growth_factor=growth_factor(2.0 * box.scale, settings))
+        super().__init__(EncodingDomain(box, 0.0), ndim, levels, settings.levels, settings.hidden_features,
+                         settings.hidden_layers, ndim, include_input=False, backend=settings.backend, device=device)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def finest_cell_mm(self) -> float:
         """The finest level's cell size (mm) over the encoding box."""
-        return 2.0 * self.box.scale / self.encoding.layout.scales[-1]
+        return 2.0 * self.domain.box.scale / self.encoding.layout.scales[-1]
 
     def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
         """The vector (mm) at world points ``(..., d)`` (mm)."""
         lead, d = points_mm.shape[:-1], points_mm.shape[-1]
-        unit = (self.box(points_mm.reshape(-1, d)) + 1.0) / 2.0
-        return (self.out(self.hidden(self.encoding(unit))) * self.box.scale).reshape(lead + (d,))
-
+        return (super().forward(points_mm.reshape(-1, d)) * self.domain.box.scale).reshape(lead + (d,))

@@ -378,17 +378,16 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
                 inside_m = moving_sampler(mmask, mapped)[0]
                 warped, target = warped * inside_m, target * inside_m
             sim = _masked_similarity(settings.loss.similarity, target, warped, mask_crop, window)
-            if settings.loss.regulariser == "jacobian":
-                phi = phi_half if not s.symmetric else model.displacement(s.squaring_steps, 1.0, v)
-                reg = model.log_jacobian_energy(phi)
-            else:
-                reg = model.diffusion(v)
+            # exp(v) itself, for the regularisers of the transform (integrated once more only when symmetric)
+            phi = phi_half
+            if s.symmetric and (settings.loss.regulariser == "jacobian" or s.folding_alpha > 0):
+                phi = model.displacement(s.squaring_steps, 1.0, v)
+            reg = model.log_jacobian_energy(phi) if settings.loss.regulariser == "jacobian" else model.diffusion(v)
             total = sim + settings.loss.alpha * reg
             if s.diffusion_alpha > 0:
                 total = total + s.diffusion_alpha * model.diffusion(v)
             if s.folding_alpha > 0:
-                phi_full = phi_half if not s.symmetric else model.displacement(s.squaring_steps, 1.0, v)
-                total = total + s.folding_alpha * model.folding_energy(phi_full, s.folding_floor)
+                total = total + s.folding_alpha * model.folding_energy(phi, s.folding_floor)
             return {"similarity": sim, "regulariser": reg, "total": total, "level": level}
 
         optimise(step, optimiser, n_steps, history, schedule=schedule, progress=progress)

@@ -87,75 +87,11 @@ from .config import HashSettings, RegistrationSettings, TwoNetworkSettings
 from .encodings import NormalisedBox
 from .engine import Progress, optimise, tail_mean
 from .fields import evaluate_displacement, invert_displacement
-from .hash_encoding import HashEncoding, coarse_to_fine_weights
+from .hash_grid_inr import EncodingDomain, HashMLP
 from .method import Fields, Fit
 from .pair import PreparedPair
 from .space import SpatialImage, apply_affine, foreground_mask, voxel_grid_to_world, world_bounding_box
 
-
-
-class EncodingDomain(nn.Module):
-    """World mm -> ``[0, 1]^d`` for the hash grids: the fixed image's :class:`NormalisedBox`
-    (``[-1, 1]`` over its longest side, isotropic) enlarged by ``margin`` on every side."""
-
-    def __init__(self, box: NormalisedBox, margin: float):
-        super().__init__()
-        self.box = box
-        self.half_width = 1.0 + float(margin)
-
-    def normalised(self, points_mm: torch.Tensor) -> torch.Tensor:
-        """``(x - centre) / scale``: about ``[-1, 1]`` over the fixed image."""
-        return self.box(points_mm)
-
-    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
-        return (self.box(points_mm) / self.half_width + 1.0) / 2.0
-
-    def contains(self, points_mm: np.ndarray) -> np.ndarray:
-        """Which world points lie inside the encoding domain."""
-        centre = self.box.centre.cpu().numpy().astype(np.float64)
-        return np.all(np.abs(points_mm - centre) / self.box.scale <= self.half_width, axis=-1)
-
-
-class HashMLP(nn.Module):
-    """``MLP([hash(x), x_norm])``: hash encoding of the domain coordinate (the first ``use_levels``
-    levels of ``hash_settings``), optionally concatenated with the normalised coordinate itself,
-    then ``hidden_layers`` ReLU layers of ``hidden_features`` units and a linear output."""
-
-    def __init__(self, domain: EncodingDomain, ndim: int, hash_settings: HashSettings, use_levels: int,
-                 hidden_features: int, hidden_layers: int, out_features: int, include_input: bool,
-                 backend: str, device: torch.device):
-        super().__init__()
-        self.domain = domain
-        self.include_input = include_input
-        h = hash_settings
-        self.encoding = HashEncoding(ndim, n_levels=use_levels, features_per_level=h.features_per_level,
-                                     log2_table_size=h.log2_table_size, base_resolution=h.base_resolution,
-                                     growth_factor=h.growth_factor, backend=backend, device=device)
-        layers: list[nn.Module] = []
-        fan_in = self.encoding.out_features + (ndim if include_input else 0)
-        for _ in range(hidden_layers):
-            layers += [nn.Linear(fan_in, hidden_features), nn.ReLU()]
-            fan_in = hidden_features
-        self.mlp = nn.Sequential(*layers)
-        self.out = nn.Linear(fan_in, out_features)
-
-    @property
-    def n_levels(self) -> int:
-        return self.encoding.layout.n_levels
-
-    def set_alpha(self, alpha: float | None) -> None:
-        """Coarse-to-fine progress: level weights :func:`coarse_to_fine_weights` (``None``: all 1)."""
-        n = self.n_levels
-        self.encoding.set_level_weights(np.ones(n) if alpha is None else coarse_to_fine_weights(alpha, n))
-
-    def features(self, points_mm: torch.Tensor) -> torch.Tensor:
-        feats = self.encoding(self.domain(points_mm))
-        if self.include_input:
-            feats = torch.cat([feats, self.domain.normalised(points_mm)], -1)
-        return self.mlp(feats)
-
-    def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
-        return self.out(self.features(points_mm))
 
 
 class ImageNetwork(HashMLP):
