@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--compare-ants", nargs="?", const="ants-syn-cc", default=None, metavar="PRESET",
                    help="also run a classical baseline: ants-syn-cc (default), ants-syn, ants-precise, "
-                        "antspyx-syn-s, antspyx-synquick-s, greedy or greedy-permissive")
+                        "antspyx-syn-s, antspyx-synquick-s, greedy, greedy-permissive, fireants or fireants-syn")
 
     g = p.add_argument_group("Resources and runs")
     g.add_argument("--nprocs", "--n-cpus", "--n_cpus", type=positive_int, default=None, dest="nprocs")

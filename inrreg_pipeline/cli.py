@@ -47,8 +47,8 @@ def _register_parser(sub) -> None:
                         "(the displacement SIREN) for --method siren or a variant and for --omega/--activation alone, "
                         "else svf, the diffeomorphic velocity INR); research variants: benchmarks/presets/*.json; the baselines "
                         "ants-syn, ants-syn-cc, ants-precise, antspyx-syn-s and antspyx-synquick-s "
-                        "(antsRegistration through antspyx) and greedy and greedy-permissive (picsl-greedy) run those "
-                        "tools instead and write the same files")
+                        "(antsRegistration through antspyx), greedy and greedy-permissive (picsl-greedy) and "
+                        "fireants and fireants-syn (FireANTs) run those tools instead and write the same files")
     p.add_argument("--method", choices=("siren", "two-network", "svf") + VARIANT_METHODS,
                    help="siren: deformation INR after an affine stage; two-network: motion + image networks with "
                         "hash encodings; svf: diffeomorphic velocity INR (scaling and squaring; preset svf); "

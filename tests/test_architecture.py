@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"inrreg_pipeline": "inrreg_pipeline", "workflows": "inrreg_pipeline.workflows",
            "bids_app": "inrreg_pipeline.bids_app"}
 #: optional dependencies: imported where used, so the package works without them
-OPTIONAL = {"ants", "picsl_greedy", "tinycudann", "matplotlib", "monai", "nilearn.plotting", "yaml", "templateflow"}
+OPTIONAL = {"ants", "picsl_greedy", "fireants", "tinycudann", "matplotlib", "monai", "nilearn.plotting", "yaml", "templateflow"}
 #: (importer prefix, forbidden import prefix): the layers, each importing only downward
 LAYERS = [
     ("inrreg_pipeline.core", "inrreg_pipeline.io"), ("inrreg_pipeline.core", "inrreg_pipeline.interfaces"),

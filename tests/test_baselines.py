@@ -1,11 +1,12 @@
 """Classical baselines write what ``inrreg register`` writes: every preset, ANTs (real antsRegistration
-through antspyx) and greedy (picsl-greedy), checked the same way; then the ANTs-only checks.
+through antspyx), greedy (picsl-greedy) and FireANTs, checked the same way; then the ANTs-only checks.
 
 A small real pair: nilearn's MNI152 at 6 mm and a copy under a known smooth deformation, small
 rotation and shift.  Iterations are scaled down so each run takes seconds on one core; the checks
 are about files, conventions and bookkeeping, not about the tools' accuracy.  ANTs is the
 independent reader for every tool's files (antsApplyTransforms, its Jacobian).  greedy's own
-checks (its command lines, 2-D masks, the command line) are in ``test_greedy.py``.
+checks (its command lines, 2-D masks, the command line) are in ``test_greedy.py``; FireANTs' (its
+frame conversion, masks, 2-D refusal) in ``test_fireants.py``.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ import pytest
 from helpers import masked_ncc as ncc, mni_slice
 
 from inrreg_pipeline import baselines
-from inrreg_pipeline.baselines import (ANTS_PRESETS, BASELINE_PRESETS, GREEDY_PRESETS, antsregistration_arguments,
-                                       is_ants_preset, is_greedy_preset, run_ants, run_baseline)
+from inrreg_pipeline.baselines import (ANTS_PRESETS, BASELINE_PARAMETERS, BASELINE_PRESETS, GREEDY_PRESETS,
+                                       antsregistration_arguments, baseline_tool, is_ants_preset, is_fireants_preset,
+                                       is_greedy_preset, run_ants, run_baseline)
 from inrreg_pipeline.baselines import ants as ants_baseline
 from inrreg_pipeline.core.space import downsample, foreground_mask
 from inrreg_pipeline.demo import oblique_grid
@@ -37,19 +39,23 @@ from inrreg_pipeline.synthetic import deform, random_deformation, sample_image
 ants = pytest.importorskip("ants")
 
 HAS_GREEDY = importlib.util.find_spec("picsl_greedy") is not None
+HAS_FIREANTS = importlib.util.find_spec("fireants") is not None
 
 #: iteration scaling per preset: enough for SyN / greedy to move, a few seconds each on one core
 SCALE = {"ants-syn": 0.1, "ants-syn-cc": 0.05, "ants-precise": 0.05, "antspyx-syn-s": 0.2,
          "antspyx-synquick-s": 0.2,  # antspyx-*: at 0.05 their MI affine stage diverges on 6 mm
-         "greedy": 0.5, "greedy-permissive": 0.5}
+         "greedy": 0.5, "greedy-permissive": 0.5, "fireants": 0.25, "fireants-syn": 0.25}
 #: the tool's own interpolator for PWarped (antspyx spelling); linear where not listed
 INTERPOLATOR = {"ants-precise": "lanczosWindowedSinc"}
 #: presets whose field is rough on the 6 mm grid (SyN[0.2] with CC radius 2; greedy's permissive
-#: smoothing), where ANTs' and our difference schemes part at a few kinks: compared by the median
-ROUGH_FIELDS = {"antspyx-syn-s", "antspyx-synquick-s", "greedy-permissive"}
+#: smoothing; FireANTs' warp smoothing of 0.5 voxel), where ANTs' and our difference schemes part at
+#: a few kinks: compared by the median
+ROUGH_FIELDS = {"antspyx-syn-s", "antspyx-synquick-s", "greedy-permissive", "fireants", "fireants-syn"}
 
 
 def _preset_param(name: str):
+    if is_fireants_preset(name):
+        return pytest.param(name, marks=pytest.mark.skipif(not HAS_FIREANTS, reason="fireants is not installed"))
     return pytest.param(name, marks=pytest.mark.skipif(is_greedy_preset(name) and not HAS_GREEDY,
                                                        reason="picsl-greedy is not installed"))
 
@@ -70,13 +76,13 @@ def test_presets_are_data_files_with_their_source():
     folder = resources.files("inrreg_pipeline.baselines") / "presets"
     files = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json") and p.name != "index.json"}
     index = json.loads((folder / "index.json").read_text())
-    listed = index["ants"] + index["greedy"]
+    listed = index["ants"] + index["greedy"] + index["fireants"]
     assert sorted(listed) == sorted(files) and len(set(listed)) == len(listed)
     assert tuple(listed) == BASELINE_PRESETS and list(ANTS_PRESETS) == index["ants"]
     assert list(GREEDY_PRESETS) == index["greedy"]
     for name in listed:
         preset = json.loads((folder / f"{name}.json").read_text())
-        assert preset == {**ANTS_PRESETS, **GREEDY_PRESETS}[name]
+        assert preset == BASELINE_PARAMETERS[name]
         assert preset["description"] and preset["source"], name
 
 
@@ -232,18 +238,23 @@ def test_jacobian_agrees_with_ants(run, pair):
 def test_metadata_records_preset_runtime_and_folding(run):
     tmp, preset, out = run
     md = json.loads(out["metadata"].read_text())
-    tool = "greedy" if is_greedy_preset(preset) else "ants"
+    tool = baseline_tool(preset)
     assert md["method"] == tool and md["preset"] == preset
-    assert md["parameters"] == json.loads(json.dumps({**ANTS_PRESETS, **GREEDY_PRESETS}[preset]))
+    assert md["parameters"] == json.loads(json.dumps(BASELINE_PARAMETERS[preset]))
     assert md["scale_iterations"] == SCALE[preset] and md["seed"] == 0 and md["threads"] == 1
     assert md["runtime_s"]["total"] > 0 and md["memory"]["peak_rss_mb"] > 0
     jac = md["jacobian"]
     for key in ("percent_nonpositive_in_mask", "percent_nonpositive_fov", "min", "max"):
         assert isinstance(jac[key], float) and np.isfinite(jac[key])
     assert 0.0 <= jac["percent_nonpositive_in_mask"] <= 100.0
-    assert np.allclose(md["affine_matrix_ras"], read_itk_affine(out["affine"]), atol=1e-5 if tool == "greedy" else 1e-6)
+    assert np.allclose(md["affine_matrix_ras"], read_itk_affine(out["affine"]), atol=1e-6 if tool == "ants" else 1e-5)
     field, grid = read_ants_displacement_field(out["warp"])
     assert field.shape[-1] == 3 and np.abs(field).max() > 0.1  # the tool did move
+    if tool == "fireants":
+        assert md["versions"]["fireants"] and md["device"] == "cpu"
+        assert md["iterations_used"]["deformable"] == baselines.scaled_iterations(
+            BASELINE_PARAMETERS[preset]["deformable"]["iterations"], SCALE[preset])
+        return
     if tool == "greedy":
         assert all(str(tmp) not in c for c in md["greedy_commands"])  # placeholders, no temporary paths
         assert md["greedy_commands"][2].startswith("-d 3 -threads 1 -i {fixed} {moving} -it {affine}")

@@ -497,8 +497,8 @@ def test_interfaces_import_without_optional_modules():
     import subprocess
 
     code = ("import sys, inrreg_pipeline.interfaces; "
-            "print(sorted(m for m in ('ants', 'matplotlib', 'nilearn.plotting', 'picsl_greedy', 'tinycudann', "
-            "'monai') if m in sys.modules))")
+            "print(sorted(m for m in ('ants', 'matplotlib', 'nilearn.plotting', 'picsl_greedy', 'fireants', "
+            "'tinycudann', 'monai') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert res.stdout.strip() == "[]"

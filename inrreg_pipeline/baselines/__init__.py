@@ -1,4 +1,4 @@
-"""Classical baselines (antsRegistration through antspyx, and greedy) with ``inrreg register``'s outputs.
+"""Classical baselines (antsRegistration through antspyx, greedy and FireANTs) with ``inrreg register``'s outputs.
 
 One module an idea:
 
@@ -7,6 +7,7 @@ One module an idea:
 * :mod:`.ants`: antsRegistration's argument list and its run in a child process
   (:mod:`inrreg_pipeline._ants_child`, started with ``python -m``);
 * :mod:`.greedy`: greedy's command lines and their run through its Python binding;
+* :mod:`.fireants`: FireANTs' affine and greedy/SyN registrations through its Python API;
 * :mod:`.arguments`: the checks and bookkeeping of threads, seed, iteration scaling and paths;
 * :mod:`.outputs`: the file set and ``registration.json`` entries every baseline writes;
 * :mod:`.run`: :func:`run_baseline`, the one entry point by preset name.
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 from .ants import antsregistration_arguments, run_ants
 from .arguments import scaled_iterations
+from .fireants import run_fireants
 from .greedy import greedy_commands, run_greedy
-from .presets import (ANTS_PRESETS, BASELINE_PRESETS, GREEDY_PRESETS, is_ants_preset, is_baseline_preset,
-                      is_greedy_preset)
+from .presets import (ANTS_PRESETS, BASELINE_PARAMETERS, BASELINE_PRESETS, FIREANTS_PRESETS, GREEDY_PRESETS,
+                      baseline_tool, is_ants_preset, is_baseline_preset, is_fireants_preset, is_greedy_preset)
 from .run import run_baseline
 
-__all__ = ["ANTS_PRESETS", "GREEDY_PRESETS", "BASELINE_PRESETS", "is_ants_preset", "is_greedy_preset",
-           "is_baseline_preset", "antsregistration_arguments", "greedy_commands", "scaled_iterations", "run_ants",
-           "run_greedy", "run_baseline"]
+__all__ = ["ANTS_PRESETS", "GREEDY_PRESETS", "FIREANTS_PRESETS", "BASELINE_PRESETS", "BASELINE_PARAMETERS",
+           "is_ants_preset", "is_greedy_preset", "is_fireants_preset", "is_baseline_preset", "baseline_tool",
+           "antsregistration_arguments", "greedy_commands", "scaled_iterations", "run_ants", "run_greedy",
+           "run_fireants", "run_baseline"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .ants import run_ants
+from .fireants import run_fireants
 from .greedy import run_greedy
-from .presets import is_greedy_preset
+from .presets import is_fireants_preset, is_greedy_preset
 
 __all__ = ["run_baseline"]
 
@@ -15,8 +16,9 @@ def run_baseline(fixed: str, moving: str, prefix: str, preset: str, threads: int
                  scale_iterations: float = 1.0) -> dict[str, Path]:
     """Run the baseline ``preset`` (a key of :data:`~inrreg_pipeline.baselines.presets.BASELINE_PRESETS`)
     with :func:`~inrreg_pipeline.baselines.ants.run_ants`'s arguments: greedy presets go to
-    :func:`~inrreg_pipeline.baselines.greedy.run_greedy`, every other name to ``run_ants`` (which
+    :func:`~inrreg_pipeline.baselines.greedy.run_greedy`, FireANTs presets to
+    :func:`~inrreg_pipeline.baselines.fireants.run_fireants`, every other name to ``run_ants`` (which
     refuses an unknown one with ``InputError``). Returns the output paths by key."""
-    runner = run_greedy if is_greedy_preset(preset) else run_ants
+    runner = run_greedy if is_greedy_preset(preset) else run_fireants if is_fireants_preset(preset) else run_ants
     return runner(fixed, moving, prefix, preset=preset, threads=threads, seed=seed, fixed_mask=fixed_mask,
                   moving_mask=moving_mask, scale_iterations=scale_iterations)
