@@ -8,13 +8,15 @@ out of the command lines recorded in ``Pregistration.json``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from ..io.images import InputError
+from ..core.geometry import SpatialImage
+from ..io.images import InputError, load_pair
+from ..register import check_prefix_outputs
 
-__all__ = ["check_baseline_arguments", "scaled_iterations", "substitute_paths"]
+__all__ = ["check_baseline_arguments", "checked_baseline_inputs", "scaled_iterations", "substitute_paths"]
 
 
 def scaled_iterations(iterations: list[int], scale: float) -> list[int]:
@@ -38,6 +40,21 @@ def check_baseline_arguments(threads: Any, seed: Any, scale_iterations: Any, max
     if not math.isfinite(scale) or scale <= 0:
         raise InputError(f"scale_iterations must be a positive number, got {scale_iterations!r}")
     return int(n_threads), scale
+
+
+def checked_baseline_inputs(tool: str, presets: Mapping[str, Any], preset: str, fixed: str, moving: str,
+                            prefix: str, threads: Any, seed: Any, scale_iterations: Any,
+                            fixed_mask: str | None, moving_mask: str | None, max_seed: int
+                            ) -> tuple[int, float, SpatialImage, SpatialImage, np.ndarray | None, np.ndarray | None]:
+    """Every check a baseline run makes before it writes anything, in order: no output of ``prefix``
+    is an input, ``preset`` is one of ``presets`` (``tool`` names them in the message), the arguments
+    (:func:`check_baseline_arguments`), then the images and masks (:func:`load_pair`). Returns
+    ``(threads, scale, fixed, moving, fixed_mask, moving_mask)``; :class:`InputError` otherwise."""
+    check_prefix_outputs(prefix, fixed, moving, fixed_mask, moving_mask)
+    if not (isinstance(preset, str) and preset in presets):
+        raise InputError(f"unknown {tool} preset '{preset}'; choose one of: {', '.join(presets)}")
+    n_threads, scale = check_baseline_arguments(threads, seed, scale_iterations, max_seed)
+    return (n_threads, scale, *load_pair(fixed, moving, fixed_mask, moving_mask))
 
 
 def substitute_paths(text: str, placeholders: dict[str, str]) -> str:

@@ -60,10 +60,10 @@ from ..core.choices import SEED_MAX
 from ..core.fields import invert_displacement
 from ..core.geometry import SpatialImage
 from ..core.space import resolve_device, sample_array
-from ..io.images import InputError, StagedOutputs, load_pair, save_image, staging_prefix
+from ..io.images import InputError, StagedOutputs, save_image, staging_prefix
 from ..io.itk import write_ants_displacement_field, write_itk_affine
-from ..register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions, recorded_inputs
-from .arguments import check_baseline_arguments, scaled_iterations
+from ..register import OUTPUT_SUFFIXES, library_versions, recorded_inputs
+from .arguments import checked_baseline_inputs, scaled_iterations
 from .outputs import baseline_metadata, write_baseline_outputs, write_inputs
 from .presets import FIREANTS_PRESETS, is_fireants_preset
 
@@ -136,11 +136,9 @@ def run_fireants(fixed: str, moving: str, prefix: str, preset: str = "fireants",
     FireANTs is missing or fails (nothing written either).
     """
     start = time.perf_counter()
-    check_prefix_outputs(prefix, fixed, moving, fixed_mask, moving_mask)
-    if not is_fireants_preset(preset):
-        raise InputError(f"unknown FireANTs preset '{preset}'; choose one of: {', '.join(FIREANTS_PRESETS)}")
-    n_threads, scale = check_baseline_arguments(threads, seed, scale_iterations, SEED_MAX)
-    fixed_img, moving_img, f_mask, m_mask = load_pair(fixed, moving, fixed_mask, moving_mask)
+    n_threads, scale, fixed_img, moving_img, f_mask, m_mask = checked_baseline_inputs(
+        "FireANTs", FIREANTS_PRESETS, preset, fixed, moving, prefix, threads, seed, scale_iterations, fixed_mask,
+        moving_mask, SEED_MAX)
     if fixed_img.ndim != 3:
         raise InputError(f"the FireANTs presets register 3-D images; these are {fixed_img.ndim}-D "
                          "(use greedy or an ANTs preset for 2-D)")
@@ -164,14 +162,14 @@ def run_fireants(fixed: str, moving: str, prefix: str, preset: str = "fireants",
             m_batch = _load(fa, names["moving"], names.get("moving_mask"), dev)
             affine_reg = fa["affine"](a["scales"], scaled_iterations(a["iterations"], scale), f_batch, m_batch,
                                       loss_type=a["loss"], optimizer=a["optimizer"], optimizer_lr=a["lr"],
-                                      cc_kernel_size=a["cc_kernel_size"])
+                                      cc_kernel_size=a["cc_kernel_size"], progress_bar=False)
             affine_reg.optimize()
             affine_lps = affine_reg.get_affine_matrix().detach()
             deformable = fa[w["registration"]](
                 w["scales"], scaled_iterations(w["iterations"], scale), f_batch, m_batch, loss_type=w["loss"],
                 deformation_type=w["deformation_type"], optimizer=w["optimizer"], optimizer_lr=w["lr"],
                 cc_kernel_size=w["cc_kernel_size"], smooth_grad_sigma=w["smooth_grad_sigma"],
-                smooth_warp_sigma=w["smooth_warp_sigma"], init_affine=affine_lps)
+                smooth_warp_sigma=w["smooth_warp_sigma"], init_affine=affine_lps, progress_bar=False)
             deformable.optimize()
             with torch.no_grad():
                 mapped = fireants_map_to_ras(deformable.get_warped_coordinates(f_batch, m_batch),

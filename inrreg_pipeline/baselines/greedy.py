@@ -49,10 +49,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..core.choices import SEED_MAX
-from ..io.images import InputError, StagedOutputs, load_pair, staging_prefix
+from ..io.images import InputError, StagedOutputs, staging_prefix
 from ..io.itk import write_itk_affine
-from ..register import OUTPUT_SUFFIXES, check_prefix_outputs, library_versions, recorded_inputs
-from .arguments import check_baseline_arguments, scaled_iterations, substitute_paths
+from ..register import OUTPUT_SUFFIXES, library_versions, recorded_inputs
+from .arguments import checked_baseline_inputs, scaled_iterations, substitute_paths
 from .outputs import baseline_metadata, write_baseline_outputs, write_inputs
 from .presets import GREEDY_PRESETS, is_greedy_preset
 
@@ -155,11 +155,9 @@ def run_greedy(fixed: str, moving: str, prefix: str, preset: str = "greedy", thr
     ``RuntimeError`` when greedy fails (nothing written either).
     """
     start = time.perf_counter()
-    check_prefix_outputs(prefix, fixed, moving, fixed_mask, moving_mask)
-    if not is_greedy_preset(preset):
-        raise InputError(f"unknown greedy preset '{preset}'; choose one of: {', '.join(GREEDY_PRESETS)}")
-    n_threads, scale = check_baseline_arguments(threads, seed, scale_iterations, _MAX_SEED)
-    fixed_img, moving_img, f_mask, m_mask = load_pair(fixed, moving, fixed_mask, moving_mask)
+    n_threads, scale, fixed_img, moving_img, f_mask, m_mask = checked_baseline_inputs(
+        "greedy", GREEDY_PRESETS, preset, fixed, moving, prefix, threads, seed, scale_iterations, fixed_mask,
+        moving_mask, _MAX_SEED)
     d = fixed_img.ndim
     greedy = _greedy(d)
 
