@@ -34,6 +34,7 @@ def test_presets_are_the_quickstart_set_up():
     assert list(FIREANTS_PRESETS) == ["fireants", "fireants-syn"]
     assert all(is_baseline_preset(n) and baseline_tool(n) == "fireants" for n in FIREANTS_PRESETS)
     greedy, syn = FIREANTS_PRESETS["fireants"], FIREANTS_PRESETS["fireants-syn"]
+    assert greedy["moments"] == syn["moments"] == {"scale": 4, "moments": 1}  # centres of mass first
     assert (greedy["deformable"]["registration"], syn["deformable"]["registration"]) == ("greedy", "syn")
     assert greedy["affine"] == syn["affine"] == {"scales": [4, 2, 1], "iterations": [200, 100, 50], "optimizer": "Adam",
                                                  "lr": 0.003, "loss": "cc", "cc_kernel_size": 5}

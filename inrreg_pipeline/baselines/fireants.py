@@ -7,8 +7,12 @@ FireANTs' own Python API and writes exactly the files of :func:`inrreg_pipeline.
 (same keys, all together or none), so every method is scored by the same code from its own written
 transform.
 
-The set-up is the one FireANTs' quickstart gives for brain MRI (``docs/quickstart.md``):
+The set-up is the one FireANTs' quickstart gives for brain MRI (``docs/quickstart.md``), started from
+the images' centres of mass as FireANTs' own OASIS configuration and its ``fireantsRegistration
+--initial-moving-transform`` do (the quickstart's images come pre-aligned; subjects in native space
+are centimetres apart, where an affine from the identity fails):
 
+0. ``MomentsRegistration`` of order 1 at scale 4 (a translation);
 1. ``AffineRegistration`` at scales 4, 2, 1 (200, 100, 50 Adam steps at 3e-3, CC kernel 5);
 2. ``GreedyRegistration`` (``fireants``) or ``SyNRegistration`` (``fireants-syn``), compositive, at
    scales 4, 2, 1 (200, 100, 25 steps), CC kernel 5, gradient smoothing sigma 1 voxel, warp smoothing
@@ -33,7 +37,8 @@ pins (``pip install --no-deps``; its run-time needs are torch, SimpleITK, scipy 
 optional: imported where used.
 
 Presets (:data:`FIREANTS_PRESETS`) are data: ``inrreg_pipeline/baselines/presets/<name>.json``,
-recorded verbatim as ``parameters``. Keys: ``source``, ``description``, ``affine`` (``scales``,
+recorded verbatim as ``parameters``. Keys: ``source``, ``description``, ``moments`` (``scale``,
+``moments``: the order), ``affine`` (``scales``,
 ``iterations``, ``optimizer``, ``lr``, ``loss``, ``cc_kernel_size``) and ``deformable``
 (``registration``: ``greedy`` or ``syn``, ``scales``, ``iterations``, ``deformation_type``,
 ``optimizer``, ``lr``, ``loss``, ``cc_kernel_size``, ``smooth_grad_sigma`` and ``smooth_warp_sigma``
@@ -82,10 +87,11 @@ def _fireants() -> dict[str, Any]:
             from fireants.io.image import BatchedImages, Image
             from fireants.registration.affine import AffineRegistration
             from fireants.registration.greedy import GreedyRegistration
+            from fireants.registration.moments import MomentsRegistration
             from fireants.registration.syn import SyNRegistration
     except ImportError:
         raise RuntimeError("FireANTs baselines need fireants (pip install --no-deps fireants==1.5.0 tqdm)") from None
-    return {"Image": Image, "BatchedImages": BatchedImages, "affine": AffineRegistration,
+    return {"Image": Image, "BatchedImages": BatchedImages, "moments": MomentsRegistration, "affine": AffineRegistration,
             "greedy": GreedyRegistration, "syn": SyNRegistration}
 
 
@@ -160,9 +166,13 @@ def run_fireants(fixed: str, moving: str, prefix: str, preset: str = "fireants",
         try:
             f_batch = _load(fa, names["fixed"], names.get("fixed_mask"), dev)
             m_batch = _load(fa, names["moving"], names.get("moving_mask"), dev)
+            moments = fa["moments"](p["moments"]["scale"], f_batch, m_batch, moments=p["moments"]["moments"],
+                                    progress_bar=False)
+            moments.optimize()
             affine_reg = fa["affine"](a["scales"], scaled_iterations(a["iterations"], scale), f_batch, m_batch,
                                       loss_type=a["loss"], optimizer=a["optimizer"], optimizer_lr=a["lr"],
-                                      cc_kernel_size=a["cc_kernel_size"], progress_bar=False)
+                                      cc_kernel_size=a["cc_kernel_size"], init_rigid=moments.get_affine_init(),
+                                      progress_bar=False)
             affine_reg.optimize()
             affine_lps = affine_reg.get_affine_matrix().detach()
             deformable = fa[w["registration"]](
