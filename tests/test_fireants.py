@@ -112,13 +112,14 @@ def test_refusals_write_nothing(oblique_run, tmp_path):
     assert not list(tmp_path.glob("x_*")) and not list(tmp_path.glob("y_*"))
 
 
-def test_cli_runs_fireants_quietly(pair, tmp_path):
+@pytest.mark.parametrize("preset", ["fireants", "fireants-syn"])
+def test_cli_runs_fireants_quietly(pair, tmp_path, preset):
     tmp, _, _ = pair
     cmd = [sys.executable, "-m", "inrreg_pipeline.cli", "register", str(tmp / "fixed.nii.gz"),
-           str(tmp / "moving.nii.gz"), "-o", str(tmp_path / "c_"), "--preset", "fireants"]
+           str(tmp / "moving.nii.gz"), "-o", str(tmp_path / "c_"), "--preset", preset]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "FFO" not in done.stdout + done.stderr and "iter:" not in done.stderr  # no banner, no progress bars
     assert (tmp_path / "c_1Warp.nii.gz").exists() and (tmp_path / "c_1InverseWarp.nii.gz").exists()
     md = json.loads((tmp_path / "c_registration.json").read_text())
-    assert md["preset"] == "fireants" and md["iterations_used"]["deformable"] == [200, 100, 25]
+    assert md["preset"] == preset and md["iterations_used"]["deformable"] == [200, 100, 25]

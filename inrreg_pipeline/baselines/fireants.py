@@ -181,7 +181,9 @@ def run_fireants(fixed: str, moving: str, prefix: str, preset: str = "fireants",
                 cc_kernel_size=w["cc_kernel_size"], smooth_grad_sigma=w["smooth_grad_sigma"],
                 smooth_warp_sigma=w["smooth_warp_sigma"], init_affine=affine_lps, progress_bar=False)
             deformable.optimize()
-            with torch.no_grad():
+            # SyN's map composes one half with the inverse of the other, which FireANTs optimises with
+            # progress bars of its own (on stderr, whatever progress_bar says): kept out of the terminal
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 mapped = fireants_map_to_ras(deformable.get_warped_coordinates(f_batch, m_batch),
                                              m_batch.get_torch2phy())
                 warped = deformable.evaluate(f_batch, m_batch)[0, 0].cpu().numpy().transpose(2, 1, 0)
