@@ -26,8 +26,8 @@ from helpers import masked_ncc as ncc, mni_slice
 
 from inrreg_pipeline import baselines
 from inrreg_pipeline.baselines import (ANTS_PRESETS, BASELINE_PARAMETERS, BASELINE_PRESETS, GREEDY_PRESETS,
-                                       antsregistration_arguments, baseline_tool, is_ants_preset, is_fireants_preset,
-                                       is_greedy_preset, run_ants, run_baseline)
+                                       antsregistration_arguments, baseline_tool, is_ants_preset, run_ants,
+                                       run_baseline)
 from inrreg_pipeline.baselines import ants as ants_baseline
 from inrreg_pipeline.core.space import downsample, foreground_mask
 from inrreg_pipeline.demo import oblique_grid
@@ -53,11 +53,14 @@ INTERPOLATOR = {"ants-precise": "lanczosWindowedSinc"}
 ROUGH_FIELDS = {"antspyx-syn-s", "antspyx-synquick-s", "greedy-permissive", "fireants", "fireants-syn"}
 
 
+#: the optional package each tool's presets need (ANTs' is this module's own importorskip)
+MISSING = {"greedy": (not HAS_GREEDY, "picsl-greedy is not installed"),
+           "fireants": (not HAS_FIREANTS, "fireants is not installed")}
+
+
 def _preset_param(name: str):
-    if is_fireants_preset(name):
-        return pytest.param(name, marks=pytest.mark.skipif(not HAS_FIREANTS, reason="fireants is not installed"))
-    return pytest.param(name, marks=pytest.mark.skipif(is_greedy_preset(name) and not HAS_GREEDY,
-                                                       reason="picsl-greedy is not installed"))
+    missing, reason = MISSING.get(baseline_tool(name), (False, ""))
+    return pytest.param(name, marks=pytest.mark.skipif(missing, reason=reason))
 
 
 @pytest.fixture(scope="module", params=[_preset_param(name) for name in BASELINE_PRESETS])

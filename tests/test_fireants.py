@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import masked_ncc, mni_small, mni_slice
 
-from inrreg_pipeline.baselines import FIREANTS_PRESETS, baseline_tool, is_baseline_preset, run_baseline
+from inrreg_pipeline.baselines import FIREANTS_PRESETS, baseline_tool, is_baseline_preset, run_baseline, run_fireants
 from inrreg_pipeline.baselines.fireants import fireants_map_to_ras
 from inrreg_pipeline.core.space import downsample, foreground_mask
 from inrreg_pipeline.demo import oblique_grid
@@ -102,7 +102,6 @@ def test_oblique_pair_round_trips_through_ants(oblique_run):
 def test_refusals_write_nothing(oblique_run, tmp_path):
     tmp, _, _, _ = oblique_run
     with pytest.raises(InputError, match="unknown FireANTs preset"):
-        from inrreg_pipeline.baselines import run_fireants
         run_fireants(str(tmp / "f.nii.gz"), str(tmp / "m.nii.gz"), str(tmp_path / "x_"), preset="fireants-fast")
     flat = downsample(mni_slice(), 2)
     save_image(flat.data, flat.affine, tmp_path / "f2.nii.gz")

@@ -65,6 +65,7 @@ from ..core.choices import SEED_MAX
 from ..core.fields import invert_displacement
 from ..core.geometry import SpatialImage
 from ..core.space import resolve_device, sample_array
+from ..core.transform import AffineTransform
 from ..io.images import InputError, StagedOutputs, save_image, staging_prefix
 from ..io.itk import write_ants_displacement_field, write_itk_affine
 from ..register import OUTPUT_SUFFIXES, library_versions, recorded_inputs
@@ -228,12 +229,10 @@ def _write_tool_files(work: Path, fixed: SpatialImage, moving: SpatialImage, aff
     """The files :func:`write_baseline_outputs` takes, from FireANTs' map ``mapped`` (RAS mm moving points
     at every fixed voxel) and its resampled moving image: the warp ``A^-1 y(x) - x``, its fixed-point
     inverse, ``Warped`` and ``InverseWarped`` (the fixed image through ``A^-1`` then the inverse warp)."""
-    grid = fixed.world_grid()
-    inverse_affine = np.linalg.inv(affine)
-    field = (mapped @ inverse_affine[:3, :3].T + inverse_affine[:3, 3] - grid).astype(np.float32)
+    to_fixed = AffineTransform(affine).inverse()
+    field = (to_fixed.map(mapped) - fixed.world_grid()).astype(np.float32)
     inverse_field = invert_displacement(field, fixed.affine, device)
-    moving_grid = moving.world_grid()
-    z = moving_grid @ inverse_affine[:3, :3].T + inverse_affine[:3, 3]
+    z = to_fixed.map(moving.world_grid())
     back = z + sample_array(inverse_field, fixed.affine, z, device, vector=True)
     inverse_warped = sample_array(fixed.data, fixed.affine, back, device)
     files = {"warp": work / "fireants_warp.nii.gz", "inverse_warp": work / "fireants_inverse_warp.nii.gz",

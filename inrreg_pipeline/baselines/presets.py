@@ -20,7 +20,7 @@ import json
 from importlib import resources
 from typing import Any
 
-__all__ = ["PRESET_TOOLS", "ANTS_PRESETS", "GREEDY_PRESETS", "FIREANTS_PRESETS", "BASELINE_PRESETS",
+__all__ = ["PRESET_TOOLS", "PRESETS_BY_TOOL", "ANTS_PRESETS", "GREEDY_PRESETS", "FIREANTS_PRESETS", "BASELINE_PRESETS",
            "BASELINE_PARAMETERS", "load_presets", "is_ants_preset", "is_greedy_preset", "is_fireants_preset",
            "is_baseline_preset", "baseline_tool"]
 
@@ -46,18 +46,22 @@ def load_presets(tool: str) -> dict[str, dict[str, Any]]:
     return {name: _read_json(f"{name}.json") for name in names}
 
 
-#: Named antsRegistration set-ups (``presets/<name>.json``), recorded verbatim as ``parameters``.
-ANTS_PRESETS: dict[str, dict[str, Any]] = load_presets("ants")
+#: Every tool's presets by name (``presets/<name>.json``, recorded verbatim as ``parameters``), in
+#: :data:`PRESET_TOOLS`' order.
+PRESETS_BY_TOOL: dict[str, dict[str, dict[str, Any]]] = {tool: load_presets(tool) for tool in PRESET_TOOLS}
 
-#: Named greedy set-ups (``presets/<name>.json``), recorded verbatim as ``parameters``.
-#: ``deformable.smoothing: null`` keeps greedy's default ``-s 1.732vox 0.7071vox``.
-GREEDY_PRESETS: dict[str, dict[str, Any]] = load_presets("greedy")
+#: Named antsRegistration set-ups.
+ANTS_PRESETS: dict[str, dict[str, Any]] = PRESETS_BY_TOOL["ants"]
 
-#: Named FireANTs set-ups (``presets/<name>.json``), recorded verbatim as ``parameters``.
-FIREANTS_PRESETS: dict[str, dict[str, Any]] = load_presets("fireants")
+#: Named greedy set-ups; ``deformable.smoothing: null`` keeps greedy's default ``-s 1.732vox 0.7071vox``.
+GREEDY_PRESETS: dict[str, dict[str, Any]] = PRESETS_BY_TOOL["greedy"]
+
+#: Named FireANTs set-ups.
+FIREANTS_PRESETS: dict[str, dict[str, Any]] = PRESETS_BY_TOOL["fireants"]
 
 #: Every classical baseline preset's parameters by name: ANTs (antsRegistration through antspyx), greedy, FireANTs.
-BASELINE_PARAMETERS: dict[str, dict[str, Any]] = {**ANTS_PRESETS, **GREEDY_PRESETS, **FIREANTS_PRESETS}
+BASELINE_PARAMETERS: dict[str, dict[str, Any]] = {name: preset for presets in PRESETS_BY_TOOL.values()
+                                                  for name, preset in presets.items()}
 
 #: Every classical baseline preset, in the order they are listed to users.
 BASELINE_PRESETS: tuple[str, ...] = tuple(BASELINE_PARAMETERS)
@@ -86,7 +90,7 @@ def is_baseline_preset(name: object) -> bool:
 def baseline_tool(name: str) -> str:
     """The tool of a baseline preset (``ants``, ``greedy`` or ``fireants``: its ``method`` in
     ``Pregistration.json``); ``KeyError`` for a name that is not one."""
-    for tool, presets in (("ants", ANTS_PRESETS), ("greedy", GREEDY_PRESETS), ("fireants", FIREANTS_PRESETS)):
+    for tool, presets in PRESETS_BY_TOOL.items():
         if name in presets:
             return tool
     raise KeyError(name)

@@ -6,9 +6,12 @@ from pathlib import Path
 from .ants import run_ants
 from .fireants import run_fireants
 from .greedy import run_greedy
-from .presets import is_fireants_preset, is_greedy_preset
+from .presets import baseline_tool, is_baseline_preset
 
 __all__ = ["run_baseline"]
+
+#: The runner of each tool's presets (:data:`~inrreg_pipeline.baselines.presets.PRESET_TOOLS`).
+RUNNERS = {"ants": run_ants, "greedy": run_greedy, "fireants": run_fireants}
 
 
 def run_baseline(fixed: str, moving: str, prefix: str, preset: str, threads: int | None = None, seed: int = 0,
@@ -19,6 +22,6 @@ def run_baseline(fixed: str, moving: str, prefix: str, preset: str, threads: int
     :func:`~inrreg_pipeline.baselines.greedy.run_greedy`, FireANTs presets to
     :func:`~inrreg_pipeline.baselines.fireants.run_fireants`, every other name to ``run_ants`` (which
     refuses an unknown one with ``InputError``). Returns the output paths by key."""
-    runner = run_greedy if is_greedy_preset(preset) else run_fireants if is_fireants_preset(preset) else run_ants
+    runner = RUNNERS[baseline_tool(preset)] if is_baseline_preset(preset) else run_ants
     return runner(fixed, moving, prefix, preset=preset, threads=threads, seed=seed, fixed_mask=fixed_mask,
                   moving_mask=moving_mask, scale_iterations=scale_iterations)
