@@ -276,6 +276,8 @@ class SVFSettings:
     ``control_spacing_mm`` at all (the network is continuous, so a finer level can evaluate it on a
     finer grid; the last level's grid is the transform's). A 2 mm grid at the last level costs about
     5x the time on a CPU (``benchmarks/results/oasis-trt-20_validation_2mm_cpu.md``, session 9).
+    ``level_lncc_window_mm``: one LNCC window (mm) per level instead of ``lncc_window_mm`` at all (a
+    wider window at a coarse level, as SyN's fixed voxel radius gives, compares more context there).
     ``folding_alpha``: weight of ``mean relu(folding_floor - det J)^2`` of ``exp(v)`` at the corners of
     every control-grid cell (the Jacobians of the interpolated map that the written field has; 0: off).
     ``network``: what gives ``v``: ``siren``, the MLP of the ``network`` section, or ``hash-grid``,
@@ -296,6 +298,7 @@ class SVFSettings:
     diffusion_alpha: float = 0.0
     similarity_dilation_mm: float = 0.0
     level_control_spacing_mm: list[float] | None = None
+    level_lncc_window_mm: list[float] | None = None
     folding_alpha: float = 0.0
     folding_floor: float = 0.1
     network: str = "siren"
@@ -434,6 +437,9 @@ def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
     need(v.level_control_spacing_mm is None or (len(v.level_control_spacing_mm) == len(v.iterations)
                                                 and all(math.isfinite(m) and m > 0 for m in v.level_control_spacing_mm)),
          "svf.level_control_spacing_mm must be null or one finite spacing > 0 (mm) per entry of svf.iterations")
+    windows = v.level_lncc_window_mm
+    need(windows is None or (len(windows) == len(v.iterations) and all(math.isfinite(m) and m > 0 for m in windows)),
+         "svf.level_lncc_window_mm must be null or one finite window > 0 (mm) per entry of svf.iterations")
     need(v.lr > 0 and 0 < v.lr_final_fraction <= 1, "svf.lr must be > 0 and lr_final_fraction in (0, 1]")
     need(v.lncc_window_mm > 0 and v.velocity_smoothing_mm >= 0 and v.diffusion_alpha >= 0,
          "svf.lncc_window_mm must be > 0, velocity_smoothing_mm and diffusion_alpha >= 0")

@@ -23,6 +23,8 @@ a CPU run by float rounding only.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -107,6 +109,17 @@ class HashMLP(nn.Module):
     def forward(self, points_mm: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(points_mm))
 
+    def at_points(self, points_mm: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """``lambda: self(points_mm)`` for world points ``(N, d)`` (mm) evaluated every step of a loop:
+        the encoding's corner weights are computed once (:meth:`HashEncoding.at_points`)."""
+        encoded = self.encoding.at_points(self.domain(points_mm))
+        extra = self.domain.normalised(points_mm).detach() if self.include_input else None
+
+        def evaluate() -> torch.Tensor:
+            feats = encoded() if extra is None else torch.cat([encoded(), extra], -1)
+            return self.out(self.mlp(feats))
+        return evaluate
+
 
 class HashGridINR(HashMLP):
     """``v(x)``: world points ``(..., d)`` (mm) -> vectors ``(..., d)`` (mm); starts at exactly 0.
@@ -137,3 +150,10 @@ class HashGridINR(HashMLP):
         """The vector (mm) at world points ``(..., d)`` (mm)."""
         lead, d = points_mm.shape[:-1], points_mm.shape[-1]
         return (super().forward(points_mm.reshape(-1, d)) * self.domain.box.scale).reshape(lead + (d,))
+
+    def at_points(self, points_mm: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """``lambda: self(points_mm)`` for fixed world points ``(..., d)`` (mm), precomputed once
+        (:meth:`HashMLP.at_points`): the velocity INR evaluates its control grid every step."""
+        lead, d = points_mm.shape[:-1], points_mm.shape[-1]
+        evaluate = super().at_points(points_mm.reshape(-1, d))
+        return lambda: (evaluate() * self.domain.box.scale).reshape(lead + (d,))

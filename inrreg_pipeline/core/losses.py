@@ -7,6 +7,8 @@ world points), so anisotropic and oblique grids are handled by construction.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as nnf
 
@@ -114,10 +116,31 @@ def displacement_jacobian(displacement: torch.Tensor, points: torch.Tensor, crea
     return torch.stack(rows, 1)
 
 
+def determinant_of_columns(columns: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``det [c_0 .. c_{d-1}]`` of ``d`` column vectors ``(..., d)``, ``d <= 3`` by the explicit formula
+    (``c_0 . (c_1 x c_2)`` in 3-D). :func:`torch.linalg.det` factorises each small matrix by LU and
+    solves with it in the backward, and indexing a stacked matrix entry by entry allocates a full
+    zero matrix per entry in the backward: together about a third of a velocity-INR step on the CPU."""
+    d = len(columns)
+    if d == 1:
+        return columns[0][..., 0]
+    if d == 2:
+        a, b = columns
+        return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+    if d == 3:
+        return (columns[0] * torch.linalg.cross(columns[1], columns[2], dim=-1)).sum(-1)
+    return torch.linalg.det(torch.stack(list(columns), -1))
+
+
+def determinant(m: torch.Tensor) -> torch.Tensor:
+    """``det`` of a batch of square matrices ``(..., d, d)`` (:func:`determinant_of_columns`)."""
+    return determinant_of_columns(m.unbind(-1))
+
+
 def jacobian_determinant(grad_u: torch.Tensor) -> torch.Tensor:
     """``det(I + du/dx)`` per point, from :func:`displacement_jacobian`."""
     d = grad_u.shape[-1]
-    return torch.linalg.det(grad_u + torch.eye(d, dtype=grad_u.dtype, device=grad_u.device))
+    return determinant(grad_u + torch.eye(d, dtype=grad_u.dtype, device=grad_u.device))
 
 
 def jacobian_loss(grad_u: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from .config import RegistrationSettings, SVFSettings
 from .encodings import NormalisedBox
 from .engine import Progress, optimise
 from .hash_grid_inr import HashGridINR
-from .losses import box_mean, lncc_map, ncc, similarity_loss
+from .losses import box_mean, determinant, determinant_of_columns, lncc_map, ncc, similarity_loss
 from .method import Fields, Fit, similarity_and_regulariser
 from .optimisation import build_network
 from .pair import PreparedPair
@@ -50,7 +50,7 @@ from .space import (SpatialImage, dilate_mm, downsample, shrink_factor, voxel_gr
                     world_bounding_box, world_to_grid_map)
 
 __all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations",
-           "level_shrink_factors", "level_control_spacings", "velocity_network", "VelocityINR"]
+           "level_shrink_factors", "level_control_spacings", "level_lncc_windows", "velocity_network", "VelocityINR"]
 
 
 @dataclass
@@ -162,13 +162,16 @@ class VelocityField(torch.nn.Module):
         # d(index)/d(world): du/dx = (du/di) @ inv(L), L the control grid's voxel -> world linear part
         self.register_buffer("voxel_from_world", torch.as_tensor(np.linalg.inv(grid.affine[:-1, :-1]),
                                                                  dtype=torch.float32, device=device))
+        # the hash-grid network precomputes its encoding at these points (a SIREN just evaluates them)
+        at_points = getattr(self.network, "at_points", None)
+        self.evaluate = at_points(self.points) if at_points is not None else lambda: self.network(self.points)
         self.kernels = None if self.smoothing_mm <= 0 else [
             torch.as_tensor(_gaussian_kernel(self.smoothing_mm / h), dtype=torch.float32, device=device)
             for h in self.spacing]
 
     def velocity(self) -> torch.Tensor:
         """The network's velocity on the control grid (mm), tapered, Gaussian-smoothed when set."""
-        v = self.network(self.points) * self.taper
+        v = self.evaluate() * self.taper
         return v if self.kernels is None else _smooth_field(v, self.kernels)
 
     def displacement(self, steps: int, sign: float = 1.0, velocity: torch.Tensor | None = None) -> torch.Tensor:
@@ -191,7 +194,7 @@ class VelocityField(torch.nn.Module):
         d = displacement.shape[-1]
         du_di = torch.stack(torch.gradient(displacement, dim=tuple(range(d))), dim=-1)  # (..., c, k)
         jac = du_di @ self.voxel_from_world + torch.eye(d, device=displacement.device)
-        return torch.log(torch.linalg.det(jac).clamp_min(1e-3)).pow(2).mean()
+        return torch.log(determinant(jac).clamp_min(1e-3)).pow(2).mean()
 
     def cell_corner_determinants(self, displacement: torch.Tensor) -> torch.Tensor:
         """det J of the multilinear interpolant of a control-grid displacement ``(*shape, d)`` (mm) at
@@ -215,7 +218,7 @@ class VelocityField(torch.nn.Module):
                 index = tuple(slice(0, cells[b]) if b == axis else slice(offset[b], offset[b] + cells[b])
                               for b in range(d))
                 columns.append(diffs[axis][index] + step[:, axis])
-            dets.append(torch.linalg.det(torch.stack(columns, -1)))
+            dets.append(determinant_of_columns(columns))
         return torch.stack(dets) / torch.linalg.det(step)
 
     def folding_energy(self, displacement: torch.Tensor, floor: float) -> torch.Tensor:
@@ -278,6 +281,13 @@ def level_control_spacings(s: SVFSettings) -> list[float]:
     return [float(mm) for mm in s.level_control_spacing_mm]
 
 
+def level_lncc_windows(s: SVFSettings) -> list[float]:
+    """The LNCC window (mm) at each level: ``s.level_lncc_window_mm``, or ``s.lncc_window_mm`` at every level."""
+    if s.level_lncc_window_mm is None:
+        return [float(s.lncc_window_mm)] * len(s.iterations)
+    return [float(mm) for mm in s.level_lncc_window_mm]
+
+
 def _odd_window(window_mm: float, spacing: np.ndarray) -> int:
     n = max(3, int(round(window_mm / float(np.mean(spacing)))))
     return n if n % 2 else n + 1
@@ -318,6 +328,7 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
     """
     s = settings.svf
     control_spacings = level_control_spacings(s)
+    windows_mm = level_lncc_windows(s)
 
     def control_grid(spacing_mm: float) -> tuple[ControlGrid, np.ndarray]:
         grid = ControlGrid.around_mask(fixed, sampling_mask, spacing_mm, s.margin_mm)
@@ -359,7 +370,7 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
         if moving_mask is not None:
             mm = downsample(moving.with_data(moving_mask.astype(np.float32)), moving_factor)
             mmask = torch.as_tensor(mm.data, dtype=torch.float32, device=device)[None, None]
-        window = _odd_window(s.lncc_window_mm, f_level.spacing)
+        window = _odd_window(windows_mm[level], f_level.spacing)
 
         def step(level=level, f_crop=f_crop, mask_crop=mask_crop, points=points, moving_sampler=moving_sampler,
                  moving_volume=moving_volume, fixed_sampler=fixed_sampler, fixed_volume=fixed_volume, mmask=mmask,
