@@ -16,6 +16,7 @@ from helpers import mni_small
 import inrreg_pipeline.core.affine as affine_module
 import inrreg_pipeline.core.svf as svf_module
 from inrreg_pipeline.core.config import load_preset
+from inrreg_pipeline.core.losses import determinant
 from inrreg_pipeline.core.encodings import NormalisedBox
 from inrreg_pipeline.core.hash_grid_inr import HashGridINR, growth_factor
 from inrreg_pipeline.core.registration import register
@@ -378,7 +379,8 @@ def test_hash_grid_sizes_are_in_mm_and_it_starts_at_the_identity():
 
 
 @pytest.mark.parametrize("key, value", [("network", '"sine"'), ("hash", '{"finest_mm": 0}'),
-                                        ("hash", '{"levels": 0}'), ("hash", '{"backend": "cuda"}')])
+                                        ("hash", '{"levels": 0}'), ("hash", '{"backend": "cuda"}'),
+                                        ("level_lncc_window_mm", "[10]"), ("level_lncc_window_mm", "[10, 0]")])
 def test_a_bad_velocity_network_is_refused_naming_the_key(tmp_path, key, value):
     path = tmp_path / "bad.json"
     path.write_text('{"base": "svf", "svf": {"%s": %s}}' % (key, value))
@@ -405,3 +407,52 @@ def test_cell_corner_determinants_see_the_fold_that_central_differences_miss():
     interior = (slice(1, -1),) * 3  # central differences there span two cells and see a plain shift
     du_di = torch.stack(torch.gradient(u, dim=(0, 1, 2)), dim=-1)
     assert float(du_di[interior].abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_small_determinants_and_their_gradients_match_lapack(d):
+    """The regularisers' det J (explicit formula, no LU) is LAPACK's, value and gradient, including on
+    folded (negative) and near-singular matrices."""
+    gen = torch.Generator().manual_seed(d)
+    m = torch.randn(64, d, d, generator=gen, dtype=torch.float64)
+    m[0] = torch.eye(d, dtype=torch.float64)
+    m[1, :, 0] = m[1, :, 1]  # singular
+    m.requires_grad_(True)
+    ours = determinant(m)
+    (g_ours,) = torch.autograd.grad((ours * torch.arange(64.0, dtype=torch.float64)).sum(), m)
+    lapack = torch.linalg.det(m)
+    (g_lapack,) = torch.autograd.grad((lapack * torch.arange(64.0, dtype=torch.float64)).sum(), m)
+    values = ours.detach()
+    assert float(values[0]) == 1.0 and abs(float(values[1])) < 1e-12 and (values < 0).any()
+    np.testing.assert_allclose(ours.detach().numpy(), lapack.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g_ours[2:].numpy(), g_lapack[2:].numpy(), rtol=1e-8, atol=1e-10)
+    # at a singular matrix the gradient is still the cofactor matrix (LAPACK's backward differs there)
+    a = m[1].detach()  # its weight in the sum is 1
+    if d == 2:
+        expected = torch.stack([torch.stack([a[1, 1], -a[1, 0]]), torch.stack([-a[0, 1], a[0, 0]])])
+    else:
+        expected = torch.stack([torch.linalg.cross(a[:, 1], a[:, 2]), torch.linalg.cross(a[:, 2], a[:, 0]),
+                                torch.linalg.cross(a[:, 0], a[:, 1])], -1)
+    np.testing.assert_allclose(g_ours[1].numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_the_lncc_window_can_be_set_per_level(monkeypatch, tmp_path):
+    """``svf.level_lncc_window_mm`` gives each pyramid level its own window (odd voxel counts at that
+    level's voxel size); without it every level uses ``lncc_window_mm``."""
+    image = mni_small()
+    seen = []
+    original = svf_module._masked_similarity
+
+    def spy(name, fixed, warped, mask, window):
+        seen.append(window)
+        return original(name, fixed, warped, mask, window)
+
+    monkeypatch.setattr(svf_module, "_masked_similarity", spy)
+    path = tmp_path / "windows.json"
+    path.write_text('{"base": "svf", "svf": {"iterations": [1, 1], "level_lncc_window_mm": [36, 18]}}')
+    settings = load_preset(str(path))
+    assert svf_module.level_lncc_windows(settings.svf) == [36.0, 18.0]
+    assert svf_module.level_lncc_windows(load_preset("svf").svf) == [10.0, 10.0]
+    register(image, image, settings, CPU, use_affine=False)
+    sizes = [shrink * float(np.mean(image.spacing)) for shrink in level_shrink_factors(image, settings.svf)]
+    assert seen == [svf_module._odd_window(w, np.array([mm])) for w, mm in zip([36.0, 18.0], sizes)]

@@ -145,6 +145,42 @@ def test_table_gradient_is_the_same_on_every_multithreaded_run():
         assert torch.equal(g, grads[0])
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_fixed_points_give_the_encodings_features_and_table_gradient(d):
+    """The velocity INR evaluates the same control-grid points every step through a precomputed sparse
+    map (``at_points``): it must be the encoding itself, features and table gradient, on dense and
+    hashed levels, with level weights, for points clamped onto the box, and repeatable on two threads."""
+    enc = HashEncoding(d, n_levels=6, features_per_level=2, log2_table_size=10, base_resolution=4,
+                       growth_factor=1.8, backend="torch")
+    assert any(enc.layout.hashed) and not all(enc.layout.hashed)
+    random_params(enc)
+    enc.set_level_weights(np.linspace(0.2, 1.0, 6))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3000, d, generator=gen) * 1.2 - 0.1  # some outside [0, 1]: clamped by both
+    weights = torch.rand(3000, enc.out_features, generator=gen) - 0.5
+    direct = enc(x)
+    (direct * weights).sum().backward()
+    expected = enc.params.grad.clone()
+    fixed = enc.at_points(x)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        grads = []
+        for _ in range(3):
+            enc.zero_grad()
+            features = fixed()
+            (features * weights).sum().backward()
+            grads.append(enc.params.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(features.detach().numpy(), direct.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(grads[0].numpy(), expected.numpy(), atol=1e-5)
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])
+    with torch.no_grad():
+        enc.params.mul_(-2.0)  # the map reads the current table, not the one it was built with
+        np.testing.assert_allclose(fixed().numpy(), enc(x).numpy(), atol=1e-6)
+
+
 def test_coarse_to_fine_schedule():
     np.testing.assert_array_equal(coarse_to_fine_weights(0.0, 4), np.zeros(4))
     np.testing.assert_allclose(coarse_to_fine_weights(1.0, 4), np.ones(4))
