@@ -319,8 +319,9 @@ class HashEncoding(nn.Module):
     def at_points(self, x: torch.Tensor) -> Callable[[], torch.Tensor]:
         """``lambda: self(x)`` for points ``x`` ``(..., d)`` that do not change between calls: with the
         PyTorch backend a precomputed sparse map (:class:`FixedPointsInterpolation`), the same features
-        up to float rounding; tiny-cuda-nn evaluates ``x`` each call."""
-        if not isinstance(self.grid, TorchHashEncoding):
+        up to float rounding, on the CPU (where it pays: see that class); tiny-cuda-nn, and the PyTorch
+        backend on other devices, evaluate ``x`` each call (the path the GPU check measures)."""
+        if not isinstance(self.grid, TorchHashEncoding) or x.device.type != "cpu":
             return lambda: self(x)
         lead = x.shape[:-1]
         interpolation = self.grid.at_points(x.reshape(-1, x.shape[-1]).clamp(0.0, 1.0))
