@@ -452,7 +452,8 @@ def test_the_lncc_window_can_be_set_per_level(monkeypatch, tmp_path):
     path.write_text('{"base": "svf", "svf": {"iterations": [1, 1], "level_lncc_window_mm": [36, 18]}}')
     settings = load_preset(str(path))
     assert svf_module.level_lncc_windows(settings.svf) == [36.0, 18.0]
-    assert svf_module.level_lncc_windows(load_preset("svf").svf) == [10.0, 10.0]
+    shipped = load_preset("svf").svf
+    assert svf_module.level_lncc_windows(shipped) == [shipped.lncc_window_mm] * len(shipped.iterations)
     register(image, image, settings, CPU, use_affine=False)
     sizes = [shrink * float(np.mean(image.spacing)) for shrink in level_shrink_factors(image, settings.svf)]
     assert seen == [svf_module._odd_window(w, np.array([mm])) for w, mm in zip([36.0, 18.0], sizes)]
