@@ -11,12 +11,13 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as nnf
 from helpers import mni_small
 
 import inrreg_pipeline.core.affine as affine_module
 import inrreg_pipeline.core.svf as svf_module
 from inrreg_pipeline.core.config import load_preset
-from inrreg_pipeline.core.losses import determinant
+from inrreg_pipeline.core.losses import box_mean, determinant
 from inrreg_pipeline.core.encodings import NormalisedBox
 from inrreg_pipeline.core.hash_grid_inr import HashGridINR, growth_factor
 from inrreg_pipeline.core.registration import register
@@ -457,3 +458,39 @@ def test_the_lncc_window_can_be_set_per_level(monkeypatch, tmp_path):
     register(image, image, settings, CPU, use_affine=False)
     sizes = [shrink * float(np.mean(image.spacing)) for shrink in level_shrink_factors(image, settings.svf)]
     assert seen == [svf_module._odd_window(w, np.array([mm])) for w, mm in zip([36.0, 18.0], sizes)]
+
+
+@pytest.mark.parametrize("start, factor", [((4, 6, 2), 2), ((4, 6, 2), 1), ((3, 6, 2), 2)])
+def test_the_displacement_at_a_levels_voxels_is_the_control_grids_interpolant(start, factor):
+    """On an oblique, anisotropic, flipped fixed grid: the displacement at a pyramid level's crop voxels
+    is the multilinear interpolant of the control grid, whether the level's voxels refine the control
+    grid (upsampling) or not (a control point off the level's lattice: the general sampler)."""
+    shape, affine = oblique_grid(mni_small())
+    fixed = SpatialImage(np.zeros(shape, np.float32), affine)
+    grid = ControlGrid((5, 4, 6), affine @ np.diag([4.0, 4.0, 4.0, 1.0]) + np.pad(
+        (affine[:3, :3] @ np.array(start, float))[:, None], ((0, 1), (3, 0))), np.array(start), np.array([4, 4, 4]))
+    field = svf_module.VelocityField(torch.nn.Identity(), grid, np.ones(grid.shape, np.float32), CPU)
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(grid.shape + (3,), generator=gen, dtype=torch.float32)
+    crop, crop_affine = grid.subgrid(fixed, factor)
+    crop_shape = tuple(sl.stop - sl.start for sl in crop)
+    points = torch.as_tensor(voxel_grid_to_world(crop_shape, crop_affine), dtype=torch.float32)
+    ours = field.on_level(factor, crop_shape, points)(u)
+    np.testing.assert_allclose(ours.numpy(), field.at(u, points).numpy(), atol=2e-5)
+    corners = ours[tuple(slice(0, None, 4 // factor) for _ in range(3))]  # the control points themselves
+    if all(a % factor == 0 for a in start):
+        np.testing.assert_allclose(corners.numpy(), u.numpy(), atol=2e-5)
+
+
+@pytest.mark.parametrize("d, window", [(2, 3), (3, 5), (3, 9)])
+def test_lncc_window_means_and_their_gradients_are_average_pooling(d, window):
+    """The LNCC's window means (sliding sums, :func:`box_mean`) are ``avg_pool``'s, value and gradient."""
+    gen = torch.Generator().manual_seed(window)
+    x = torch.rand((2, 1) + (14, 11, 12)[:d], generator=gen, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand((2, 1) + tuple(n - window + 1 for n in x.shape[2:]), generator=gen, dtype=torch.float64)
+    ours = box_mean(x, window)
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    pool = (nnf.avg_pool3d if d == 3 else nnf.avg_pool2d)(x, window, 1)
+    (g_pool,) = torch.autograd.grad((pool * weights).sum(), x)
+    np.testing.assert_allclose(ours.detach().numpy(), pool.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(g_ours.numpy(), g_pool.numpy(), rtol=1e-12, atol=1e-14)

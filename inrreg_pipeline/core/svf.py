@@ -33,6 +33,7 @@ Geometry (all in RAS millimetres):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -231,6 +232,26 @@ class VelocityField(torch.nn.Module):
         """A control-grid displacement ``(*shape, d)`` interpolated at world points ``(*lead, d)``."""
         return self.sampler(displacement.movedim(-1, 0)[None], points).movedim(0, -1)
 
+    def on_level(self, factor: int, crop_shape: tuple[int, ...], points: torch.Tensor
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``lambda u: self.at(u, points)`` for the voxels ``points`` ``(*crop_shape, d)`` of a pyramid
+        level's crop (:meth:`ControlGrid.subgrid`, the fixed grid shrunk by ``factor``).
+
+        When every control point is a level voxel (start and stride multiples of ``factor``), the crop
+        is the control grid refined ``stride / factor`` times along each axis, corner to corner, so the
+        multilinear interpolation is :func:`torch.nn.functional.interpolate` (``align_corners``): the
+        same values up to float rounding, without a world -> grid map and gather per voxel (on a 2 mm
+        pair, the largest ``grid_sample`` of each step). Otherwise the general sampler."""
+        grid = self.grid
+        refined = tuple(int(s * (n - 1) // factor + 1) for s, n in zip(grid.stride, grid.shape))
+        aligned = (np.all(grid.start % factor == 0) and np.all(grid.stride % factor == 0)
+                   and tuple(crop_shape) == refined)
+        if not aligned:
+            return lambda u: self.at(u, points)
+        mode = "trilinear" if len(crop_shape) == 3 else "bilinear"
+        return lambda u: nnf.interpolate(u.movedim(-1, 0)[None], size=tuple(crop_shape), mode=mode,
+                                         align_corners=True)[0].movedim(0, -1)
+
 
 def _gaussian_kernel(sigma_vox: float) -> np.ndarray:
     """A normalised 1-D Gaussian of ``sigma_vox`` voxels, truncated at 3 sigma (at least 3 taps)."""
@@ -371,19 +392,20 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
             mm = downsample(moving.with_data(moving_mask.astype(np.float32)), moving_factor)
             mmask = torch.as_tensor(mm.data, dtype=torch.float32, device=device)[None, None]
         window = _odd_window(windows_mm[level], f_level.spacing)
+        to_level = model.on_level(factor, tuple(f_crop.shape), points)
 
         def step(level=level, f_crop=f_crop, mask_crop=mask_crop, points=points, moving_sampler=moving_sampler,
                  moving_volume=moving_volume, fixed_sampler=fixed_sampler, fixed_volume=fixed_volume, mmask=mmask,
-                 window=window) -> dict:
+                 window=window, to_level=to_level) -> dict:
             v = model.velocity()
             half = 0.5 if s.symmetric else 1.0
             phi_half = model.displacement(s.squaring_steps, half, v)  # exp(v) itself when not symmetric
-            u = model.at(phi_half, points)
+            u = to_level(phi_half)
             mapped = (points + u) @ a[:d, :d].T + a[:d, d]
             warped = moving_sampler(moving_volume, mapped)[0]
             target = f_crop
             if s.symmetric:
-                u_back = model.at(model.displacement(s.squaring_steps, -half, v), points)
+                u_back = to_level(model.displacement(s.squaring_steps, -half, v))
                 target = fixed_sampler(fixed_volume, points + u_back)[0]
             if mmask is not None:
                 inside_m = moving_sampler(mmask, mapped)[0]
