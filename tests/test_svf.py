@@ -444,9 +444,9 @@ def test_the_lncc_window_can_be_set_per_level(monkeypatch, tmp_path):
     seen = []
     original = svf_module._masked_similarity
 
-    def spy(name, fixed, warped, mask, window):
+    def spy(name, fixed, warped, mask, window, region):
         seen.append(window)
-        return original(name, fixed, warped, mask, window)
+        return original(name, fixed, warped, mask, window, region)
 
     monkeypatch.setattr(svf_module, "_masked_similarity", spy)
     path = tmp_path / "windows.json"

@@ -340,6 +340,12 @@ def _fill(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _one_per_level(values: list[float] | None, iterations: list[int]) -> bool:
+    """A per-level list setting is valid: ``None`` (the scalar setting at every level), or one finite
+    value > 0 per entry of ``iterations``."""
+    return values is None or (len(values) == len(iterations) and all(math.isfinite(m) and m > 0 for m in values))
+
+
 def _check_type(value: Any, default: Any, where: str) -> Any:
     """``value`` converted to the type of ``default`` (int -> float allowed), else ``ValueError``."""
     def bad() -> ValueError:
@@ -386,8 +392,7 @@ def _check_affine(a: AffineSettings, need: Need) -> None:
          f"{', '.join(AFFINE_SIMILARITIES)} (the affine stage compares scattered voxels: no local windows)")
     need(len(a.shrink_factors) == len(a.iterations), "affine.shrink_factors and affine.iterations differ in length")
     need(all(f >= 1 for f in a.shrink_factors), "affine.shrink_factors must be >= 1")
-    need(a.level_spacing_mm is None or (len(a.level_spacing_mm) == len(a.iterations)
-                                        and all(math.isfinite(m) and m > 0 for m in a.level_spacing_mm)),
+    need(_one_per_level(a.level_spacing_mm, a.iterations),
          "affine.level_spacing_mm must be null or one finite size > 0 (mm) per entry of affine.iterations")
     need(all(i >= 0 for i in a.iterations) and a.rigid_iterations >= 0, "affine iterations must be >= 0")
     need(a.samples >= 10 and a.lr > 0, "affine.samples must be >= 10 and affine.lr > 0")
@@ -431,14 +436,11 @@ def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
          "of the same length")
     need(all(f >= 1 for f in v.shrink_factors) and all(i >= 0 for i in v.iterations),
          "svf.shrink_factors must be >= 1 and svf.iterations >= 0")
-    need(v.level_spacing_mm is None or (len(v.level_spacing_mm) == len(v.iterations)
-                                        and all(math.isfinite(m) and m > 0 for m in v.level_spacing_mm)),
+    need(_one_per_level(v.level_spacing_mm, v.iterations),
          "svf.level_spacing_mm must be null or one finite size > 0 (mm) per entry of svf.iterations")
-    need(v.level_control_spacing_mm is None or (len(v.level_control_spacing_mm) == len(v.iterations)
-                                                and all(math.isfinite(m) and m > 0 for m in v.level_control_spacing_mm)),
+    need(_one_per_level(v.level_control_spacing_mm, v.iterations),
          "svf.level_control_spacing_mm must be null or one finite spacing > 0 (mm) per entry of svf.iterations")
-    windows = v.level_lncc_window_mm
-    need(windows is None or (len(windows) == len(v.iterations) and all(math.isfinite(m) and m > 0 for m in windows)),
+    need(_one_per_level(v.level_lncc_window_mm, v.iterations),
          "svf.level_lncc_window_mm must be null or one finite window > 0 (mm) per entry of svf.iterations")
     need(v.lr > 0 and 0 < v.lr_final_fraction <= 1, "svf.lr must be > 0 and lr_final_fraction in (0, 1]")
     need(v.lncc_window_mm > 0 and v.velocity_smoothing_mm >= 0 and v.diffusion_alpha >= 0,

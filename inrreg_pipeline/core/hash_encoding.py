@@ -236,7 +236,7 @@ class FixedPointsInterpolation:
 
     def __init__(self, rows: torch.Tensor, weights: torch.Tensor, n_entries: int):
         n, levels, corners = rows.shape
-        self.n_points, self.n_levels = n, levels
+        self.n_points = n
         crow = torch.arange(0, n * levels * corners + 1, corners, device=rows.device)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": the two products used are stable
             warnings.simplefilter("ignore", UserWarning)

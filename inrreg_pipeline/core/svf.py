@@ -297,16 +297,17 @@ def level_shrink_factors(image: SpatialImage, s: SVFSettings) -> list[int]:
 def level_control_spacings(s: SVFSettings) -> list[float]:
     """The control grid's spacing (mm) at each level: ``s.level_control_spacing_mm``, or
     ``s.control_spacing_mm`` at every level. The last level's grid is the transform's."""
-    if s.level_control_spacing_mm is None:
-        return [float(s.control_spacing_mm)] * len(s.iterations)
-    return [float(mm) for mm in s.level_control_spacing_mm]
+    return _per_level(s.level_control_spacing_mm, s.control_spacing_mm, len(s.iterations))
 
 
 def level_lncc_windows(s: SVFSettings) -> list[float]:
     """The LNCC window (mm) at each level: ``s.level_lncc_window_mm``, or ``s.lncc_window_mm`` at every level."""
-    if s.level_lncc_window_mm is None:
-        return [float(s.lncc_window_mm)] * len(s.iterations)
-    return [float(mm) for mm in s.level_lncc_window_mm]
+    return _per_level(s.level_lncc_window_mm, s.lncc_window_mm, len(s.iterations))
+
+
+def _per_level(values: list[float] | None, default: float, n_levels: int) -> list[float]:
+    """``values`` (one per level) as floats, or ``default`` at each of the ``n_levels`` levels."""
+    return [float(default)] * n_levels if values is None else [float(v) for v in values]
 
 
 def _odd_window(window_mm: float, spacing: np.ndarray) -> int:
@@ -314,18 +315,22 @@ def _odd_window(window_mm: float, spacing: np.ndarray) -> int:
     return n if n % 2 else n + 1
 
 
+def _lncc_region(mask: torch.Tensor, window: int) -> torch.Tensor:
+    """Where the LNCC map of a crop with this ``mask`` (0/1) is counted: the voxels of the map (valid
+    region) whose ``window`` lies mostly in the mask. Constant over a level, so computed once there."""
+    return (box_mean(mask[None, None], min(window, *mask.shape)) > 0.5).to(mask.dtype)
+
+
 def _masked_similarity(name: str, fixed: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
-                       window: int) -> torch.Tensor:
+                       window: int, region: torch.Tensor) -> torch.Tensor:
     """``loss.similarity`` over a whole cropped image, restricted to ``mask`` (same shape, 0/1).
 
-    ``ncc+lncc`` and ``lncc``: the LNCC map is averaged over the voxels whose window lies mostly in
-    the mask; other similarities see the masked voxels only.
+    ``ncc+lncc`` and ``lncc``: the LNCC map is averaged over ``region`` (:func:`_lncc_region` of the
+    mask and window); other similarities see the masked voxels only.
     """
     if name in ("ncc+lncc", "lncc"):
-        f, w, m = fixed[None, None], warped[None, None], mask[None, None]
-        local = lncc_map(f, w, window)
-        inside = (box_mean(m, min(window, *fixed.shape)) > 0.5).to(local.dtype)
-        term = ((1.0 - local).abs() * inside).sum() / inside.sum().clamp_min(1.0)
+        local = lncc_map(fixed[None, None], warped[None, None], window)
+        term = ((1.0 - local).abs() * region).sum() / region.sum().clamp_min(1.0)
         if name == "lncc":
             return term
         sel = mask > 0
@@ -393,10 +398,11 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
             mmask = torch.as_tensor(mm.data, dtype=torch.float32, device=device)[None, None]
         window = _odd_window(windows_mm[level], f_level.spacing)
         to_level = model.on_level(factor, tuple(f_crop.shape), points)
+        region = _lncc_region(mask_crop, window)
 
         def step(level=level, f_crop=f_crop, mask_crop=mask_crop, points=points, moving_sampler=moving_sampler,
                  moving_volume=moving_volume, fixed_sampler=fixed_sampler, fixed_volume=fixed_volume, mmask=mmask,
-                 window=window, to_level=to_level) -> dict:
+                 window=window, to_level=to_level, region=region) -> dict:
             v = model.velocity()
             half = 0.5 if s.symmetric else 1.0
             phi_half = model.displacement(s.squaring_steps, half, v)  # exp(v) itself when not symmetric
@@ -410,7 +416,7 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
             if mmask is not None:
                 inside_m = moving_sampler(mmask, mapped)[0]
                 warped, target = warped * inside_m, target * inside_m
-            sim = _masked_similarity(settings.loss.similarity, target, warped, mask_crop, window)
+            sim = _masked_similarity(settings.loss.similarity, target, warped, mask_crop, window, region)
             # exp(v) itself, for the regularisers of the transform (integrated once more only when symmetric)
             phi = phi_half
             if s.symmetric and (settings.loss.regulariser == "jacobian" or s.folding_alpha > 0):
