@@ -16,7 +16,7 @@ from helpers import mni_small
 
 import inrreg_pipeline.core.affine as affine_module
 import inrreg_pipeline.core.svf as svf_module
-from inrreg_pipeline.core.config import load_preset
+from inrreg_pipeline.core.config import load_preset, validate
 from inrreg_pipeline.core.losses import box_mean, determinant
 from inrreg_pipeline.core.encodings import NormalisedBox
 from inrreg_pipeline.core.hash_grid_inr import HashGridINR, growth_factor
@@ -357,6 +357,44 @@ def test_hash_grid_velocity_recovers_a_known_deformation_without_folding(recover
     # same seed, same result on a multi-threaded CPU (the table gradient is summed in a fixed order)
     again = register(fixed, moving, settings, CPU, seed=3)
     np.testing.assert_array_equal(again.displacement, result.displacement)
+
+
+def test_hash_levels_fade_in_coarse_to_fine_and_the_written_transform_uses_them_all(recovery, hash_recovery):
+    """``svf.hash.coarse_to_fine_steps``: the first step sees the coarsest level alone, the levels join
+    one after another over that many steps (counted across the image levels), the written transform
+    has every level whole, and the deformation is still recovered without folding. Refused for a
+    SIREN velocity, which has no levels."""
+    fixed, moving, psi, _ = recovery
+    settings, reference = hash_recovery
+    s = copy.deepcopy(settings)
+    s.svf.hash.coarse_to_fine_steps = 60  # all of the first level (40 steps) and half of the second
+    weights = []
+    original = HashGridINR.set_alpha
+
+    def spy(self, alpha):
+        original(self, alpha)
+        weights.append(self.encoding.level_weights.clone().numpy())
+
+    HashGridINR.set_alpha = spy
+    try:
+        result = register(fixed, moving, s, CPU, seed=3)
+    finally:
+        HashGridINR.set_alpha = original
+    assert len(weights) == 80 + 1  # one per step of both levels, then all levels for the output
+    np.testing.assert_allclose(weights[0], [1, 0, 0, 0])
+    assert all(np.all(np.diff(w) <= 0) for w in weights)  # a finer level never weighs more than a coarser
+    assert weights[30][1] == 1 and 0 < weights[30][2] < 1 and weights[30][3] == 0
+    np.testing.assert_array_equal(weights[-1], 1)
+    np.testing.assert_array_equal(result.model.network.encoding.level_weights.numpy(), 1)
+    inside = foreground_mask(fixed.data)
+    grid = fixed.world_grid()
+    error = np.linalg.norm(psi(apply_affine(result.affine, grid + result.displacement)) - grid, axis=-1)[inside]
+    baseline = np.linalg.norm(psi(apply_affine(reference.affine, grid + reference.displacement)) - grid, axis=-1)
+    assert error.mean() < 1.25 * baseline[inside].mean() and error.mean() < 2.0
+    assert result.jacobian[inside].min() > 0
+    s.svf.network = "siren"
+    with pytest.raises(ValueError, match="coarse_to_fine_steps"):
+        validate(s)
 
 
 def test_hash_grid_sizes_are_in_mm_and_it_starts_at_the_identity():

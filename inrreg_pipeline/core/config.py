@@ -229,7 +229,11 @@ class VelocityHashSettings:
     level has ``base_resolution`` vertices across the fixed image's world box (its longest side) and
     whose finest cells are about ``finest_mm`` (mm; the growth factor follows from both), so its
     sizes mean the same anatomy at any voxel size. ``backend``: ``auto`` (tiny-cuda-nn on CUDA when
-    importable, else PyTorch), ``torch`` or ``tcnn``; both compute the same function."""
+    importable, else PyTorch), ``torch`` or ``tcnn``; both compute the same function.
+    ``coarse_to_fine_steps``: the levels fade in, coarsest first, over that many steps counted from
+    the first step of the first level (:func:`~inrreg_pipeline.core.hash_encoding.coarse_to_fine_weights`
+    from ``alpha = 1 / levels``, the coarsest level alone, to 1), so the velocity is smooth while the
+    large-scale alignment is found and its finer cells join later; 0: every level from the start."""
 
     levels: int = 8
     features_per_level: int = 2
@@ -239,6 +243,7 @@ class VelocityHashSettings:
     hidden_features: int = 64
     hidden_layers: int = 1
     backend: str = "auto"
+    coarse_to_fine_steps: int = 0
 
 
 @dataclass
@@ -457,6 +462,9 @@ def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
          "svf.hash needs base_resolution >= 2 and finest_mm > 0 (mm)")
     need(h.hidden_layers >= 0 and h.hidden_features >= 1 and h.backend in BACKENDS,
          f"svf.hash needs hidden_layers >= 0, hidden_features >= 1 and backend in {', '.join(BACKENDS)}")
+    need(h.coarse_to_fine_steps >= 0, "svf.hash.coarse_to_fine_steps must be >= 0 (steps)")
+    need(h.coarse_to_fine_steps == 0 or v.network == "hash-grid",
+         "svf.hash.coarse_to_fine_steps needs svf.network hash-grid (the levels it fades in)")
     need(settings.loss.regulariser in SVF_REGULARISERS,
          f"method svf regularises with loss.regulariser {' or '.join(map(repr, SVF_REGULARISERS))}")
 

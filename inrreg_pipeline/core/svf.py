@@ -372,6 +372,8 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
     fixed_factors = level_shrink_factors(fixed, s)
     # a voxel count per image: in mm mode a 1 mm fixed and a 2 mm moving image meet at the level's size
     moving_factors = fixed_factors if s.level_spacing_mm is None else level_shrink_factors(moving, s)
+    fade_in = _coarse_to_fine(model.network, s)
+    steps_before = 0
     for level, (factor, moving_factor, n_steps) in enumerate(zip(fixed_factors, moving_factors, s.iterations)):
         if control_spacings[level] != control_spacings[max(level - 1, 0)]:
             model.set_grid(*control_grid(control_spacings[level]), device)
@@ -429,8 +431,27 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
                 total = total + s.folding_alpha * model.folding_energy(phi, s.folding_floor)
             return {"similarity": sim, "regulariser": reg, "total": total, "level": level}
 
-        optimise(step, optimiser, n_steps, history, schedule=schedule, progress=progress)
+        optimise(step, optimiser, n_steps, history, schedule=schedule, progress=progress,
+                 before_step=None if fade_in is None else (lambda i, first=steps_before: fade_in(first + i)))
+        steps_before += n_steps
+    if fade_in is not None:
+        fade_in(None)  # the written transform is the one the last step optimised: all levels whole
     return model, history
+
+
+def _coarse_to_fine(network: torch.nn.Module, s: SVFSettings) -> Callable[[int | None], None] | None:
+    """``set(step)``: the hash-grid velocity's level weights at that step of the whole fit (counted
+    over all levels; ``None``: all levels whole) when ``s.network`` is ``hash-grid`` with
+    ``hash.coarse_to_fine_steps``; else ``None``. ``alpha`` goes linearly from ``1 / levels`` (the
+    coarsest level alone) to 1 over those steps."""
+    n = s.hash.coarse_to_fine_steps
+    if s.network != "hash-grid" or n <= 0:
+        return None
+    first = 1.0 / network.n_levels
+
+    def set_alpha(step: int | None) -> None:
+        network.set_alpha(None if step is None or step >= n else first + (1.0 - first) * step / n)
+    return set_alpha
 
 
 def dense_fields(model: VelocityField, fixed: SpatialImage, steps: int, device: torch.device,
