@@ -359,6 +359,28 @@ def test_hash_grid_velocity_recovers_a_known_deformation_without_folding(recover
     np.testing.assert_array_equal(again.displacement, result.displacement)
 
 
+def test_lncc_alone_recovers_a_known_deformation_and_only_svf_accepts_it(recovery, hash_recovery):
+    """``loss.similarity: lncc`` (SyN's local correlation, without the global NCC term) registers the
+    known deformation without folding, differently from ``ncc+lncc``; the patch-sampling methods,
+    whose points have no windows, refuse it naming the key."""
+    fixed, moving, psi, _ = recovery
+    settings, reference = hash_recovery
+    s = copy.deepcopy(settings)
+    s.loss.similarity = "lncc"
+    result = register(fixed, moving, validate(s), CPU, seed=3)
+    inside = foreground_mask(fixed.data)
+    grid = fixed.world_grid()
+    after_affine = np.linalg.norm(psi(apply_affine(result.affine, grid)) - grid, axis=-1)[inside]
+    after = np.linalg.norm(psi(apply_affine(result.affine, grid + result.displacement)) - grid, axis=-1)[inside]
+    assert after.mean() < 0.8 * after_affine.mean() and after.mean() < 2.0, (after_affine.mean(), after.mean())
+    assert result.jacobian[inside].min() > 0
+    assert np.abs(result.displacement - reference.displacement).max() > 1e-3
+    other = load_preset("default")
+    other.loss.similarity = "lncc"
+    with pytest.raises(ValueError, match="loss.similarity must be one of .*method svf only"):
+        validate(other)
+
+
 def test_hash_levels_fade_in_coarse_to_fine_and_the_written_transform_uses_them_all(recovery, hash_recovery):
     """``svf.hash.coarse_to_fine_steps``: the first step sees the coarsest level alone, the levels join
     one after another over that many steps (counted across the image levels), the written transform

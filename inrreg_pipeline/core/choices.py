@@ -18,6 +18,9 @@ VARIANT_METHODS = ("joint-affine", "ensemble", "cascade", "cycle", "fusion")
 LR_SCHEDULES = ("constant", "cosine")
 #: Similarity terms (:func:`.losses.similarity_loss`); ``mi`` is Mattes-style mutual information.
 SIMILARITIES = ("ncc+lncc", "ncc", "mse", "mi")
+#: Similarities the ``svf`` method can use: those above and ``lncc``, the local term alone (its whole-image
+#: steps have the windows that a point set has not; SyN's CC is this term).
+SVF_SIMILARITIES = SIMILARITIES + ("lncc",)
 #: Similarities the affine stage can use: it compares scattered voxels, which have no local windows.
 AFFINE_SIMILARITIES = ("ncc", "mse", "mi")
 #: Regularisers of a displacement (:func:`.losses.regulariser_loss`).

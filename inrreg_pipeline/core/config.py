@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .choices import (AFFINE_SIMILARITIES, ACTIVATIONS, BACKENDS, LR_SCHEDULES, METHODS, MOTIONS, OMEGA_MODES, OPTIMIZERS, PERIODIC,
-                      REGULARISERS, SIMILARITIES, SVF_NETWORKS, SVF_REGULARISERS, VARIANT_METHODS)
+                      REGULARISERS, SIMILARITIES, SVF_NETWORKS, SVF_SIMILARITIES, SVF_REGULARISERS, VARIANT_METHODS)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -425,8 +425,10 @@ def _check_optimisation(o: OptimisationSettings, need: Need) -> None:
     need(0 < o.lr_final_fraction <= 1, "optimisation.lr_final_fraction must be in (0, 1]")
 
 
-def _check_loss(l: LossSettings, need: Need) -> None:
-    need(l.similarity in SIMILARITIES, f"loss.similarity must be one of {', '.join(SIMILARITIES)}")
+def _check_loss(l: LossSettings, method: str, need: Need) -> None:
+    allowed = SVF_SIMILARITIES if method == "svf" else SIMILARITIES
+    need(l.similarity in allowed, f"loss.similarity must be one of {', '.join(allowed)}"
+         + ("" if method == "svf" else " (lncc alone: method svf only)"))
     need(l.regulariser in REGULARISERS, f"loss.regulariser must be one of {', '.join(REGULARISERS)}")
     need(l.alpha >= 0 and l.lncc_window >= 1, "loss.alpha must be >= 0 and lncc_window >= 1")
 
@@ -531,7 +533,7 @@ def validate(settings: "RegistrationSettings") -> "RegistrationSettings":
     _check_affine(settings.affine, need)
     _check_network(settings.network, need)
     _check_optimisation(settings.optimisation, need)
-    _check_loss(settings.loss, need)
+    _check_loss(settings.loss, settings.method, need)
     need(settings.inverse_iterations >= 0, "inverse_iterations must be >= 0")
     need(settings.method in METHODS + VARIANT_METHODS,
          f"method must be one of {', '.join(METHODS + VARIANT_METHODS)}")
