@@ -343,16 +343,22 @@ def hash_recovery(recovery):
     return s, register(fixed, moving, s, CPU, seed=3)
 
 
-def test_hash_grid_velocity_recovers_a_known_deformation_without_folding(recovery, hash_recovery):
-    fixed, moving, psi, siren = recovery
-    settings, result = hash_recovery
-    assert isinstance(result.model.network, HashGridINR)
+def _assert_recovered_without_folding(fixed, psi, result) -> None:
+    """Inside the brain, the registration leaves under 0.8 of the affine stage's error and under 2 mm
+    on average (mm, against the known ``psi``), with no voxel whose det J <= 0."""
     inside = foreground_mask(fixed.data)
     grid = fixed.world_grid()
     after_affine = np.linalg.norm(psi(apply_affine(result.affine, grid)) - grid, axis=-1)[inside]
     after = np.linalg.norm(psi(apply_affine(result.affine, grid + result.displacement)) - grid, axis=-1)[inside]
     assert after.mean() < 0.8 * after_affine.mean() and after.mean() < 2.0, (after_affine.mean(), after.mean())
     assert result.jacobian[inside].min() > 0
+
+
+def test_hash_grid_velocity_recovers_a_known_deformation_without_folding(recovery, hash_recovery):
+    fixed, moving, psi, siren = recovery
+    settings, result = hash_recovery
+    assert isinstance(result.model.network, HashGridINR)
+    _assert_recovered_without_folding(fixed, psi, result)
     assert result.summary["inverse_consistency"]["mean_mm"] < 0.4
     # same seed, same result on a multi-threaded CPU (the table gradient is summed in a fixed order)
     again = register(fixed, moving, settings, CPU, seed=3)
@@ -368,12 +374,7 @@ def test_lncc_alone_recovers_a_known_deformation_and_only_svf_accepts_it(recover
     s = copy.deepcopy(settings)
     s.loss.similarity = "lncc"
     result = register(fixed, moving, validate(s), CPU, seed=3)
-    inside = foreground_mask(fixed.data)
-    grid = fixed.world_grid()
-    after_affine = np.linalg.norm(psi(apply_affine(result.affine, grid)) - grid, axis=-1)[inside]
-    after = np.linalg.norm(psi(apply_affine(result.affine, grid + result.displacement)) - grid, axis=-1)[inside]
-    assert after.mean() < 0.8 * after_affine.mean() and after.mean() < 2.0, (after_affine.mean(), after.mean())
-    assert result.jacobian[inside].min() > 0
+    _assert_recovered_without_folding(fixed, psi, result)
     assert np.abs(result.displacement - reference.displacement).max() > 1e-3
     other = load_preset("default")
     other.loss.similarity = "lncc"
