@@ -337,7 +337,8 @@ def test_profile_pair_attributes_the_svf_stages_and_shortens_every_level(tmp_pat
     data, _ = _oasis_like_dataset(tmp_path)
     preset = {"base": "svf", "affine": {"iterations": [10], "shrink_factors": [1], "rigid_iterations": 10,
                                         "samples": 2000},
-              "network": {"hidden_features": 16}, "svf": {"iterations": [20, 20], "control_spacing_mm": 8.0}}
+              "network": {"hidden_features": 16},
+              "svf": {"iterations": [8, 12, 20], "level_control_spacing_mm": [8.0, 8.0, 8.0]}}
     (tmp_path / "tiny-svf.json").write_text(json.dumps(preset))
     out = tmp_path / "profile"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/profile_pair.py"), "--data", str(data), "--out", str(out),

@@ -98,9 +98,13 @@ def _quick_svf():
     s.affine.rigid_iterations = 20
     s.affine.samples = 4000
     s.network.hidden_features = 32
+    # the shipped levels and control grids one octave coarser for 4 mm test images (16, 8, 4 mm levels
+    # on 16, 8, 8 mm grids), the hash levels fading in over the first two levels as the shipped ones do
     s.svf.control_spacing_mm = 8.0
-    s.svf.level_spacing_mm = [8.0, 4.0]  # the shipped [4, 2] mm, one octave coarser for 4 mm test images
-    s.svf.iterations = [40, 40]
+    s.svf.level_spacing_mm = [16.0, 8.0, 4.0]
+    s.svf.level_control_spacing_mm = [16.0, 8.0, 8.0]
+    s.svf.iterations = [20, 20, 40]
+    s.svf.hash.coarse_to_fine_steps = 40
     return s
 
 
@@ -173,9 +177,11 @@ def test_same_seed_same_result_on_cpu(recovery):
 
 
 @pytest.mark.parametrize("spacing, factors", [
-    ((2.0, 2.0, 2.0), [2, 1]), ((1.0, 1.0, 1.0), [4, 2]), ((0.9, 0.9, 2.4), [4, 2]), ((4.0, 4.0, 4.0), [1, 1])])
+    ((2.0, 2.0, 2.0), [4, 2, 1]), ((1.0, 1.0, 1.0), [8, 4, 2]), ((0.9, 0.9, 2.4), [9, 4, 2]),
+    ((4.0, 4.0, 4.0), [2, 1, 1])])
 def test_pyramid_levels_are_sizes_in_mm_whatever_the_voxel_size(spacing, factors):
-    """The shipped svf preset works at 4 then 2 mm: a 1 mm image is shrunk by 4 and 2, a 2 mm one by 2 and 1."""
+    """The shipped svf preset works at 8, 4 then 2 mm: a 1 mm image is shrunk by 8, 4 and 2, a 2 mm one
+    by 4, 2 and 1 (0.9 mm voxels: 9, 4, 2, the factors nearest 8, 4 and 2 mm)."""
     s = load_preset("svf").svf
     image = SpatialImage(np.zeros((8, 8, 8), np.float32), np.diag(list(spacing) + [1.0]))
     assert level_shrink_factors(image, s) == factors
@@ -195,17 +201,18 @@ def test_levels_in_mm_replace_the_shrink_factors_in_the_preset_check(tmp_path):
 
 
 def test_preset_levels_in_mm_and_equal_shrink_factors_give_the_same_registration(recovery):
-    """On these 4 mm images ``level_spacing_mm [8, 4]`` is ``shrink_factors [2, 1]``: bit for bit the same run."""
+    """On these 4 mm images ``level_spacing_mm [16, 8, 4]`` is ``shrink_factors [4, 2, 1]``: bit for bit
+    the same run."""
     fixed, moving, _, result = recovery
     s = _quick_svf()
-    s.svf.level_spacing_mm, s.svf.shrink_factors = None, [2, 1]
+    s.svf.level_spacing_mm, s.svf.shrink_factors = None, [4, 2, 1]
     again = register(fixed, moving, s, CPU, seed=3)
     np.testing.assert_array_equal(again.displacement, result.displacement)
 
 
 def test_the_same_pair_at_half_the_voxel_size_gives_the_same_transform(recovery):
     """Sizes in mm mean the same anatomy at any resolution: the pair on a 2 mm grid is optimised on the
-    same 8 and 4 mm levels as on its 4 mm grid, so the transforms agree to a fraction of a voxel."""
+    same 16, 8 and 4 mm levels as on its 4 mm grid, so the transforms agree to a fraction of a voxel."""
     fixed, moving, _, result = recovery
     fine = np.diag([2.0, 2.0, 2.0, 1.0])
     fine[:3, 3] = fixed.affine[:3, 3]
@@ -281,7 +288,7 @@ def test_only_the_automatic_foreground_is_grown_never_a_users_mask(monkeypatch, 
     monkeypatch.setattr(svf_module, "dilate_mm", recording("svf"))
     fixed = mni_small(2)
     s = _quick_svf()
-    s.affine.iterations, s.affine.rigid_iterations, s.svf.iterations = [2, 2], 2, [2, 2]
+    s.affine.iterations, s.affine.rigid_iterations, s.svf.iterations = [2, 2], 2, [2, 2, 2]
     shipped = load_preset("svf")
     assert shipped.affine.sample_dilation_mm > 0 and shipped.svf.similarity_dilation_mm > 0
     mask = foreground_mask(fixed.data) if user_mask else None
@@ -306,12 +313,12 @@ def test_a_growth_distance_out_of_range_is_refused_naming_the_key(tmp_path, sect
 
 
 def test_a_finer_control_grid_at_the_last_level_is_the_transforms_grid(recovery, tmp_path):
-    """``level_control_spacing_mm [16, 8]``: the continuous velocity network is evaluated on a 16 mm
-    grid at the coarse level, then on an 8 mm one, which the written transform is integrated on; it
-    still recovers the deformation without folding. A spacing list of the wrong length is refused."""
-    fixed, moving, psi, result = recovery  # 8 mm control grid at both levels
+    """``level_control_spacing_mm [16, 16, 8]``: the continuous velocity network is evaluated on a 16 mm
+    grid at the two coarse levels, then on an 8 mm one, which the written transform is integrated on;
+    it still recovers the deformation without folding. A spacing list of the wrong length is refused."""
+    fixed, moving, psi, result = recovery  # 16, 8, 8 mm control grids
     s = _quick_svf()
-    s.svf.level_control_spacing_mm = [16.0, 8.0]
+    s.svf.level_control_spacing_mm = [16.0, 16.0, 8.0]
     seen = []
     original = svf_module.VelocityField.set_grid
 
@@ -324,7 +331,7 @@ def test_a_finer_control_grid_at_the_last_level_is_the_transforms_grid(recovery,
         again = register(fixed, moving, s, CPU, seed=3)
     finally:
         svf_module.VelocityField.set_grid = original
-    assert seen == [(4, 4, 4), (2, 2, 2)]  # 16 then 8 mm on 4 mm voxels
+    assert seen == [(4, 4, 4), (2, 2, 2)]  # 16 mm (kept at the second level), then 8 mm on 4 mm voxels
     assert tuple(again.model.grid.stride) == (2, 2, 2)
     inside = foreground_mask(fixed.data)
     grid = fixed.world_grid()
@@ -505,14 +512,14 @@ def test_the_lncc_window_can_be_set_per_level(monkeypatch, tmp_path):
 
     monkeypatch.setattr(svf_module, "_masked_similarity", spy)
     path = tmp_path / "windows.json"
-    path.write_text('{"base": "svf", "svf": {"iterations": [1, 1], "level_lncc_window_mm": [36, 18]}}')
+    path.write_text('{"base": "svf", "svf": {"iterations": [1, 1, 1], "level_lncc_window_mm": [36, 18, 9]}}')
     settings = load_preset(str(path))
-    assert svf_module.level_lncc_windows(settings.svf) == [36.0, 18.0]
+    assert svf_module.level_lncc_windows(settings.svf) == [36.0, 18.0, 9.0]
     shipped = load_preset("svf").svf
     assert svf_module.level_lncc_windows(shipped) == [shipped.lncc_window_mm] * len(shipped.iterations)
     register(image, image, settings, CPU, use_affine=False)
     sizes = [shrink * float(np.mean(image.spacing)) for shrink in level_shrink_factors(image, settings.svf)]
-    assert seen == [svf_module._odd_window(w, np.array([mm])) for w, mm in zip([36.0, 18.0], sizes)]
+    assert seen == [svf_module._odd_window(w, np.array([mm])) for w, mm in zip([36.0, 18.0, 9.0], sizes)]
 
 
 @pytest.mark.parametrize("start, factor", [((4, 6, 2), 2), ((4, 6, 2), 1), ((3, 6, 2), 2)])

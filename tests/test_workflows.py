@@ -158,6 +158,21 @@ def test_inr_registration_wf(pair, tmp_path, plugin):
     assert "*inrreg*" in desc and "PyTorch" in desc and "random seed 0" in desc and "20 adam" in desc.lower()
 
 
+def test_svf_boilerplate_states_the_levels_control_grids_and_fade_in_the_preset_runs(tmp_path):
+    """The citation text of ``svf`` says what ran: its three levels, the control grid of each and the
+    hash levels' fade-in, read from the preset (a user's two-level preset is described as two levels)."""
+    desc = init_inr_registration_wf(preset="svf", name="svf_wf").visit_desc()
+    assert "resampled to 8, 4, 2 mm voxels (100, 150, 450 steps)" in desc
+    assert "control grids of 8, 4, 4 mm at the successive levels" in desc
+    assert "fading in over the first 250 steps" in desc
+    two = tmp_path / "two.json"
+    two.write_text('{"base": "svf", "svf": {"level_spacing_mm": [4, 2], "iterations": [150, 450], '
+                   '"level_control_spacing_mm": null, "hash": {"coarse_to_fine_steps": 0}}}')
+    desc = init_inr_registration_wf(preset=str(two), name="two_wf").visit_desc()
+    assert "resampled to 4, 2 mm voxels (150, 450 steps)" in desc and "on a 4 mm control grid" in desc
+    assert "fading in" not in desc
+
+
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_ants_registration_wf(pair, tmp_path, plugin):
     ensure_run_ants()

@@ -102,7 +102,10 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
             network = (f"a coordinate MLP with {info['hidden_layers']} hidden layer(s) of {info['hidden_features']} "
                        f"ReLU units on a multi-resolution hash encoding [@instantngp] of {info['hash_levels']} levels "
                        f"(cells from the image's extent / {info['hash_base_resolution'] - 1} down to "
-                       f"{info['hash_finest_mm']:g} mm) gave the velocity")
+                       f"{info['hash_finest_mm']:g} mm) gave the velocity"
+                       + (f", its finer levels fading in over the first {info['hash_coarse_to_fine_steps']} steps "
+                          f"so that the velocity was smooth while the large-scale alignment was found"
+                          if info.get("hash_coarse_to_fine_steps") else ""))
         else:
             network = (f"a coordinate MLP with {info['hidden_layers']} hidden layers of {info['hidden_features']} "
                        f"units and sine activations [@siren] gave the velocity")
@@ -111,8 +114,11 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
             network += f", Gaussian-smoothed (sigma {smoothing:g} mm) as SyN smooths its flow [@ants]"
         desc.append(f"The transform was the group exponential of a stationary velocity field, diffeomorphic by "
                     f"construction: {network}, which was "
-                    f"integrated by {info['squaring_steps']} scalings and squarings [@arsigny] on a "
-                    f"{info['control_spacing_mm']:g} mm control grid and optimised with Adam on the whole image "
+                    f"integrated by {info['squaring_steps']} scalings and squarings [@arsigny] on "
+                    + (f"control grids of {', '.join(f'{m:g}' for m in info['svf_level_control_spacing_mm'])} mm "
+                       f"at the successive levels"
+                       if info.get("svf_level_control_spacing_mm") else f"a {info['control_spacing_mm']:g} mm control grid")
+                    + " and optimised with Adam on the whole image "
                     + (f"resampled to {', '.join(f'{m:g}' for m in info['svf_level_spacing_mm'])} mm voxels "
                        if info.get("svf_level_spacing_mm") else
                        f"at shrink factors {', '.join(str(f) for f in info['svf_shrink_factors'])} ")

@@ -157,10 +157,12 @@ def describe_inr(method: str = "auto", preset: str | None = None) -> dict:
         keys.update({"control_spacing_mm": "svf.control_spacing_mm", "squaring_steps": "svf.squaring_steps",
                      "svf_shrink_factors": "svf.shrink_factors", "svf_level_spacing_mm": "svf.level_spacing_mm",
                      "svf_iterations": "svf.iterations", "svf_network": "svf.network",
-                     "velocity_smoothing_mm": "svf.velocity_smoothing_mm"})
+                     "velocity_smoothing_mm": "svf.velocity_smoothing_mm",
+                     "svf_level_control_spacing_mm": "svf.level_control_spacing_mm"})
         if get("svf.network") == "hash-grid":
             keys.update({"hash_levels": "svf.hash.levels", "hash_finest_mm": "svf.hash.finest_mm",
                          "hash_base_resolution": "svf.hash.base_resolution",
+                         "hash_coarse_to_fine_steps": "svf.hash.coarse_to_fine_steps",
                          "hidden_layers": "svf.hash.hidden_layers", "hidden_features": "svf.hash.hidden_features"})
     if out["method"] == "two-network":
         keys = {"motion": "two_network.motion", "hidden_layers": "two_network.hidden_layers",
