@@ -117,7 +117,8 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
                     f"integrated by {info['squaring_steps']} scalings and squarings [@arsigny] on "
                     + (f"control grids of {', '.join(f'{m:g}' for m in info['svf_level_control_spacing_mm'])} mm "
                        f"at the successive levels"
-                       if info.get("svf_level_control_spacing_mm") else f"a {info['control_spacing_mm']:g} mm control grid")
+                       if info.get("svf_level_control_spacing_mm")
+                       else f"a {info['control_spacing_mm']:g} mm control grid")
                     + " and optimised with Adam on the whole image "
                     + (f"resampled to {', '.join(f'{m:g}' for m in info['svf_level_spacing_mm'])} mm voxels "
                        if info.get("svf_level_spacing_mm") else
