@@ -100,7 +100,6 @@ def _quick_svf():
     s.network.hidden_features = 32
     # the shipped levels and control grids one octave coarser for 4 mm test images (16, 8, 4 mm levels
     # on 16, 8, 8 mm grids), the hash levels fading in over the first two levels as the shipped ones do
-    s.svf.control_spacing_mm = 8.0
     s.svf.level_spacing_mm = [16.0, 8.0, 4.0]
     s.svf.level_control_spacing_mm = [16.0, 8.0, 8.0]
     s.svf.iterations = [20, 20, 40]
