@@ -124,7 +124,8 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
                        if info.get("svf_level_spacing_mm") else
                        f"at shrink factors {', '.join(str(f) for f in info['svf_shrink_factors'])} ")
                     + f"({', '.join(str(n) for n in info['svf_iterations'])} steps) to minimise "
-                    f"{str(info.get('similarity', '')).upper()} dissimilarity plus {info.get('alpha', 0):g} times "
+                    f"{str(info.get('similarity', '')).upper()} dissimilarity{_lncc_windows(info)} plus "
+                    f"{info.get('alpha', 0):g} times "
                     + ("the mean squared log Jacobian determinant of the transform."
                        if info.get("regulariser") == "jacobian" else "the diffusion energy of the velocity."))
     if "hidden_layers" in info and info["method"] not in ("two-network", "svf"):
@@ -172,6 +173,17 @@ def init_ants_registration_wf(*, preset: str = "ants-syn-cc", scale_iterations: 
     return _init_registration_wf(reg, desc=desc, label=label, omp_nthreads=omp_nthreads, orientation=orientation,
                                  n4=n4, use_masks=use_masks, resolution=resolution, label_maps=label_maps,
                                  fixed_labels=fixed_labels, sloppy=sloppy, name=name)
+
+
+def _lncc_windows(info: dict) -> str:
+    """`` (LNCC window N mm)`` / `` (LNCC windows of A, B, C mm at the successive levels)`` for the
+    boilerplate of an svf preset that compares by LNCC; ``""`` otherwise."""
+    windows = info.get("svf_lncc_window_mm")
+    if not windows:
+        return ""
+    if len(set(windows)) == 1:
+        return f" (LNCC window {windows[0]:g} mm)"
+    return f" (LNCC windows of {', '.join(f'{m:g}' for m in windows)} mm at the successive levels)"
 
 
 def _init_registration_wf(reg: pe.Node, *, desc: str, label: str, omp_nthreads: int, orientation: str, n4: bool,

@@ -28,6 +28,7 @@ from nipype.interfaces.base import (
 from ..baselines import BASELINE_PRESETS, run_baseline
 from ..core.choices import VARIANT_METHODS
 from ..core.config import RegistrationSettings
+from ..core.svf import level_lncc_windows
 from ..io.images import InputError
 from ..presets import PresetError, available_presets, resolve
 from ..register import register_files
@@ -171,6 +172,8 @@ def describe_inr(method: str = "auto", preset: str | None = None) -> dict:
                 "multimodal": "two_network.multimodal", "hash_levels": "two_network.image_hash.levels",
                 "motion_hash_levels": "two_network.motion_hash.levels"}
     out.update({key: get(path) for key, path in keys.items() if get(path) is not None})
+    if out["method"] == "svf" and "lncc" in str(out.get("similarity", "")):
+        out["svf_lncc_window_mm"] = level_lncc_windows(s.svf)  # the LNCC window at each level, mm
     return out
 
 
