@@ -166,11 +166,11 @@ def test_svf_boilerplate_states_the_levels_control_grids_and_fade_in_the_preset_
     assert "resampled to 8, 4, 2 mm voxels (100, 150, 450 steps)" in desc
     assert "control grids of 8, 4, 4 mm at the successive levels" in desc
     assert "fading in over the first 250 steps" in desc
-    assert "NCC+LNCC dissimilarity (LNCC window 18 mm) plus 2 times" in desc
+    assert "NCC+LNCC dissimilarity (LNCC window 18 mm, an odd number of voxels at each level) plus 2" in desc
     windows = tmp_path / "windows.json"
     windows.write_text('{"base": "svf", "svf": {"level_lncc_window_mm": [72, 36, 18]}}')
     desc = init_inr_registration_wf(preset=str(windows), name="windows_wf").visit_desc()
-    assert "(LNCC windows of 72, 36, 18 mm at the successive levels) plus" in desc
+    assert "(LNCC windows of 72, 36, 18 mm at the successive levels, each an odd number of voxels)" in desc
     two = tmp_path / "two.json"
     two.write_text('{"base": "svf", "svf": {"level_spacing_mm": [4, 2], "iterations": [150, 450], '
                    '"level_control_spacing_mm": null, "hash": {"coarse_to_fine_steps": 0}}}')

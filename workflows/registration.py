@@ -176,14 +176,15 @@ def init_ants_registration_wf(*, preset: str = "ants-syn-cc", scale_iterations: 
 
 
 def _lncc_windows(info: dict) -> str:
-    """`` (LNCC window N mm)`` / `` (LNCC windows of A, B, C mm at the successive levels)`` for the
-    boilerplate of an svf preset that compares by LNCC; ``""`` otherwise."""
+    """The clause that names an svf preset's LNCC window(s) in mm (each level rounds its window to an
+    odd voxel count, :func:`inrreg_pipeline.core.svf.level_lncc_windows`); ``""`` when it has no LNCC term."""
     windows = info.get("svf_lncc_window_mm")
     if not windows:
         return ""
     if len(set(windows)) == 1:
-        return f" (LNCC window {windows[0]:g} mm)"
-    return f" (LNCC windows of {', '.join(f'{m:g}' for m in windows)} mm at the successive levels)"
+        return f" (LNCC window {windows[0]:g} mm, an odd number of voxels at each level)"
+    return (f" (LNCC windows of {', '.join(f'{m:g}' for m in windows)} mm at the successive levels, each an odd "
+            f"number of voxels)")
 
 
 def _init_registration_wf(reg: pe.Node, *, desc: str, label: str, omp_nthreads: int, orientation: str, n4: bool,
