@@ -115,12 +115,12 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
         desc.append(f"The transform was the group exponential of a stationary velocity field, diffeomorphic by "
                     f"construction: {network}, which was "
                     f"integrated by {info['squaring_steps']} scalings and squarings [@arsigny] on "
-                    + (f"control grids of {', '.join(f'{m:g}' for m in info['svf_level_control_spacing_mm'])} mm "
+                    + (f"control grids of {_mm_list(info['svf_level_control_spacing_mm'])} mm "
                        f"at the successive levels"
                        if info.get("svf_level_control_spacing_mm")
                        else f"a {info['control_spacing_mm']:g} mm control grid")
                     + " and optimised with Adam on the whole image "
-                    + (f"resampled to {', '.join(f'{m:g}' for m in info['svf_level_spacing_mm'])} mm voxels "
+                    + (f"resampled to {_mm_list(info['svf_level_spacing_mm'])} mm voxels "
                        if info.get("svf_level_spacing_mm") else
                        f"at shrink factors {', '.join(str(f) for f in info['svf_shrink_factors'])} ")
                     + f"({', '.join(str(n) for n in info['svf_iterations'])} steps) to minimise "
@@ -175,16 +175,20 @@ def init_ants_registration_wf(*, preset: str = "ants-syn-cc", scale_iterations: 
                                  fixed_labels=fixed_labels, sloppy=sloppy, name=name)
 
 
+def _mm_list(values) -> str:
+    """``"8, 4, 2"``: per-level millimetre values as the boilerplate writes them."""
+    return ", ".join(f"{m:g}" for m in values)
+
+
 def _lncc_windows(info: dict) -> str:
-    """The clause that names an svf preset's LNCC window(s) in mm (each level rounds its window to an
-    odd voxel count, :func:`inrreg_pipeline.core.svf.level_lncc_windows`); ``""`` when it has no LNCC term."""
+    """The clause that names an svf preset's LNCC window(s) in mm (:func:`inrreg_pipeline.core.svf.level_lncc_windows`;
+    each level rounds its window to an odd voxel count); ``""`` when it has no LNCC term."""
     windows = info.get("svf_lncc_window_mm")
     if not windows:
         return ""
     if len(set(windows)) == 1:
         return f" (LNCC window {windows[0]:g} mm, an odd number of voxels at each level)"
-    return (f" (LNCC windows of {', '.join(f'{m:g}' for m in windows)} mm at the successive levels, each an odd "
-            f"number of voxels)")
+    return f" (LNCC windows of {_mm_list(windows)} mm at the successive levels, each an odd number of voxels)"
 
 
 def _init_registration_wf(reg: pe.Node, *, desc: str, label: str, omp_nthreads: int, orientation: str, n4: bool,
