@@ -160,13 +160,22 @@ def test_inr_registration_wf(pair, tmp_path, plugin):
 
 def test_svf_boilerplate_states_the_levels_control_grids_and_fade_in_the_preset_runs(tmp_path):
     """The citation text of ``svf`` says what ran: its three levels, the control grid of each, its LNCC
-    window(s) and the hash levels' fade-in, read from the preset (a user's two-level preset is described
+    window(s), every regularisation term with its weight and the hash levels' fade-in, read from the preset (a user's two-level preset is described
     as two levels)."""
     desc = init_inr_registration_wf(preset="svf", name="svf_wf").visit_desc()
     assert "resampled to 8, 4, 2 mm voxels (100, 150, 450 steps)" in desc
     assert "control grids of 8, 4, 4 mm at the successive levels" in desc
     assert "fading in over the first 250 steps" in desc
     assert "NCC+LNCC dissimilarity (LNCC window 18 mm, an odd number of voxels at each level) plus 2" in desc
+    # every regularisation term the preset optimises is named with its weight
+    assert ("plus 2 times the mean squared log Jacobian determinant of the transform, 0.003 times the diffusion "
+            "energy of the velocity") in desc
+    assert "100 times a penalty on every control cell that keeps less than 0.1 of its volume." in desc
+    volume_only = tmp_path / "volume_only.json"
+    volume_only.write_text('{"base": "svf", "svf": {"diffusion_alpha": 0, "folding_alpha": 0}}')
+    desc = init_inr_registration_wf(preset=str(volume_only), name="volume_only_wf").visit_desc()
+    assert "plus 2 times the mean squared log Jacobian determinant of the transform. " in desc
+    assert "diffusion" not in desc and "control cell" not in desc
     windows = tmp_path / "windows.json"
     windows.write_text('{"base": "svf", "svf": {"level_lncc_window_mm": [72, 36, 18]}}')
     desc = init_inr_registration_wf(preset=str(windows), name="windows_wf").visit_desc()

@@ -125,9 +125,7 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
                        f"at shrink factors {', '.join(str(f) for f in info['svf_shrink_factors'])} ")
                     + f"({', '.join(str(n) for n in info['svf_iterations'])} steps) to minimise "
                     f"{str(info.get('similarity', '')).upper()} dissimilarity{_lncc_windows(info)} plus "
-                    f"{info.get('alpha', 0):g} times "
-                    + ("the mean squared log Jacobian determinant of the transform."
-                       if info.get("regulariser") == "jacobian" else "the diffusion energy of the velocity."))
+                    + _svf_regularisers(info) + ".")
     if "hidden_layers" in info and info["method"] not in ("two-network", "svf"):
         desc.append(f"The displacement field was a coordinate MLP with {info['hidden_layers']} hidden layers of "
                     f"{info['hidden_features']} units and {info['activation']} activations"
@@ -178,6 +176,25 @@ def init_ants_registration_wf(*, preset: str = "ants-syn-cc", scale_iterations: 
 def _mm_list(values) -> str:
     """``"8, 4, 2"``: per-level millimetre values as the boilerplate writes them."""
     return ", ".join(f"{m:g}" for m in values)
+
+
+def _svf_regularisers(info: dict) -> str:
+    """The clause that lists an svf preset's regularisation terms with their weights: the main one
+    (``loss.alpha`` times the log-Jacobian or the diffusion energy), the velocity's diffusion energy
+    when ``svf.diffusion_alpha`` adds it, and the folded-cell penalty when ``svf.folding_alpha`` is set."""
+    jacobian = info.get("regulariser") == "jacobian"
+    terms = [f"{info.get('alpha', 0):g} times the "
+             + ("mean squared log Jacobian determinant of the transform" if jacobian
+                else "diffusion energy of the velocity")]
+    diffusion = info.get("svf_diffusion_alpha") or 0
+    if diffusion > 0:
+        terms.append(f"{diffusion:g} times the diffusion energy of the velocity (its mean squared gradient"
+                     + (", which unlike the log Jacobian also penalises shear and rotation)" if jacobian else ")"))
+    folding = info.get("svf_folding_alpha") or 0
+    if folding > 0:
+        terms.append(f"{folding:g} times a penalty on every control cell that keeps less than "
+                     f"{info.get('svf_folding_floor', 0):g} of its volume")
+    return terms[0] if len(terms) == 1 else ", ".join(terms[:-1]) + " and " + terms[-1]
 
 
 def _lncc_windows(info: dict) -> str:

@@ -159,7 +159,9 @@ def describe_inr(method: str = "auto", preset: str | None = None) -> dict:
                      "svf_shrink_factors": "svf.shrink_factors", "svf_level_spacing_mm": "svf.level_spacing_mm",
                      "svf_iterations": "svf.iterations", "svf_network": "svf.network",
                      "velocity_smoothing_mm": "svf.velocity_smoothing_mm",
-                     "svf_level_control_spacing_mm": "svf.level_control_spacing_mm"})
+                     "svf_level_control_spacing_mm": "svf.level_control_spacing_mm",
+                     "svf_diffusion_alpha": "svf.diffusion_alpha", "svf_folding_alpha": "svf.folding_alpha",
+                     "svf_folding_floor": "svf.folding_floor"})
         if get("svf.network") == "hash-grid":
             keys.update({"hash_levels": "svf.hash.levels", "hash_finest_mm": "svf.hash.finest_mm",
                          "hash_base_resolution": "svf.hash.base_resolution",
