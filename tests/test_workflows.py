@@ -160,8 +160,8 @@ def test_inr_registration_wf(pair, tmp_path, plugin):
 
 def test_svf_boilerplate_states_the_levels_control_grids_and_fade_in_the_preset_runs(tmp_path):
     """The citation text of ``svf`` says what ran: its three levels, the control grid of each, its LNCC
-    window(s), every regularisation term with its weight and the hash levels' fade-in, read from the preset (a user's two-level preset is described
-    as two levels)."""
+    window(s), every regularisation term with its weight and the hash levels' fade-in, read from the
+    preset (a user's two-level preset is described as two levels)."""
     desc = init_inr_registration_wf(preset="svf", name="svf_wf").visit_desc()
     assert "resampled to 8, 4, 2 mm voxels (100, 150, 450 steps)" in desc
     assert "control grids of 8, 4, 4 mm at the successive levels" in desc
