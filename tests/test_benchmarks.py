@@ -18,11 +18,65 @@ from scipy.stats import wilcoxon
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import dev_rule  # noqa: E402
 import report  # noqa: E402
 
 from inrreg_pipeline.io.tsv import write_rows_tsv  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
+
+
+# --- dev_rule.py --------------------------------------------------------------------------------
+
+def _dev_rows(path: Path) -> Path:
+    """Twelve pairings of sub-01..04: the candidate 0.3 mm lower in HD95 on the six with sub-04 moving
+    and unchanged elsewhere; its Dice 0.001 lower and SD log J 0.01 lower everywhere. The baseline's
+    rows are under its old name on two pairings (a renamed, adopted preset)."""
+    subjects = ["sub-01", "sub-02", "sub-03", "sub-04"]
+    rows = []
+    for fixed in subjects:
+        for moving in subjects:
+            if moving == fixed:
+                continue
+            pair = f"{moving}_to_{fixed}"
+            old_name = pair in ("sub-02_to_sub-01", "sub-03_to_sub-01")
+            base = {"dice_mean": 0.6, "hd95_mean_mm": 7.0, "sd_log_j": 0.28, "pct_detj_nonpos": 0.0}
+            cand = dict(base, dice_mean=0.599, sd_log_j=0.27, hd95_mean_mm=6.0 if moving == "sub-04" else 7.0)
+            for method, values in (("svf-old" if old_name else "svf", base), ("candidate", cand)):
+                rows += [{"suite": "oasis-trt-20", "split": "dev", "pair": pair, "method": method, "stage": stage,
+                          **values} for stage in ("affine", "affine+inr")]
+    write_rows_tsv(rows, path)
+    return path
+
+
+def test_dev_rule_catches_a_gain_carried_by_one_subject(tmp_path, capsys):
+    """The pooled rule sees a 0.25 mm HD95 gain; with each subject's pairings left out in turn, the
+    gain without sub-04 is 0 and the rule fails, as it should have for the two candidates that
+    passed on dev and failed on the validation subjects (sessions 15 and 17)."""
+    tsv = _dev_rows(tmp_path / "pairs_dev.tsv")
+    rule = ["--candidate", "candidate", "--baseline", "svf", "svf-old", "--pairs", "12", "--min-hd95-gain", "0.15",
+            "--min-lower", "3", "--max-dice-loss", "0.003", "--max-sd-increase", "0"]
+    assert dev_rule.main([str(tsv), *rule]) == 0
+    out = capsys.readouterr().out
+    assert "12 pairings: Dice -0.0010, HD95 -0.250 mm (lower on 3)" in out and "**The rule holds.**" in out
+    assert "sub-04 0.000" in out
+    assert dev_rule.main([str(tsv), *rule, "--leave-one-subject-out"]) == 1
+    out = capsys.readouterr().out
+    assert "without sub-04's pairings the HD95 gain is 0.000 mm, needs 0.15" in out
+    assert "without sub-01" not in out  # the gain holds when any other subject is left out
+    # the baseline's old name fills its two pairings: without it only ten pairings, and the count fails
+    assert dev_rule.main([str(tsv), *[a if a != "svf-old" else "svf" for a in rule]]) == 1
+    assert "10 pairings, the rule needs 12" in capsys.readouterr().out
+
+
+def test_dev_rule_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    tsv = _dev_rows(tmp_path / "pairs_dev.tsv")
+    rule = ["--baseline", "svf", "--pairs", "12", "--min-hd95-gain", "0.15", "--min-lower", "8",
+            "--max-dice-loss", "0.003", "--max-sd-increase", "0"]
+    assert dev_rule.main([str(tmp_path / "none.tsv"), "--candidate", "candidate", *rule]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert dev_rule.main([str(tsv), "--candidate", "no-such-preset", *rule]) == 2
+    assert "no affine+inr rows of 'no-such-preset'" in capsys.readouterr().err
 
 
 # --- report.py ----------------------------------------------------------------------------------
