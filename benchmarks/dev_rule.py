@@ -29,12 +29,15 @@ Prints a Markdown report. Exit status: 0 the rule holds, 1 it does not, 2 bad in
 from __future__ import annotations
 
 import argparse
-import csv
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
 
 STAGE = "affine+inr"
 METRICS = ("dice_mean", "hd95_mean_mm", "sd_log_j", "pct_detj_nonpos")
@@ -77,24 +80,24 @@ def subjects(pair: str) -> tuple[str, str]:
     return moving, fixed
 
 
-def read_rows(paths: list[Path], splits: list[str] | None = None) -> list[dict[str, str]]:
-    """The ``affine+inr`` rows of the TSVs (of ``splits`` only, when given)."""
-    rows = []
-    for path in paths:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                if row.get("stage") == STAGE and (not splits or row.get("split") in splits):
-                    rows.append(row)
-    return rows
+def read_rows(paths: list[Path], splits: list[str] | None = None) -> list[dict]:
+    """The ``affine+inr`` rows of the TSVs (of ``splits`` only, when given), read by
+    :func:`report.read_rows` (numbers as floats, ``n/a`` as NaN)."""
+    return [row for path in paths for row in report.read_rows(path)
+            if row.get("stage") == STAGE and (not splits or row.get("split") in splits)]
 
 
-def by_pair(rows: list[dict[str, str]], methods: list[str]) -> dict[str, dict[str, float]]:
-    """``pair -> metrics`` from the first of ``methods`` that has a row for that pair."""
+def by_pair(rows: list[dict], methods: list[str]) -> dict[str, dict[str, float]]:
+    """``pair -> metrics`` from the first of ``methods`` that has a row for that pair; a metric
+    missing or not a number is refused (a NaN would pass every threshold)."""
     out: dict[str, dict[str, float]] = {}
     for method in methods:
         for row in rows:
             if row["method"] == method and row["pair"] not in out:
-                out[row["pair"]] = {m: float(row[m]) for m in METRICS}
+                values = {m: row[m] for m in METRICS}
+                if not all(isinstance(v, float) and math.isfinite(v) for v in values.values()):
+                    raise ValueError(f"{method} on {row['pair']}: {', '.join(METRICS)} must be numbers, got {values}")
+                out[row["pair"]] = values
     return out
 
 
@@ -132,7 +135,7 @@ def judge(candidate: dict[str, dict[str, float]], baseline: dict[str, dict[str, 
     return verdict
 
 
-def report(verdict: Verdict, candidate: dict, baseline: dict, names: tuple[str, str]) -> str:
+def render_verdict(verdict: Verdict, candidate: dict, baseline: dict, names: tuple[str, str]) -> str:
     """The verdict as Markdown: one row per pairing, the means, the subject-wise gains, the reasons."""
     lines = [f"| pairing | {names[1]}: Dice / HD95 mm / SD log J | {names[0]} | difference |", "|---|---|---|---|"]
     for p in verdict.pairs:
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as err:
         print(f"dev_rule: {err}", file=sys.stderr)
         return 2
-    print(report(verdict, candidate, baseline, (args.candidate, args.baseline[0])))
+    print(render_verdict(verdict, candidate, baseline, (args.candidate, args.baseline[0])))
     return 0 if verdict.holds else 1
 
 
