@@ -285,6 +285,13 @@ class SVFSettings:
     wider window at a coarse level, as SyN's fixed voxel radius gives, compares more context there).
     ``folding_alpha``: weight of ``mean relu(folding_floor - det J)^2`` of ``exp(v)`` at the corners of
     every control-grid cell (the Jacobians of the interpolated map that the written field has; 0: off).
+    ``mind_alpha``: weight of a structural similarity added to ``loss.similarity``: the mean squared
+    difference of the MIND-SSC descriptors (:func:`~.losses.mind_ssc`) of the fixed and the warped
+    image over the compared region, computed on each level's grid with neighbours
+    ``mind_distance_mm`` apart (rounded to whole voxels of the level, at least 1; 0: off).
+    ``level_mind_alpha``: one such weight per level instead of ``mind_alpha`` at all (the
+    descriptors have 12 channels in 3-D, so at a 2 mm level on a CPU the term costs several times
+    the rest of a step; at the coarser levels it is cheap).
     ``network``: what gives ``v``: ``siren``, the MLP of the ``network`` section, or ``hash-grid``,
     the multi-resolution hash-grid MLP of ``hash`` (:class:`VelocityHashSettings`).
     """
@@ -306,6 +313,9 @@ class SVFSettings:
     level_lncc_window_mm: list[float] | None = None
     folding_alpha: float = 0.0
     folding_floor: float = 0.1
+    mind_alpha: float = 0.0
+    level_mind_alpha: list[float] | None = None
+    mind_distance_mm: float = 4.0
     network: str = "siren"
     hash: VelocityHashSettings = field(default_factory=VelocityHashSettings)
 
@@ -456,6 +466,11 @@ def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
          "svf.similarity_dilation_mm must be between 0 and svf.margin_mm")
     need(v.folding_alpha >= 0 and 0 <= v.folding_floor < 1,
          "svf.folding_alpha must be >= 0 and svf.folding_floor in [0, 1)")
+    need(v.mind_alpha >= 0 and math.isfinite(v.mind_alpha) and math.isfinite(v.mind_distance_mm)
+         and v.mind_distance_mm > 0, "svf.mind_alpha must be >= 0 and svf.mind_distance_mm > 0 (mm)")
+    need(v.level_mind_alpha is None or (len(v.level_mind_alpha) == len(v.iterations)
+                                        and all(math.isfinite(w) and w >= 0 for w in v.level_mind_alpha)),
+         "svf.level_mind_alpha must be null or one finite weight >= 0 per entry of svf.iterations")
     need(v.network in SVF_NETWORKS, f"svf.network must be one of {', '.join(SVF_NETWORKS)}")
     h = v.hash
     need(1 <= h.levels <= 16 and 1 <= h.features_per_level <= 8 and 4 <= h.log2_table_size <= 24,

@@ -43,7 +43,7 @@ from .config import RegistrationSettings, SVFSettings
 from .encodings import NormalisedBox
 from .engine import Progress, optimise
 from .hash_grid_inr import HashGridINR
-from .losses import box_mean, determinant, determinant_of_columns, lncc_map, ncc, similarity_loss
+from .losses import box_mean, determinant, determinant_of_columns, lncc_map, mind_ssc, ncc, similarity_loss
 from .method import Fields, Fit, similarity_and_regulariser
 from .optimisation import build_network
 from .pair import PreparedPair
@@ -51,7 +51,7 @@ from .space import (SpatialImage, dilate_mm, downsample, shrink_factor, voxel_gr
                     world_bounding_box, world_to_grid_map)
 
 __all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations",
-           "level_shrink_factors", "level_control_spacings", "level_lncc_windows", "velocity_network", "VelocityINR"]
+           "level_shrink_factors", "level_control_spacings", "level_lncc_windows", "level_mind_alphas", "velocity_network", "VelocityINR"]
 
 
 @dataclass
@@ -305,6 +305,11 @@ def level_lncc_windows(s: SVFSettings) -> list[float]:
     return _per_level(s.level_lncc_window_mm, s.lncc_window_mm, len(s.iterations))
 
 
+def level_mind_alphas(s: SVFSettings) -> list[float]:
+    """The MIND-SSC weight at each level: ``s.level_mind_alpha``, or ``s.mind_alpha`` at every level."""
+    return _per_level(s.level_mind_alpha, s.mind_alpha, len(s.iterations))
+
+
 def _per_level(values: list[float] | None, default: float, n_levels: int) -> list[float]:
     """``values`` (one per level) as floats, or ``default`` at each of the ``n_levels`` levels."""
     return [float(default)] * n_levels if values is None else [float(v) for v in values]
@@ -339,6 +344,20 @@ def _masked_similarity(name: str, fixed: torch.Tensor, warped: torch.Tensor, mas
     return similarity_loss(name, fixed[sel][None], warped[sel][None])
 
 
+def _mind_distance(distance_mm: float, spacing: np.ndarray) -> int:
+    """MIND-SSC's neighbour distance in whole voxels of a level (at least 1)."""
+    return max(1, int(round(distance_mm / float(np.mean(spacing)))))
+
+
+def _mind_difference(fixed_descriptors: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
+                     distance: int) -> torch.Tensor:
+    """Mean squared MIND-SSC difference between ``fixed_descriptors`` ``(1, K, *crop)`` and the
+    descriptors of ``warped`` ``(*crop)``, over the voxels of ``mask`` (0/1)."""
+    warped_descriptors = mind_ssc(warped[None, None], distance)
+    squared = (fixed_descriptors - warped_descriptors).pow(2).mean(1)[0]
+    return (squared * mask).sum() / mask.sum().clamp_min(1.0)
+
+
 def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, settings: RegistrationSettings,
             device: torch.device, sampling_mask: np.ndarray, moving_mask: np.ndarray | None = None,
             progress: Progress | None = None, dilate_mask: bool = True
@@ -355,6 +374,7 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
     s = settings.svf
     control_spacings = level_control_spacings(s)
     windows_mm = level_lncc_windows(s)
+    mind_alphas = level_mind_alphas(s)
 
     def control_grid(spacing_mm: float) -> tuple[ControlGrid, np.ndarray]:
         grid = ControlGrid.around_mask(fixed, sampling_mask, spacing_mm, s.margin_mm)
@@ -401,10 +421,14 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
         window = _odd_window(windows_mm[level], f_level.spacing)
         to_level = model.on_level(factor, tuple(f_crop.shape), points)
         region = _lncc_region(mask_crop, window)
+        mind_distance = _mind_distance(s.mind_distance_mm, f_level.spacing)
+        mind_alpha = mind_alphas[level]
+        fixed_mind = mind_ssc(f_crop[None, None], mind_distance) if mind_alpha > 0 else None
 
         def step(level=level, f_crop=f_crop, mask_crop=mask_crop, points=points, moving_sampler=moving_sampler,
                  moving_volume=moving_volume, fixed_sampler=fixed_sampler, fixed_volume=fixed_volume, mmask=mmask,
-                 window=window, to_level=to_level, region=region) -> dict:
+                 window=window, to_level=to_level, region=region, mind_distance=mind_distance,
+                 mind_alpha=mind_alpha, fixed_mind=fixed_mind) -> dict:
             v = model.velocity()
             half = 0.5 if s.symmetric else 1.0
             phi_half = model.displacement(s.squaring_steps, half, v)  # exp(v) itself when not symmetric
@@ -419,6 +443,10 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
                 inside_m = moving_sampler(mmask, mapped)[0]
                 warped, target = warped * inside_m, target * inside_m
             sim = _masked_similarity(settings.loss.similarity, target, warped, mask_crop, window, region)
+            if mind_alpha > 0:
+                # the fixed image's descriptors are the level's own unless the target moves or is masked
+                target_mind = fixed_mind if target is f_crop else mind_ssc(target[None, None], mind_distance)
+                sim = sim + mind_alpha * _mind_difference(target_mind, warped, mask_crop, mind_distance)
             # exp(v) itself, for the regularisers of the transform (integrated once more only when symmetric)
             phi = phi_half
             if s.symmetric and (settings.loss.regulariser == "jacobian" or s.folding_alpha > 0):
