@@ -131,8 +131,8 @@ def mind_ssc(image: torch.Tensor, distance: int, radius: int = 1) -> torch.Tenso
                                 tuple(distance + o for o in a), list(spatial))
                            for a, b in pairs], dim=1)
     variance = distances.mean(1, keepdim=True)
-    level = variance.mean().detach()
-    variance = variance.clamp(min=float(level) * 1e-3 + EPS, max=float(level) * 1e3 + EPS)
+    level = max(float(variance.mean()), 1e-30)  # relative bounds keep the descriptor contrast-free
+    variance = variance.clamp(min=level * 1e-3, max=level * 1e3)
     descriptor = torch.exp(-distances / variance)
     return descriptor / descriptor.amax(1, keepdim=True)
 
