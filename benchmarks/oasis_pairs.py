@@ -105,9 +105,11 @@ def warp_and_score(moving_labels: Path, fixed_labels: Path, fixed: Path, chain: 
     return dice_summary(fixed_labels, warped)
 
 
-def method_name(preset: str) -> str:
-    """A preset's name in the tables and folders: the shipped name, or a preset file's stem."""
-    return Path(preset).stem
+def method_name(preset: str, seed: int = 0) -> str:
+    """A preset's name in the tables and folders: the shipped name, or a preset file's stem; with a
+    seed other than 0 (the default of ``inrreg register``), ``NAME-seedN``, so runs of one preset
+    under several seeds are separate rows."""
+    return Path(preset).stem + (f"-seed{seed}" if seed else "")
 
 
 #: The fixed protocol of issue 14: tune on ``dev`` only; report ``validation``, whose subjects no
@@ -149,6 +151,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse finished registrations (registration.json present)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="inrreg register's random seed (default 0); another seed names the rows NAME-seedN")
     args = ap.parse_args()
 
     pairs = SPLITS[args.split] if args.split else [(args.fixed, m) for m in args.moving]
@@ -161,7 +165,7 @@ def main() -> None:
             subjects[sub] = Subject(args.data, work, sub, args.spacing, args.label_set, args.full_label_set)
         return subjects[sub]
 
-    names = [method_name(p) for p in args.preset]
+    names = [method_name(p, args.seed) for p in args.preset]
     rows = []
     for fixed_sub, sub in pairs:
         f, m = subject(fixed_sub), subject(sub)
@@ -170,7 +174,7 @@ def main() -> None:
             prefix = args.out / name / f"sub-{sub}_to_sub-{fixed_sub}_"
             prefix.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "inrreg_pipeline.cli", "register", str(f.t1w), str(m.t1w), "-o", str(prefix),
-                   "--preset", preset, "--device", args.device, "--no-progress"]
+                   "--preset", preset, "--device", args.device, "--no-progress", "--seed", str(args.seed)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             t0 = time.perf_counter()

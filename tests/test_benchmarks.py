@@ -338,6 +338,11 @@ def test_oasis_pairs_on_another_dataset_of_the_same_shape_and_resume(tmp_path):
     again = report.read_rows(out / "pairs.tsv")
     assert [r["dice_mean"] for r in again] == [r["dice_mean"] for r in rows]
     assert (out / "summary.md").exists()
+    # another seed is another row name, and the registration ran with it (the seed study of issue 14)
+    seeded = tmp_path / "seeded"
+    subprocess.run([str(seeded) if a == str(out) else a for a in cmd] + ["--seed", "7"], check=True, cwd=ROOT)
+    assert {r["method"] for r in report.read_rows(seeded / "pairs.tsv")} == {"tiny-seed7"}
+    assert json.loads((seeded / "tiny-seed7" / "sub-02_to_sub-01_registration.json").read_text())["seed"] == 7
 
 
 def test_the_validation_split_shares_no_subject_with_the_tuning_split():
