@@ -233,7 +233,12 @@ class VelocityHashSettings:
     ``coarse_to_fine_steps``: the levels fade in, coarsest first, over that many steps counted from
     the first step of the first level (:func:`~inrreg_pipeline.core.hash_encoding.coarse_to_fine_weights`
     from ``alpha = 1 / levels``, the coarsest level alone, to 1), so the velocity is smooth while the
-    large-scale alignment is found and its finer cells join later; 0: every level from the start."""
+    large-scale alignment is found and its finer cells join later; 0: every level from the start.
+    ``hidden_bias``: whether the hidden layers have biases. With them, the hash features start near 0
+    (tables ``U(-1e-4, 1e-4)``), so each unit's sign is its bias's, the same at every point, and Adam
+    at the tables' step size moves a bias by about ``lr`` per step: units die for good, and on some
+    seeds all of them do and the velocity stops at the identity. Without them (as tiny-cuda-nn's
+    fully fused MLPs) a unit's sign follows the features, which vary in sign from point to point."""
 
     levels: int = 8
     features_per_level: int = 2
@@ -244,6 +249,7 @@ class VelocityHashSettings:
     hidden_layers: int = 1
     backend: str = "auto"
     coarse_to_fine_steps: int = 0
+    hidden_bias: bool = True
 
 
 @dataclass

@@ -75,7 +75,7 @@ class HashMLP(nn.Module):
 
     def __init__(self, domain: EncodingDomain, ndim: int, hash_settings: HashSettings, use_levels: int,
                  hidden_features: int, hidden_layers: int, out_features: int, include_input: bool,
-                 backend: str, device: torch.device):
+                 backend: str, device: torch.device, hidden_bias: bool = True):
         super().__init__()
         self.domain = domain
         self.include_input = include_input
@@ -86,7 +86,7 @@ class HashMLP(nn.Module):
         layers: list[nn.Module] = []
         fan_in = self.encoding.out_features + (ndim if include_input else 0)
         for _ in range(hidden_layers):
-            layers += [nn.Linear(fan_in, hidden_features), nn.ReLU()]
+            layers += [nn.Linear(fan_in, hidden_features, bias=hidden_bias), nn.ReLU()]
             fan_in = hidden_features
         self.mlp = nn.Sequential(*layers)
         self.out = nn.Linear(fan_in, out_features)
@@ -138,7 +138,8 @@ class HashGridINR(HashMLP):
                               log2_table_size=settings.log2_table_size, base_resolution=settings.base_resolution,
                               growth_factor=growth_factor(2.0 * box.scale, settings))
         super().__init__(EncodingDomain(box, 0.0), ndim, levels, settings.levels, settings.hidden_features,
-                         settings.hidden_layers, ndim, include_input=False, backend=settings.backend, device=device)
+                         settings.hidden_layers, ndim, include_input=False, backend=settings.backend, device=device,
+                         hidden_bias=settings.hidden_bias)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
