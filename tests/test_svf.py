@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
-from helpers import mni_small
+import nibabel as nib
+from helpers import SHARED, mni_small, research_preset
 
 import inrreg_pipeline.core.affine as affine_module
 import inrreg_pipeline.core.svf as svf_module
@@ -438,6 +439,63 @@ def test_hash_grid_sizes_are_in_mm_and_it_starts_at_the_identity():
     assert cells[0] == pytest.approx(cells[1], rel=0.02)
     assert s.finest_mm <= cells[0] < 1.1 * s.finest_mm
     assert growth_factor(100.0, s) > 1.0 and growth_factor(1.0, s) == 1.0  # a box finer than the base: one size
+
+
+def _hidden_preactivations(network: HashGridINR, points: torch.Tensor) -> torch.Tensor:
+    """The velocity MLP's first hidden layer before its ReLU at world points ``(N, d)``: ``(N, units)``."""
+    with torch.no_grad():
+        return network.mlp[0](network.encoding(network.domain(points)))
+
+
+def test_without_hidden_biases_every_unit_starts_with_both_signs_over_the_image():
+    """With hidden biases, the near-zero hash tables leave each unit with its bias's sign at every point
+    (one Adam step of 0.01 on the bias can switch it off everywhere, for good); without them a unit's
+    sign follows the features, so every unit is positive somewhere and negative somewhere."""
+    image = mni_small(2)
+    lower, upper = world_bounding_box(image.shape, image.affine)
+    points = torch.as_tensor(image.world_grid()[::2, ::2, ::2].reshape(-1, 3), dtype=torch.float32)
+    signs = {}
+    for bias in (True, False):
+        settings = copy.deepcopy(load_preset("svf").svf.hash)
+        settings.hidden_bias = bias
+        torch.manual_seed(0)
+        pre = _hidden_preactivations(HashGridINR(NormalisedBox(lower, upper), 3, settings), points)
+        signs[bias] = ((pre > 0).any(0) & (pre < 0).any(0)).float().mean().item()
+    assert signs[False] == 1.0
+    assert signs[True] < 0.1
+
+
+OASIS = SHARED / "oasis-trt-20"
+
+
+@pytest.mark.skipif(not OASIS.is_dir(), reason="shared oasis-trt-20 data not present")
+def test_the_velocity_learns_at_the_seed_whose_units_all_died():
+    """Session 18: on sub-01 <- sub-02 at 2 mm (resampled as the OASIS harness does), seed 2 of the
+    session 15 ``svf`` lost every hidden unit in the 100 steps of its 8 mm level and the velocity stayed
+    at the identity (the level's similarity 0.150 -> 0.150). Without hidden biases it learns there."""
+    from nibabel.processing import resample_to_output
+
+    def load(sub: str) -> SpatialImage:
+        img = resample_to_output(nib.load(str(OASIS / f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz")), [2.0] * 3, order=1)
+        return SpatialImage(np.asarray(img.dataobj, np.float32), img.affine)
+
+    fixed, moving = load("01"), load("02")
+    settings = load_preset(research_preset("svf-nobias"))
+    settings.svf.iterations = [100, 0, 0]
+    seen = {}
+    original = svf_module.fit_svf
+
+    def recording(*args, **kwargs):
+        model, history = original(*args, **kwargs)
+        seen["similarity"] = history["similarity"]
+        seen["alive"] = (_hidden_preactivations(model.network, model.points.reshape(-1, 3)) > 0).any(0)
+        return model, history
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(svf_module, "fit_svf", recording)
+        register(fixed, moving, settings, CPU, seed=2)
+    assert seen["similarity"][-1] < 0.67 * seen["similarity"][0]
+    assert seen["alive"].float().mean() > 0.9
 
 
 @pytest.mark.parametrize("key, value", [("network", '"sine"'), ("hash", '{"finest_mm": 0}'),
