@@ -40,6 +40,9 @@ CITATIONS = {
                "MICCAI 2006, LNCS 4190:924-931. doi:10.1007/11866565_113",
     "instantngp": "Muller T., Evans A., Schied C., Keller A. (2022) Instant neural graphics primitives with a "
                   "multiresolution hash encoding. ACM Trans. Graph. 41(4):102. doi:10.1145/3528223.3530127",
+    "mind": "Heinrich M.P., Jenkinson M., Papiez B.W., Brady M., Schnabel J.A. (2013) Towards realtime "
+            "multimodal fusion for image-guided interventions using self-similarities. MICCAI 2013, LNCS "
+            "8149:187-194. doi:10.1007/978-3-642-40811-3_24",
     "greedy": "Yushkevich P.A. et al. (2016) Fast automatic segmentation of hippocampal subfields and medial "
               "temporal lobe subregions in 3 Tesla and 7 Tesla T2-weighted MRI. Alzheimer's & Dementia "
               "12(7):P126-P127 (greedy registration). doi:10.1016/j.jalz.2016.06.205",

@@ -100,7 +100,8 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
     if info["method"] == "svf":
         if info.get("svf_network") == "hash-grid":
             network = (f"a coordinate MLP with {info['hidden_layers']} hidden layer(s) of {info['hidden_features']} "
-                       f"ReLU units on a multi-resolution hash encoding [@instantngp] of {info['hash_levels']} levels "
+                       f"ReLU units{'' if info.get('hash_hidden_bias', True) else ' without biases'} on a "
+                       f"multi-resolution hash encoding [@instantngp] of {info['hash_levels']} levels "
                        f"(cells from the image's extent / {info['hash_base_resolution'] - 1} down to "
                        f"{info['hash_finest_mm']:g} mm) gave the velocity"
                        + (f", its finer levels fading in over the first {info['hash_coarse_to_fine_steps']} steps "
@@ -124,7 +125,7 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
                        if info.get("svf_level_spacing_mm") else
                        f"at shrink factors {', '.join(str(f) for f in info['svf_shrink_factors'])} ")
                     + f"({', '.join(str(n) for n in info['svf_iterations'])} steps) to minimise "
-                    f"{str(info.get('similarity', '')).upper()} dissimilarity{_lncc_windows(info)} plus "
+                    f"{str(info.get('similarity', '')).upper()} dissimilarity{_lncc_windows(info)}{_mind_term(info)} plus "
                     + _svf_regularisers(info) + ".")
     if "hidden_layers" in info and info["method"] not in ("two-network", "svf"):
         desc.append(f"The displacement field was a coordinate MLP with {info['hidden_layers']} hidden layers of "
@@ -195,6 +196,18 @@ def _svf_regularisers(info: dict) -> str:
         terms.append(f"{folding:g} times a penalty on every control cell that keeps less than "
                      f"{info.get('svf_folding_floor', 0):g} of its volume")
     return terms[0] if len(terms) == 1 else ", ".join(terms[:-1]) + " and " + terms[-1]
+
+
+def _mind_term(info: dict) -> str:
+    """The clause that adds an svf preset's MIND-SSC term with its weight at each level
+    (:func:`inrreg_pipeline.core.svf.level_mind_alphas`); ``""`` when it has none."""
+    weights = info.get("svf_mind_alpha")
+    if not weights:
+        return ""
+    where = (f"{weights[0]:g} times" if len(set(weights)) == 1 else
+             f"{_mm_list(weights)} times (at the successive levels)")
+    return (f", {where} the mean squared difference of MIND-SSC self-similarity descriptors [@mind] "
+            f"(neighbours {info['svf_mind_distance_mm']:g} mm apart)")
 
 
 def _lncc_windows(info: dict) -> str:

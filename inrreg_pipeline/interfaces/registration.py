@@ -28,7 +28,7 @@ from nipype.interfaces.base import (
 from ..baselines import BASELINE_PRESETS, run_baseline
 from ..core.choices import VARIANT_METHODS
 from ..core.config import RegistrationSettings
-from ..core.svf import level_lncc_windows
+from ..core.svf import level_lncc_windows, level_mind_alphas
 from ..io.images import InputError
 from ..presets import PresetError, available_presets, resolve
 from ..register import register_files
@@ -166,7 +166,8 @@ def describe_inr(method: str = "auto", preset: str | None = None) -> dict:
             keys.update({"hash_levels": "svf.hash.levels", "hash_finest_mm": "svf.hash.finest_mm",
                          "hash_base_resolution": "svf.hash.base_resolution",
                          "hash_coarse_to_fine_steps": "svf.hash.coarse_to_fine_steps",
-                         "hidden_layers": "svf.hash.hidden_layers", "hidden_features": "svf.hash.hidden_features"})
+                         "hidden_layers": "svf.hash.hidden_layers", "hidden_features": "svf.hash.hidden_features",
+                         "hash_hidden_bias": "svf.hash.hidden_bias"})
     if out["method"] == "two-network":
         keys = {"motion": "two_network.motion", "hidden_layers": "two_network.hidden_layers",
                 "hidden_features": "two_network.hidden_features", "iterations": "two_network.iterations",
@@ -176,6 +177,9 @@ def describe_inr(method: str = "auto", preset: str | None = None) -> dict:
     out.update({key: get(path) for key, path in keys.items() if get(path) is not None})
     if out["method"] == "svf" and "lncc" in str(out.get("similarity", "")):
         out["svf_lncc_window_mm"] = level_lncc_windows(s.svf)  # the LNCC window at each level, mm
+    if out["method"] == "svf" and any(w > 0 for w in level_mind_alphas(s.svf)):
+        out["svf_mind_alpha"] = level_mind_alphas(s.svf)  # the MIND-SSC weight at each level
+        out["svf_mind_distance_mm"] = s.svf.mind_distance_mm
     return out
 
 
