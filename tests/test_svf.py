@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 import nibabel as nib
-from helpers import SHARED, mni_small
+from helpers import SHARED, assert_recovered_without_folding, known_deformation_pair, mni_small, quick_svf
 
 import inrreg_pipeline.core.affine as affine_module
 import inrreg_pipeline.core.svf as svf_module
@@ -92,40 +92,15 @@ def test_control_grid_is_a_subgrid_of_the_fixed_grid_around_the_mask():
     np.testing.assert_allclose(g.affine[:3, 3], apply_affine(fixed.affine, g.start.astype(float)))
 
 
-def _quick_svf():
-    s = copy.deepcopy(load_preset("svf"))
-    s.affine.iterations = [40, 20]
-    s.affine.shrink_factors = [2, 1]
-    s.affine.rigid_iterations = 20
-    s.affine.samples = 4000
-    s.network.hidden_features = 32
-    # the shipped levels and control grids one octave coarser for 4 mm test images (16, 8, 4 mm levels
-    # on 16, 8, 8 mm grids), the hash levels fading in over the first two levels as the shipped ones do
-    s.svf.level_spacing_mm = [16.0, 8.0, 4.0]
-    s.svf.level_control_spacing_mm = [16.0, 8.0, 8.0]
-    s.svf.iterations = [20, 20, 40]
-    s.svf.hash.coarse_to_fine_steps = 40
-    return s
+_quick_svf = quick_svf
+_assert_recovered_without_folding = assert_recovered_without_folding
 
 
 @pytest.fixture(scope="module")
 def recovery():
-    fixed = mni_small(2)  # 4 mm
-    psi = random_deformation(fixed, amplitude_mm=6.0, rotation_deg=3.0, translation_mm=3.0, seed=5)
-    moving = deform(fixed, psi)
+    fixed, moving, psi = known_deformation_pair()
     result = register(fixed, moving, _quick_svf(), CPU, seed=3)
     return fixed, moving, psi, result
-
-
-def _assert_recovered_without_folding(fixed, psi, result) -> None:
-    """Inside the brain, the registration leaves under 0.8 of the affine stage's error and under 2 mm
-    on average (mm, half a 4 mm voxel; against the known ``psi``), with no voxel whose det J <= 0."""
-    inside = foreground_mask(fixed.data)
-    grid = fixed.world_grid()
-    after_affine = np.linalg.norm(psi(apply_affine(result.affine, grid)) - grid, axis=-1)[inside]
-    after = np.linalg.norm(psi(apply_affine(result.affine, grid + result.displacement)) - grid, axis=-1)[inside]
-    assert after.mean() < 0.8 * after_affine.mean() and after.mean() < 2.0, (after_affine.mean(), after.mean())
-    assert result.jacobian[inside].min() > 0
 
 
 def test_svf_registration_recovers_a_known_deformation_without_folding(recovery):
@@ -502,7 +477,10 @@ def test_the_velocity_learns_at_the_seed_whose_units_all_died():
 
 @pytest.mark.parametrize("key, value", [("network", '"sine"'), ("hash", '{"finest_mm": 0}'),
                                         ("hash", '{"levels": 0}'), ("hash", '{"backend": "cuda"}'),
-                                        ("level_lncc_window_mm", "[10]"), ("level_lncc_window_mm", "[10, 0]")])
+                                        ("level_lncc_window_mm", "[10]"), ("level_lncc_window_mm", "[10, 0]"),
+                                        ("mind_alpha", "-1"), ("mind_distance_mm", "0"),
+                                        ("level_mind_alpha", "[1, 1]"), ("level_mind_alpha", "[1, -1, 0]"),
+                                        ("hash", '{"hidden_bias": 0}')])
 def test_a_bad_velocity_network_is_refused_naming_the_key(tmp_path, key, value):
     path = tmp_path / "bad.json"
     path.write_text('{"base": "svf", "svf": {"%s": %s}}' % (key, value))
