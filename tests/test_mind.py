@@ -15,7 +15,7 @@ import torch.nn.functional as nnf
 from helpers import assert_recovered_without_folding, known_deformation_pair, mni_small, quick_svf
 
 import inrreg_pipeline.core.svf as svf_module
-from inrreg_pipeline.core.config import load_preset, validate
+from inrreg_pipeline.core.config import validate
 from inrreg_pipeline.core.losses import mind_ssc
 from inrreg_pipeline.core.registration import register
 
