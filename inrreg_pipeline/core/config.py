@@ -238,7 +238,9 @@ class VelocityHashSettings:
     (tables ``U(-1e-4, 1e-4)``), so each unit's sign is its bias's, the same at every point, and Adam
     at the tables' step size moves a bias by about ``lr`` per step: units die for good, and on some
     seeds all of them do and the velocity stops at the identity. Without them (as tiny-cuda-nn's
-    fully fused MLPs) a unit's sign follows the features, which vary in sign from point to point."""
+    fully fused MLPs) a unit's sign follows the features, which vary in sign from point to point.
+    The default (true) keeps presets written before session 18 as they were; the shipped ``svf`` sets
+    it false."""
 
     levels: int = 8
     features_per_level: int = 2

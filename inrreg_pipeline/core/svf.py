@@ -51,7 +51,8 @@ from .space import (SpatialImage, dilate_mm, downsample, shrink_factor, voxel_gr
                     world_bounding_box, world_to_grid_map)
 
 __all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations",
-           "level_shrink_factors", "level_control_spacings", "level_lncc_windows", "level_mind_alphas", "velocity_network", "VelocityINR"]
+           "level_shrink_factors", "level_control_spacings", "level_lncc_windows", "level_mind_alphas",
+           "velocity_network", "VelocityINR"]
 
 
 @dataclass
