@@ -180,14 +180,14 @@ def test_svf_boilerplate_states_the_levels_control_grids_and_fade_in_the_preset_
     windows.write_text('{"base": "svf", "svf": {"level_lncc_window_mm": [72, 36, 18]}}')
     desc = init_inr_registration_wf(preset=str(windows), name="windows_wf").visit_desc()
     assert "(LNCC windows of 72, 36, 18 mm at the successive levels, each an odd number of voxels)" in desc
-    assert "MIND" not in desc and "ReLU units on" in desc
+    assert "MIND" not in desc and "ReLU units without biases on" in desc  # the shipped svf's MLP (session 18)
     structural = tmp_path / "structural.json"
-    structural.write_text('{"base": "svf", "svf": {"level_mind_alpha": [5, 5, 0], "hash": {"hidden_bias": false}}}')
+    structural.write_text('{"base": "svf", "svf": {"level_mind_alpha": [5, 5, 0], "hash": {"hidden_bias": true}}}')
     desc = init_inr_registration_wf(preset=str(structural), name="structural_wf").visit_desc()
     assert ("(LNCC window 18 mm, an odd number of voxels at each level), 5, 5, 0 times (at the successive levels) "
             "the mean squared difference of MIND-SSC self-similarity descriptors [@mind] (neighbours 4 mm apart) "
             "plus 2 times") in desc
-    assert "ReLU units without biases on" in desc
+    assert "ReLU units on" in desc
     two = tmp_path / "two.json"
     two.write_text('{"base": "svf", "svf": {"level_spacing_mm": [4, 2], "iterations": [150, 450], '
                    '"level_control_spacing_mm": null, "hash": {"coarse_to_fine_steps": 0}}}')
