@@ -131,7 +131,8 @@ def mind_ssc(image: torch.Tensor, distance: int, radius: int = 1) -> torch.Tenso
                                 tuple(distance + o for o in a), list(spatial))
                            for a, b in pairs], dim=1)
     variance = distances.mean(1, keepdim=True)
-    level = max(float(variance.mean()), 1e-30)  # relative bounds keep the descriptor contrast-free
+    # relative bounds keep the descriptor contrast-free; a tensor, so a CUDA step does not wait on the host
+    level = variance.mean().detach().clamp_min(1e-30)
     variance = variance.clamp(min=level * 1e-3, max=level * 1e3)
     descriptor = torch.exp(-distances / variance)
     return descriptor / descriptor.amax(1, keepdim=True)

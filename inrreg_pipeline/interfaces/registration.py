@@ -177,8 +177,9 @@ def describe_inr(method: str = "auto", preset: str | None = None) -> dict:
     out.update({key: get(path) for key, path in keys.items() if get(path) is not None})
     if out["method"] == "svf" and "lncc" in str(out.get("similarity", "")):
         out["svf_lncc_window_mm"] = level_lncc_windows(s.svf)  # the LNCC window at each level, mm
-    if out["method"] == "svf" and any(w > 0 for w in level_mind_alphas(s.svf)):
-        out["svf_mind_alpha"] = level_mind_alphas(s.svf)  # the MIND-SSC weight at each level
+    mind_alphas = level_mind_alphas(s.svf) if out["method"] == "svf" else []
+    if any(w > 0 for w in mind_alphas):
+        out["svf_mind_alpha"] = mind_alphas  # the MIND-SSC weight at each level
         out["svf_mind_distance_mm"] = s.svf.mind_distance_mm
     return out
 
