@@ -472,3 +472,18 @@ def test_gpu_check_cpu_smoke_writes_its_json(tmp_path):
     # even six iterations move the moving image towards the fixed one
     assert row["error_mm"]["mean"] < row["error_mm"]["before_mean"]
     assert row["dice"]["after"] > row["dice"]["before"]
+
+
+def test_every_research_preset_loads_and_says_what_it_tests():
+    """The results pages give ``--preset benchmarks/presets/NAME.json`` commands for every variant
+    they report, and many presets are a base plus one change (``"base": "svf-session15.json"``): each
+    file must still resolve through its bases and pass validation, or a reader cannot rerun the row,
+    and each must carry a description saying what it tests."""
+    from inrreg_pipeline.core import load_preset
+
+    files = sorted((ROOT / "benchmarks" / "presets").glob("*.json"))
+    assert len(files) > 40
+    for path in files:
+        settings = load_preset(str(path))
+        assert settings.name == path.stem, path.name
+        assert len(settings.description) > 40, f"{path.name} does not say what it tests"
