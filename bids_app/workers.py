@@ -9,8 +9,9 @@ half-written files and its own child (the ANTs child process) behind. Here:
 * each worker installs :func:`_on_sigterm` when it starts. During a node it raises
   :class:`Terminated` once, so that the node's own cleanup runs (staging folders, the ANTs child,
   temporary derivative files); Nipype records the node as failed, not finished, so a rerun runs it
-  again. Between nodes it only records the signal. A terminated worker starts no other node
-  (:func:`run_in_worker`) and ends when the pool shuts down;
+  again, and its ``_0x<hash>_unfinished.json`` marker is removed whichever step of Nipype's the signal
+  landed in (:func:`_remove_unfinished_hashfile`). Between nodes it only records the signal. A
+  terminated worker starts no other node (:func:`run_in_worker`) and ends when the pool shuts down;
 * the fork server the workers come from is started with SIGTERM blocked (:func:`_start_fork_server`):
   a SIGTERM to every process of a job (a scheduler's) would otherwise end it first, and the main
   process would then lose track of the workers, which stay blocked on their task queue forever;
@@ -32,6 +33,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import forkserver
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from nipype.pipeline.plugins import multiproc
@@ -95,8 +97,30 @@ def run_in_worker(function: Callable[..., dict], *args: Any) -> dict:
             return function(*args)
         finally:
             _BUSY = False
+            if _TERMINATED:
+                _remove_unfinished_hashfile(args[0])
     except Terminated:
         return _not_run(args)
+
+
+def _remove_unfinished_hashfile(node: Any) -> None:
+    """Nipype's tear-up after a failed node, which it skips when the node ends by a ``BaseException``.
+
+    ``Node.run`` writes ``_0x<hash>_unfinished.json`` before the interface runs and removes it in an
+    ``except Exception``. A SIGTERM inside the interface reaches it as a failed run (the interface's
+    runtime context turns :class:`Terminated` into a traceback), but one that lands while Nipype
+    itself works around the interface (saving the node's pickles and report) ends ``Node.run`` by
+    :class:`Terminated`, past that ``except``: the marker of a node still running stayed in the work
+    directory after the app had exited. Removed here (the node's folder only; a node whose run
+    finished has none left)."""
+    if getattr(node, "base_dir", None) is None:  # output_dir() would make a temporary folder
+        return
+    try:
+        folder = Path(node.output_dir())
+    except Exception:  # noqa: BLE001 - no folder, nothing to remove
+        return
+    for marker in folder.glob("_0x*_unfinished.json"):
+        marker.unlink(missing_ok=True)
 
 
 class _Pool(ProcessPoolExecutor):

@@ -570,3 +570,40 @@ def test_sigterm_during_a_multiproc_run_exits_143_and_the_rerun_resumes(dataset,
         assert (anat / name).is_file(), name
     assert (out / "sub-01.html").is_file()
     assert _wait_gone(tag, 10) == []
+
+
+def test_a_node_ended_by_sigterm_outside_its_interface_leaves_no_unfinished_marker(tmp_path, monkeypatch):
+    """The race the job-wide case above can hit under load, made deterministic. Nipype writes a node's
+    ``_0x<hash>_unfinished.json`` before its interface runs and removes it only on an ``Exception``;
+    a SIGTERM landing in that stretch ends ``Node.run`` with the ``BaseException`` ``Terminated``,
+    which Nipype's ``run_node`` reports as a failed node while the marker of a running node stayed in
+    the work directory. The worker removes it; a finished node's hash file is kept."""
+    import signal
+
+    from nipype import Node
+    from nipype.interfaces.utility import IdentityInterface
+
+    from inrreg_pipeline.bids_app import workers
+
+    for name in ("_BUSY", "_TERMINATED", "_RAISED"):  # worker-process state, restored after the test
+        monkeypatch.setattr(workers, name, False)
+    node = Node(IdentityInterface(fields=["x"]), name="registration", base_dir=str(tmp_path))
+    folder = Path(node.output_dir())
+    folder.mkdir(parents=True)
+    (folder / "_0xfinished.json").write_text("{}")  # another node state's hash file, not this run's marker
+
+    def run_node(node, updatehash, taskid):
+        """Nipype's ``run_node``: every exception of ``node.run`` becomes a traceback in the result."""
+        try:
+            (Path(node.output_dir()) / "_0xabc_unfinished.json").write_text("{}")
+            workers._on_sigterm(signal.SIGTERM, None)  # the signal, before the interface started
+        except BaseException as err:  # noqa: BLE001 - as run_node's bare except
+            return {"result": None, "traceback": repr(err), "taskid": taskid}
+        return {"result": "ran", "traceback": None, "taskid": taskid}
+
+    result = workers.run_in_worker(run_node, node, False, 7)
+    assert result["traceback"] == "Terminated()" and result["taskid"] == 7
+    assert sorted(p.name for p in folder.iterdir()) == ["_0xfinished.json"]
+    # a terminated worker starts no further node
+    assert workers.run_in_worker(run_node, node, False, 8)["result"] is None
+    assert sorted(p.name for p in folder.iterdir()) == ["_0xfinished.json"]
