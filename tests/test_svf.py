@@ -92,20 +92,16 @@ def test_control_grid_is_a_subgrid_of_the_fixed_grid_around_the_mask():
     np.testing.assert_allclose(g.affine[:3, 3], apply_affine(fixed.affine, g.start.astype(float)))
 
 
-_quick_svf = quick_svf
-_assert_recovered_without_folding = assert_recovered_without_folding
-
-
 @pytest.fixture(scope="module")
 def recovery():
     fixed, moving, psi = known_deformation_pair()
-    result = register(fixed, moving, _quick_svf(), CPU, seed=3)
+    result = register(fixed, moving, quick_svf(), CPU, seed=3)
     return fixed, moving, psi, result
 
 
 def test_svf_registration_recovers_a_known_deformation_without_folding(recovery):
     fixed, moving, psi, result = recovery
-    _assert_recovered_without_folding(fixed, psi, result)
+    assert_recovered_without_folding(fixed, psi, result)
     assert result.summary["jacobian"]["percent_nonpositive_fov"] == 0.0
     # the inverse is exp(-v): consistent to well under a voxel
     assert result.summary["inverse_consistency"]["mean_mm"] < 0.4
@@ -117,7 +113,7 @@ def test_dense_field_is_the_control_grid_field_at_every_voxel(recovery):
     fixed, _, _, result = recovery
     model = result.model
     with torch.no_grad():
-        u = model.displacement(_quick_svf().svf.squaring_steps)
+        u = model.displacement(quick_svf().svf.squaring_steps)
         everywhere = model.at(u, torch.as_tensor(fixed.world_grid(), dtype=torch.float32)).numpy()
     # float noise only (the world -> grid matmul rounds by batch): 1e-12 to 1e-9 mm where a voxel sits on
     # the box edge, whose interpolation weight is then float32 rounding of 0
@@ -147,7 +143,7 @@ def test_voxels_beyond_one_stride_of_the_control_grid_are_exactly_zero():
 
 def test_same_seed_same_result_on_cpu(recovery):
     fixed, moving, _, result = recovery
-    again = register(fixed, moving, _quick_svf(), CPU, seed=3)
+    again = register(fixed, moving, quick_svf(), CPU, seed=3)
     np.testing.assert_allclose(again.displacement, result.displacement, atol=1e-5)
     assert again.summary["loss"] == result.summary["loss"]
 
@@ -180,7 +176,7 @@ def test_preset_levels_in_mm_and_equal_shrink_factors_give_the_same_registration
     """On these 4 mm images ``level_spacing_mm [16, 8, 4]`` is ``shrink_factors [4, 2, 1]``: bit for bit
     the same run."""
     fixed, moving, _, result = recovery
-    s = _quick_svf()
+    s = quick_svf()
     s.svf.level_spacing_mm, s.svf.shrink_factors = None, [4, 2, 1]
     again = register(fixed, moving, s, CPU, seed=3)
     np.testing.assert_array_equal(again.displacement, result.displacement)
@@ -196,7 +192,7 @@ def test_the_same_pair_at_half_the_voxel_size_gives_the_same_transform(recovery)
     points = voxel_grid_to_world(shape, fine)
     fixed_fine = SpatialImage(sample_array(fixed.data, fixed.affine, points, CPU), fine)
     moving_fine = SpatialImage(sample_array(moving.data, moving.affine, points, CPU), fine)
-    s = _quick_svf()
+    s = quick_svf()
     fine_result = register(fixed_fine, moving_fine, s, CPU, seed=3)
     inside = foreground_mask(fixed.data)
     coarse_map = apply_affine(result.affine, fixed.world_grid() + result.displacement)[inside]
@@ -210,7 +206,7 @@ def test_svf_runs_in_2d_on_an_oblique_slice():
     fixed = SpatialImage(vol.data[:, :, 24].copy(), vol.affine[np.ix_([0, 1, 3], [0, 1, 3])])
     psi = random_deformation(fixed, amplitude_mm=5.0, rotation_deg=3.0, translation_mm=2.0, seed=2)
     moving = deform(fixed, psi)
-    result = register(fixed, moving, _quick_svf(), CPU, seed=0)
+    result = register(fixed, moving, quick_svf(), CPU, seed=0)
     inside = foreground_mask(fixed.data)
     grid = fixed.world_grid()
     before = np.linalg.norm(psi(grid) - grid, axis=-1)[inside].mean()
@@ -263,7 +259,7 @@ def test_only_the_automatic_foreground_is_grown_never_a_users_mask(monkeypatch, 
     monkeypatch.setattr(affine_module, "dilate_mm", recording("affine"))
     monkeypatch.setattr(svf_module, "dilate_mm", recording("svf"))
     fixed = mni_small(2)
-    s = _quick_svf()
+    s = quick_svf()
     s.affine.iterations, s.affine.rigid_iterations, s.svf.iterations = [2, 2], 2, [2, 2, 2]
     shipped = load_preset("svf")
     assert shipped.affine.sample_dilation_mm > 0 and shipped.svf.similarity_dilation_mm > 0
@@ -293,7 +289,7 @@ def test_a_finer_control_grid_at_the_last_level_is_the_transforms_grid(recovery,
     grid at the two coarse levels, then on an 8 mm one, which the written transform is integrated on;
     it still recovers the deformation without folding. A spacing list of the wrong length is refused."""
     fixed, moving, psi, result = recovery  # 16, 8, 8 mm control grids
-    s = _quick_svf()
+    s = quick_svf()
     s.svf.level_control_spacing_mm = [16.0, 16.0, 8.0]
     seen = []
     original = svf_module.VelocityField.set_grid
@@ -325,7 +321,7 @@ def test_a_finer_control_grid_at_the_last_level_is_the_transforms_grid(recovery,
 def hash_recovery(recovery):
     """The same pair as ``recovery``, the velocity given by the hash-grid network (cells 32 to 8 mm)."""
     fixed, moving, psi, _ = recovery
-    s = _quick_svf()
+    s = quick_svf()
     s.svf.network, s.svf.lr = "hash-grid", 0.01
     s.svf.hash.levels, s.svf.hash.finest_mm = 4, 8.0
     return s, register(fixed, moving, s, CPU, seed=3)
@@ -335,7 +331,7 @@ def test_hash_grid_velocity_recovers_a_known_deformation_without_folding(recover
     fixed, moving, psi, siren = recovery
     settings, result = hash_recovery
     assert isinstance(result.model.network, HashGridINR)
-    _assert_recovered_without_folding(fixed, psi, result)
+    assert_recovered_without_folding(fixed, psi, result)
     assert result.summary["inverse_consistency"]["mean_mm"] < 0.4
     # same seed, same result on a multi-threaded CPU (the table gradient is summed in a fixed order)
     again = register(fixed, moving, settings, CPU, seed=3)
@@ -351,7 +347,7 @@ def test_lncc_alone_recovers_a_known_deformation_and_only_svf_accepts_it(recover
     s = copy.deepcopy(settings)
     s.loss.similarity = "lncc"
     result = register(fixed, moving, validate(s), CPU, seed=3)
-    _assert_recovered_without_folding(fixed, psi, result)
+    assert_recovered_without_folding(fixed, psi, result)
     assert np.abs(result.displacement - reference.displacement).max() > 1e-3
     other = load_preset("default")
     other.loss.similarity = "lncc"
