@@ -22,8 +22,8 @@ from inrreg_pipeline.core.losses import box_mean, determinant
 from inrreg_pipeline.core.encodings import NormalisedBox
 from inrreg_pipeline.core.hash_grid_inr import HashGridINR, growth_factor
 from inrreg_pipeline.core.registration import register
-from inrreg_pipeline.core.space import (SpatialImage, apply_affine, dilate_mm, foreground_mask, sample_array,
-                                       voxel_grid_to_world, world_bounding_box)
+from inrreg_pipeline.core.space import (SpatialImage, apply_affine, dilate_mm, foreground_mask, rescale_intensity,
+                                       sample_array, voxel_grid_to_world, world_bounding_box)
 from inrreg_pipeline.core.svf import ControlGrid, GridSampler, integrate, level_shrink_factors
 from inrreg_pipeline.demo import oblique_grid
 from inrreg_pipeline.metrics import jacobian_determinant_from_displacement
@@ -476,12 +476,44 @@ def test_the_velocity_learns_at_the_seed_whose_units_all_died():
                                         ("level_lncc_window_mm", "[10]"), ("level_lncc_window_mm", "[10, 0]"),
                                         ("mind_alpha", "-1"), ("mind_distance_mm", "0"),
                                         ("level_mind_alpha", "[1, 1]"), ("level_mind_alpha", "[1, -1, 0]"),
-                                        ("hash", '{"hidden_bias": 0}')])
+                                        ("hash", '{"hidden_bias": 0}'), ("level_frozen_hash_levels", "[0, 4]"),
+                                        ("level_frozen_hash_levels", "[0, 0, 9]"),
+                                        ("level_frozen_hash_levels", "[0, 0, 1.5]")])
 def test_a_bad_velocity_network_is_refused_naming_the_key(tmp_path, key, value):
     path = tmp_path / "bad.json"
     path.write_text('{"base": "svf", "svf": {"%s": %s}}' % (key, value))
     with pytest.raises(ValueError, match=f"svf.{key}"):
         load_preset(str(path))
+
+
+def _fit_quick_svf(iterations: list[int], frozen: list[int] | None):
+    """``fit_svf`` of the known-deformation pair with :func:`quick_svf` (identity affine, seed 0)."""
+    fixed, moving, _ = known_deformation_pair()
+    s = quick_svf()
+    s.svf.iterations, s.svf.level_frozen_hash_levels = iterations, frozen
+    validate(s)
+    torch.manual_seed(0)
+    f, m = (image.with_data(rescale_intensity(image.data)) for image in (fixed, moving))
+    return svf_module.fit_svf(f, m, np.eye(4), s, CPU, foreground_mask(f.data))
+
+
+def test_frozen_hash_levels_keep_the_coarse_levels_exactly_while_the_fine_ones_learn():
+    """``svf.level_frozen_hash_levels [0, 0, 4]``: at the last level the table entries of the four
+    coarsest hash levels stay exactly where the first two levels left them (the same seed stopped
+    there), while the finer entries and the MLP go on learning and lower the similarity loss;
+    without the hold the last level moves those coarse entries too."""
+    before, _ = _fit_quick_svf([20, 20, 0], None)
+    held, history = _fit_quick_svf([20, 20, 40], [0, 0, 4])
+    free, _ = _fit_quick_svf([20, 20, 40], None)
+    layout = before.network.encoding.layout
+    cut = layout.offsets[4] * layout.features_per_level
+    start, kept, moved = (model.network.encoding.params.detach() for model in (before, held, free))
+    assert torch.equal(kept[:cut], start[:cut])
+    assert not torch.equal(moved[:cut], start[:cut])
+    assert (kept[cut:] - start[cut:]).abs().max() > 1e-3
+    assert not torch.equal(held.network.out.weight, before.network.out.weight)
+    last = [sim for sim, level in zip(history["similarity"], history["level"]) if level == 2]
+    assert last[-1] < last[0]
 
 
 def test_cell_corner_determinants_see_the_fold_that_central_differences_miss():

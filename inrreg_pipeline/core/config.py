@@ -300,6 +300,11 @@ class SVFSettings:
     ``level_mind_alpha``: one such weight per level instead of ``mind_alpha`` at all (the
     descriptors have 12 channels in 3-D, so at a 2 mm level on a CPU the term costs several times
     the rest of a step; at the coarser levels it is cheap).
+    ``level_frozen_hash_levels``: one count per level (``network: hash-grid`` only): during that
+    level the coarsest that many hash levels keep the table entries the earlier levels gave them
+    (their gradient is masked and their Adam momentum cleared), so a fine image level refines
+    the detail of the velocity without moving the large-scale alignment the coarse levels found
+    (0: every hash level learns; null: 0 at every level).
     ``network``: what gives ``v``: ``siren``, the MLP of the ``network`` section, or ``hash-grid``,
     the multi-resolution hash-grid MLP of ``hash`` (:class:`VelocityHashSettings`).
     """
@@ -323,6 +328,7 @@ class SVFSettings:
     folding_floor: float = 0.1
     mind_alpha: float = 0.0
     level_mind_alpha: list[float] | None = None
+    level_frozen_hash_levels: list[int] | None = None
     mind_distance_mm: float = 4.0
     network: str = "siren"
     hash: VelocityHashSettings = field(default_factory=VelocityHashSettings)
@@ -481,6 +487,11 @@ def _check_svf(settings: "RegistrationSettings", need: Need) -> None:
          "svf.level_mind_alpha must be null or one finite weight >= 0 per entry of svf.iterations")
     need(v.network in SVF_NETWORKS, f"svf.network must be one of {', '.join(SVF_NETWORKS)}")
     h = v.hash
+    frozen = v.level_frozen_hash_levels
+    need(frozen is None or (v.network == "hash-grid" and len(frozen) == len(v.iterations)
+                            and all(float(n).is_integer() and 0 <= n <= h.levels for n in frozen)),
+         "svf.level_frozen_hash_levels must be null or, with svf.network hash-grid, one whole number in "
+         "0..svf.hash.levels per entry of svf.iterations")
     need(1 <= h.levels <= 16 and 1 <= h.features_per_level <= 8 and 4 <= h.log2_table_size <= 24,
          "svf.hash needs levels in 1..16, features_per_level in 1..8 and log2_table_size in 4..24")
     need(h.base_resolution >= 2 and math.isfinite(h.finest_mm) and h.finest_mm > 0,

@@ -52,6 +52,7 @@ from .space import (SpatialImage, dilate_mm, downsample, shrink_factor, voxel_gr
 
 __all__ = ["ControlGrid", "VelocityField", "integrate", "fit_svf", "dense_fields", "svf_iterations",
            "level_shrink_factors", "level_control_spacings", "level_lncc_windows", "level_mind_alphas",
+           "level_frozen_hash_levels", "CoarseHashHold",
            "velocity_network", "VelocityINR"]
 
 
@@ -311,6 +312,11 @@ def level_mind_alphas(s: SVFSettings) -> list[float]:
     return _per_level(s.level_mind_alpha, s.mind_alpha, len(s.iterations))
 
 
+def level_frozen_hash_levels(s: SVFSettings) -> list[int]:
+    """How many of the coarsest hash levels stay fixed at each level: ``s.level_frozen_hash_levels``, or 0."""
+    return [int(n) for n in _per_level(s.level_frozen_hash_levels, 0, len(s.iterations))]
+
+
 def _per_level(values: list[float] | None, default: float, n_levels: int) -> list[float]:
     """``values`` (one per level) as floats, or ``default`` at each of the ``n_levels`` levels."""
     return [float(default)] * n_levels if values is None else [float(v) for v in values]
@@ -394,6 +400,8 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
     # a voxel count per image: in mm mode a 1 mm fixed and a 2 mm moving image meet at the level's size
     moving_factors = fixed_factors if s.level_spacing_mm is None else level_shrink_factors(moving, s)
     fade_in = _coarse_to_fine(model.network, s)
+    frozen_levels = level_frozen_hash_levels(s)
+    hold = CoarseHashHold(model.network) if any(frozen_levels) else None
     steps_before = 0
     for level, (factor, moving_factor, n_steps) in enumerate(zip(fixed_factors, moving_factors, s.iterations)):
         if control_spacings[level] != control_spacings[max(level - 1, 0)]:
@@ -402,6 +410,8 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
             continue
         for group in optimiser.param_groups:
             group["lr"] = s.lr
+        if hold is not None:
+            hold.set(frozen_levels[level], optimiser)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=n_steps,
                                                               eta_min=s.lr * s.lr_final_fraction)
         f_level = downsample(fixed, factor)
@@ -465,7 +475,41 @@ def fit_svf(fixed: SpatialImage, moving: SpatialImage, affine: np.ndarray, setti
         steps_before += n_steps
     if fade_in is not None:
         fade_in(None)  # the written transform is the one the last step optimised: all levels whole
+    if hold is not None:
+        hold.set(0, optimiser)
     return model, history
+
+
+class CoarseHashHold:
+    """Keeps the coarsest levels of a hash-grid velocity's table where the earlier pyramid levels left them.
+
+    :meth:`set` ``(n, optimiser)`` at the start of a pyramid level: from then on the gradient of the
+    table entries of hash levels ``0..n-1`` (the first entries of the flat parameter vector, level
+    after level) is masked to 0 and their Adam momentum is cleared, so Adam leaves them exactly as
+    they are (its update is ``lr * m / (sqrt(v) + eps)`` with ``m = 0``); the finer levels and the
+    MLP go on learning. ``n = 0`` releases every level.
+    """
+
+    def __init__(self, network: torch.nn.Module):
+        self.encoding = network.encoding
+        self._hook: torch.utils.hooks.RemovableHandle | None = None
+
+    def set(self, n_levels: int, optimiser: torch.optim.Optimizer) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if n_levels <= 0:
+            return
+        layout = self.encoding.layout
+        entries = layout.offsets[n_levels] if n_levels < layout.n_levels else layout.n_entries
+        cut = entries * layout.features_per_level
+        params = self.encoding.params
+        learns = torch.ones_like(params)
+        learns[:cut] = 0
+        self._hook = params.register_hook(lambda grad: grad * learns)
+        momentum = optimiser.state.get(params, {}).get("exp_avg")
+        if momentum is not None:
+            momentum[:cut] = 0
 
 
 def _coarse_to_fine(network: torch.nn.Module, s: SVFSettings) -> Callable[[int | None], None] | None:
