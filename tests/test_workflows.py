@@ -181,6 +181,12 @@ def test_svf_boilerplate_states_the_levels_control_grids_and_fade_in_the_preset_
     desc = init_inr_registration_wf(preset=str(windows), name="windows_wf").visit_desc()
     assert "(LNCC windows of 72, 36, 18 mm at the successive levels, each an odd number of voxels)" in desc
     assert "MIND" not in desc and "ReLU units without biases on" in desc  # the shipped svf's MLP (session 18)
+    assert "hash levels kept the values" not in desc
+    held = tmp_path / "held.json"
+    held.write_text('{"base": "svf", "svf": {"level_frozen_hash_levels": [0, 0, 4]}}')
+    desc = init_inr_registration_wf(preset=str(held), name="held_wf").visit_desc()
+    assert ("of its volume. At the successive levels the coarsest 0, 0, 4 hash levels kept the values the "
+            "earlier levels had given them") in desc
     structural = tmp_path / "structural.json"
     structural.write_text('{"base": "svf", "svf": {"level_mind_alpha": [5, 5, 0], "hash": {"hidden_bias": true}}}')
     desc = init_inr_registration_wf(preset=str(structural), name="structural_wf").visit_desc()

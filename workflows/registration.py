@@ -126,7 +126,7 @@ def init_inr_registration_wf(*, method: str = "auto", preset: str | None = None,
                        f"at shrink factors {', '.join(str(f) for f in info['svf_shrink_factors'])} ")
                     + f"({', '.join(str(n) for n in info['svf_iterations'])} steps) to minimise "
                     f"{str(info.get('similarity', '')).upper()} dissimilarity{_lncc_windows(info)}{_mind_term(info)} plus "
-                    + _svf_regularisers(info) + ".")
+                    + _svf_regularisers(info) + "." + _frozen_hash_levels(info))
     if "hidden_layers" in info and info["method"] not in ("two-network", "svf"):
         desc.append(f"The displacement field was a coordinate MLP with {info['hidden_layers']} hidden layers of "
                     f"{info['hidden_features']} units and {info['activation']} activations"
@@ -172,6 +172,16 @@ def init_ants_registration_wf(*, preset: str = "ants-syn-cc", scale_iterations: 
     return _init_registration_wf(reg, desc=desc, label=label, omp_nthreads=omp_nthreads, orientation=orientation,
                                  n4=n4, use_masks=use_masks, resolution=resolution, label_maps=label_maps,
                                  fixed_labels=fixed_labels, sloppy=sloppy, name=name)
+
+
+def _frozen_hash_levels(info: dict) -> str:
+    """The clause for ``svf.level_frozen_hash_levels``: which coarse hash levels each level held."""
+    held = [int(n) for n in info.get("svf_level_frozen_hash_levels") or []]
+    if not any(held):
+        return ""
+    return (f" At the successive levels the coarsest {', '.join(str(n) for n in held)} hash levels kept the "
+            f"values the earlier levels had given them, so that a finer level refined detail without moving "
+            f"the large-scale alignment.")
 
 
 def _mm_list(values) -> str:

@@ -167,7 +167,8 @@ def describe_inr(method: str = "auto", preset: str | None = None) -> dict:
                          "hash_base_resolution": "svf.hash.base_resolution",
                          "hash_coarse_to_fine_steps": "svf.hash.coarse_to_fine_steps",
                          "hidden_layers": "svf.hash.hidden_layers", "hidden_features": "svf.hash.hidden_features",
-                         "hash_hidden_bias": "svf.hash.hidden_bias"})
+                         "hash_hidden_bias": "svf.hash.hidden_bias",
+                         "svf_level_frozen_hash_levels": "svf.level_frozen_hash_levels"})
     if out["method"] == "two-network":
         keys = {"motion": "two_network.motion", "hidden_layers": "two_network.hidden_layers",
                 "hidden_features": "two_network.hidden_features", "iterations": "two_network.iterations",
