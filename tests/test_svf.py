@@ -486,7 +486,7 @@ def test_a_bad_velocity_network_is_refused_naming_the_key(tmp_path, key, value):
         load_preset(str(path))
 
 
-def _fit_quick_svf(iterations: list[int], frozen: list[int] | None):
+def _fit_quick_svf(iterations: list[int], frozen: list[float] | None):
     """``fit_svf`` of the known-deformation pair with :func:`quick_svf` (identity affine, seed 0)."""
     fixed, moving, _ = known_deformation_pair()
     s = quick_svf()

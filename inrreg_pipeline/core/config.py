@@ -328,7 +328,7 @@ class SVFSettings:
     folding_floor: float = 0.1
     mind_alpha: float = 0.0
     level_mind_alpha: list[float] | None = None
-    level_frozen_hash_levels: list[int] | None = None
+    level_frozen_hash_levels: list[float] | None = None  # whole numbers (JSON numbers parse as floats)
     mind_distance_mm: float = 4.0
     network: str = "siren"
     hash: VelocityHashSettings = field(default_factory=VelocityHashSettings)
