@@ -486,15 +486,13 @@ def test_a_bad_velocity_network_is_refused_naming_the_key(tmp_path, key, value):
         load_preset(str(path))
 
 
-def _fit_quick_svf(iterations: list[int], frozen: list[float] | None):
-    """``fit_svf`` of the known-deformation pair with :func:`quick_svf` (identity affine, seed 0)."""
-    fixed, moving, _ = known_deformation_pair()
+def _fit_quick_svf(fixed: SpatialImage, moving: SpatialImage, iterations: list[int], frozen: list[float] | None):
+    """``fit_svf`` of a rescaled pair with :func:`quick_svf` (identity affine, seed 0)."""
     s = quick_svf()
     s.svf.iterations, s.svf.level_frozen_hash_levels = iterations, frozen
     validate(s)
     torch.manual_seed(0)
-    f, m = (image.with_data(rescale_intensity(image.data)) for image in (fixed, moving))
-    return svf_module.fit_svf(f, m, np.eye(4), s, CPU, foreground_mask(f.data))
+    return svf_module.fit_svf(fixed, moving, np.eye(4), s, CPU, foreground_mask(fixed.data))
 
 
 def test_frozen_hash_levels_keep_the_coarse_levels_exactly_while_the_fine_ones_learn():
@@ -502,9 +500,11 @@ def test_frozen_hash_levels_keep_the_coarse_levels_exactly_while_the_fine_ones_l
     coarsest hash levels stay exactly where the first two levels left them (the same seed stopped
     there), while the finer entries and the MLP go on learning and lower the similarity loss;
     without the hold the last level moves those coarse entries too."""
-    before, _ = _fit_quick_svf([20, 20, 0], None)
-    held, history = _fit_quick_svf([20, 20, 40], [0, 0, 4])
-    free, _ = _fit_quick_svf([20, 20, 40], None)
+    fixed, moving, _ = known_deformation_pair()
+    pair = tuple(image.with_data(rescale_intensity(image.data)) for image in (fixed, moving))
+    before, _ = _fit_quick_svf(*pair, [20, 20, 0], None)
+    held, history = _fit_quick_svf(*pair, [20, 20, 40], [0, 0, 4])
+    free, _ = _fit_quick_svf(*pair, [20, 20, 40], None)
     layout = before.network.encoding.layout
     cut = layout.offsets[4] * layout.features_per_level
     start, kept, moved = (model.network.encoding.params.detach() for model in (before, held, free))
